@@ -1,0 +1,82 @@
+package identity
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+)
+
+// ALPN is the application protocol both ends of the mesh transport
+// negotiate.
+const ALPN = "meshproxy/1"
+
+// ServerTLSConfig returns the config for the inbound side of the mesh
+// transport: TLS 1.3 only, ALPN meshproxy/1 required, the current
+// certificate served through GetCertificate (so rotation never touches
+// open connections), and a client certificate required and verified
+// against the trust anchors and trust domain in VerifyConnection (which
+// also runs on resumed sessions). Use PeerID on the connection state to
+// learn who the client is. Handshakes fail with ErrNotReady while the
+// Manager holds no certificate.
+func (m *Manager) ServerTLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{ALPN},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return m.certOrErr()
+		},
+		// Chain verification is done in VerifyConnection, by our own
+		// rules (SPIFFE URI SAN, trust domain), instead of by the library.
+		ClientAuth: tls.RequireAnyClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if cs.NegotiatedProtocol != ALPN {
+				return fmt.Errorf("identity: client did not negotiate ALPN %q (is it a meshproxy?)", ALPN)
+			}
+			if _, err := m.verifier.Verify(cs.PeerCertificates, nil, x509.ExtKeyUsageClientAuth); err != nil {
+				return fmt.Errorf("identity: refusing client: %w", err)
+			}
+			return nil
+		},
+	}
+}
+
+// ClientTLSConfig returns the config for the outbound side of the mesh
+// transport: TLS 1.3 only, ALPN meshproxy/1, the current certificate
+// presented through GetClientCertificate, and the server's chain verified
+// against the trust anchors and trust domain, and, when expectedServer is
+// not nil, against that exact identity. Server names (DNS SANs) are not
+// used: identity is the SPIFFE ID, so InsecureSkipVerify is set and all
+// verification happens in VerifyConnection, also on resumed sessions.
+// Every config from one Manager shares one session cache, so reconnecting
+// to an endpoint resumes its TLS session.
+func (m *Manager) ClientTLSConfig(expectedServer *ID) *tls.Config {
+	var want *ID
+	if expectedServer != nil {
+		w := *expectedServer
+		want = &w
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{ALPN},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return m.certOrErr()
+		},
+		InsecureSkipVerify: true, // verified in VerifyConnection; see above
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if _, err := m.verifier.Verify(cs.PeerCertificates, want, x509.ExtKeyUsageServerAuth); err != nil {
+				return fmt.Errorf("identity: refusing server: %w", err)
+			}
+			return nil
+		},
+		ClientSessionCache: m.sessions,
+	}
+}
+
+// PeerID returns the SPIFFE ID of the peer of a completed handshake made
+// with ServerTLSConfig or ClientTLSConfig (which already verified it).
+func PeerID(cs tls.ConnectionState) (ID, error) {
+	if len(cs.PeerCertificates) == 0 {
+		return ID{}, fmt.Errorf("%w: peer presented no certificate", ErrNoIdentity)
+	}
+	return IDFromCert(cs.PeerCertificates[0])
+}
