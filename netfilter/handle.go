@@ -1,0 +1,211 @@
+package netfilter
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Handle talks to the nftables and routing subsystems of one network
+// namespace. It is not safe for concurrent use.
+type Handle struct {
+	ns      netns.NsHandle
+	nft     *nftables.Conn
+	nl      *netlink.Handle
+	loIndex int
+
+	// beforeFlush, when set (tests only), runs on the batch right before
+	// it is sent, so a test can make the kernel reject it.
+	beforeFlush func(*nftables.Conn)
+}
+
+// Open returns a Handle for the network namespace at netnsPath (such as
+// /run/netns/NAME or /proc/PID/ns/net); "" means the namespace of the
+// calling thread at the time of the call.
+func Open(netnsPath string) (*Handle, error) {
+	var ns netns.NsHandle
+	var err error
+	if netnsPath == "" {
+		ns, err = netns.Get()
+		if err != nil {
+			return nil, fmt.Errorf("opening the current network namespace: %w", err)
+		}
+	} else {
+		ns, err = netns.GetFromPath(netnsPath)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("network namespace %q does not exist: create it first (ip netns add NAME) or pass an existing /proc/PID/ns/net", netnsPath)
+			}
+			return nil, fmt.Errorf("opening network namespace %q: %w", netnsPath, err)
+		}
+		var st unix.Statfs_t
+		if err := unix.Fstatfs(int(ns), &st); err != nil || st.Type != unix.NSFS_MAGIC {
+			ns.Close()
+			return nil, fmt.Errorf("%q is not a network namespace: pass a path like /run/netns/NAME or /proc/PID/ns/net", netnsPath)
+		}
+	}
+	h := &Handle{ns: ns}
+	if h.nft, err = nftables.New(nftables.WithNetNSFd(int(ns))); err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("opening nftables netlink connection: %w", err)
+	}
+	if h.nl, err = netlink.NewHandleAt(ns); err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("opening rtnetlink handle: %w", err)
+	}
+	lo, err := h.nl.LinkByName("lo")
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("finding the loopback interface: %w", err)
+	}
+	h.loIndex = lo.Attrs().Index
+	return h, nil
+}
+
+// Close releases the handle. It is safe to call twice.
+func (h *Handle) Close() error {
+	if h.nl != nil {
+		h.nl.Close()
+		h.nl = nil
+	}
+	if h.ns.IsOpen() {
+		if err := h.ns.Close(); err != nil {
+			return fmt.Errorf("closing network namespace: %w", err)
+		}
+		h.ns = netns.None()
+	}
+	return nil
+}
+
+// Apply makes the namespace's interception state equal to what c wants.
+// Policy routing goes first, then the whole table is replaced in one
+// atomic nftables transaction. Applying twice equals applying once. If the
+// transaction fails, the policy routing this call added is removed again, so
+// no half-applied state remains.
+func (h *Handle) Apply(c Config) error {
+	r, err := Build(c)
+	if err != nil {
+		return err
+	}
+	c = r.Config
+	var undo routingUndo
+	wanted := map[bool]bool{}
+	for _, p := range r.Routing {
+		wanted[p.IPv6] = true
+		u, err := h.ensureRouting(p)
+		undo = append(undo, u...)
+		if err != nil {
+			return errors.Join(fmt.Errorf("applying policy routing: %w", err), undo.run())
+		}
+	}
+	// Leftovers of an earlier apply with another mode or IPv6 setting.
+	for _, v6 := range []bool{false, true} {
+		if !wanted[v6] {
+			if err := h.removeRouting(v6, c.Mark, c.RouteTable); err != nil {
+				return errors.Join(fmt.Errorf("removing stale policy routing: %w", err), undo.run())
+			}
+		}
+	}
+	if err := h.applyTable(r.Table); err != nil {
+		return errors.Join(err, undo.run())
+	}
+	return nil
+}
+
+// applyTable replaces the table in one transaction: add (so the delete
+// cannot fail when it is absent), delete, then build it afresh.
+func (h *Handle) applyTable(t Table) error {
+	// A fresh connection per batch: a Conn keeps a serialisation error
+	// forever, and must not carry messages of a failed batch.
+	conn, err := h.batchConn()
+	if err != nil {
+		return err
+	}
+	nt := nfTable(t.Name)
+	conn.AddTable(nt)
+	conn.DelTable(nt)
+	conn.AddTable(nt)
+	sets, ids := nfSets(nt, t.Sets)
+	for _, s := range sets {
+		if err := conn.AddSet(s.set, s.elems); err != nil {
+			return fmt.Errorf("encoding set %s: %w", s.set.Name, err)
+		}
+	}
+	chains := map[string]*nftables.Chain{}
+	for _, c := range t.Chains {
+		chains[c.Name] = conn.AddChain(nfChain(nt, c))
+	}
+	for _, c := range t.Chains {
+		for _, r := range c.Rules {
+			conn.AddRule(nfRule(nt, chains[c.Name], r, ids))
+		}
+	}
+	if h.beforeFlush != nil {
+		h.beforeFlush(conn)
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("installing nftables table inet %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+// Remove deletes the table and the policy routing for c's mark and route
+// table (IPv4 and IPv6, whatever c.Mode and c.IPv6 say). Absent or partial
+// state is fine: whatever is there is removed.
+func (h *Handle) Remove(c Config) error {
+	if c.Mark == 0 {
+		c.Mark = DefaultMark
+	}
+	if c.RouteTable == 0 {
+		c.RouteTable = DefaultRouteTable
+	}
+	var errs []error
+	if exists, err := h.tableExists(TableName); err != nil {
+		errs = append(errs, err)
+	} else if exists {
+		if err := h.deleteTable(TableName); err != nil {
+			errs = append(errs, fmt.Errorf("deleting nftables table inet %s: %w", TableName, err))
+		}
+	}
+	for _, v6 := range []bool{false, true} {
+		if err := h.removeRouting(v6, c.Mark, c.RouteTable); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (h *Handle) batchConn() (*nftables.Conn, error) {
+	conn, err := nftables.New(nftables.WithNetNSFd(int(h.ns)))
+	if err != nil {
+		return nil, fmt.Errorf("opening nftables netlink connection: %w", err)
+	}
+	return conn, nil
+}
+
+func (h *Handle) deleteTable(name string) error {
+	conn, err := h.batchConn()
+	if err != nil {
+		return err
+	}
+	conn.DelTable(nfTable(name))
+	return conn.Flush()
+}
+
+func (h *Handle) tableExists(name string) (bool, error) {
+	tables, err := h.nft.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("listing nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == name {
+			return true, nil
+		}
+	}
+	return false, nil
+}
