@@ -416,7 +416,6 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
-
 // The library drops tproxy expressions when it lists rules; Check reads
 // them itself, so a different tproxy port must show as drift.
 func TestCheckSeesTProxyPort(t *testing.T) {

@@ -37,7 +37,7 @@ func (s L4Proto) exprs(map[string]uint32) []exprAny {
 // ipv4" or "meta nfproto ipv6".
 type NFProto struct{ IPv6 bool }
 
-func (s NFProto) nft() string { return "meta nfproto " + ipvName(s.IPv6) }
+func (s NFProto) nft() string                       { return "meta nfproto " + ipvName(s.IPv6) }
 func (s NFProto) exprs(map[string]uint32) []exprAny { return nfprotoExprs(s.IPv6) }
 
 func nfprotoExprs(v6 bool) []exprAny {
