@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"meshproxy/internal/netnstest"
+)
+
+// This file is the integration lab: the real meshproxy binary, run as its
+// own UID in throwaway namespaces, with its real nftables rules.
+
+const (
+	proxyUID = 2102
+	// Addresses from the benchmark ranges (RFC 2544 / RFC 5180).
+	clientV4 = "198.18.0.1"
+	serverV4 = "198.18.0.2"
+	clientV6 = "2001:2::1"
+	serverV6 = "2001:2::2"
+	// A second subnet between the pods, listed in --subnets-to-ignore.
+	clientIgnoredV4 = "198.19.0.1"
+	serverIgnoredV4 = "198.19.0.2"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// meshproxyBinary builds the binary once per test run into a directory the
+// proxy UID can read.
+func meshproxyBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "meshproxy-lab-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "meshproxy")
+		out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// labProxy is one running "meshproxy run" inside a pod.
+type labProxy struct {
+	pod  *netnstest.Pod
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan error
+}
+
+// lab is a client pod and a server pod, each with rules and a proxy.
+type lab struct {
+	mode           string
+	client, server *netnstest.Pod
+	clientProxy    *labProxy
+	serverProxy    *labProxy
+}
+
+// labOptions change how the lab's rules and proxies are set up.
+type labOptions struct {
+	mode          string
+	detectTimeout time.Duration
+	initArgs      []string // extra "meshproxy init" flags for both pods
+}
+
+func newLab(t *testing.T, o labOptions) *lab {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	bin := meshproxyBinary(t)
+	l := &lab{mode: o.mode, client: netnstest.NewPod(t, "client"), server: netnstest.NewPod(t, "server")}
+	netnstest.Link(t, l.client, l.server,
+		[]netip.Prefix{mustPrefix(clientV4 + "/24"), mustPrefix(clientV6 + "/64"), mustPrefix(clientIgnoredV4 + "/24")},
+		[]netip.Prefix{mustPrefix(serverV4 + "/24"), mustPrefix(serverV6 + "/64"), mustPrefix(serverIgnoredV4 + "/24")})
+	for _, p := range []*netnstest.Pod{l.client, l.server} {
+		args := append([]string{"init", "--netns", p.Path, "--mode", o.mode, "--proxy-uid", strconv.Itoa(proxyUID)}, o.initArgs...)
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("meshproxy %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	dt := o.detectTimeout
+	if dt == 0 {
+		dt = 500 * time.Millisecond
+	}
+	l.clientProxy = startProxy(t, l.client, o.mode, "--detect-timeout", dt.String())
+	l.serverProxy = startProxy(t, l.server, o.mode, "--detect-timeout", dt.String())
+	return l
+}
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// startProxy runs "meshproxy run" in pod p as the proxy UID, with the
+// capabilities TPROXY needs, and waits until it is ready.
+func startProxy(t *testing.T, p *netnstest.Pod, mode string, extra ...string) *labProxy {
+	t.Helper()
+	args := append([]string{"run", "--mode", mode, "--log-level", "debug", "--shutdown-grace", "3s"}, extra...)
+	cmd := exec.Command(meshproxyBinary(t), args...)
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential: &syscall.Credential{Uid: proxyUID, Gid: proxyUID},
+		// IP_TRANSPARENT needs CAP_NET_ADMIN; nothing else is granted.
+		AmbientCaps: []uintptr{12 /* CAP_NET_ADMIN */},
+		Pdeathsig:   syscall.SIGKILL,
+	}
+	if err := p.Start(cmd); err != nil {
+		t.Fatalf("starting proxy in %s: %v", p.Name, err)
+	}
+	lp := &labProxy{pod: p, cmd: cmd, logs: logs, done: make(chan error, 1)}
+	go func() { lp.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-lp.done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-lp.done
+		}
+		if t.Failed() {
+			t.Logf("proxy logs in %s:\n%s", p.Name, logs.String())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		code, _, err := lp.admin("/ready")
+		if err == nil && code == http.StatusOK {
+			return lp
+		}
+		select {
+		case err := <-lp.done:
+			t.Fatalf("proxy in %s exited before ready: %v\n%s", p.Name, err, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy in %s not ready after 15s (last: %d %v)\n%s", p.Name, code, err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// httpClient returns a client whose connections are made inside pod p,
+// without keep-alive so every request is a new proxied connection.
+func httpClient(p *netnstest.Pod) *http.Client {
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{DialContext: p.DialContext, DisableKeepAlives: true},
+	}
+}
+
+// admin GETs path from the proxy's admin port (loopback of its pod).
+func (lp *labProxy) admin(path string) (int, string, error) {
+	resp, err := httpClient(lp.pod).Get("http://127.0.0.1:4191" + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// metric returns the value of the sample whose name and labels start with
+// prefix (for example `meshproxy_tcp_open_total{direction="outbound"`),
+// summed over all matching series.
+func (lp *labProxy) metric(t *testing.T, prefix string) float64 {
+	t.Helper()
+	_, body, err := lp.admin("/metrics")
+	if err != nil {
+		t.Fatalf("fetching metrics: %v", err)
+	}
+	var sum float64
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		sum += v
+	}
+	return sum
+}
+
+// waitLog waits until the proxy's log contains every one of parts on one line.
+func (lp *labProxy) waitLog(t *testing.T, parts ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, line := range strings.Split(lp.logs.String(), "\n") {
+			ok := true
+			for _, p := range parts {
+				if !strings.Contains(line, p) {
+					ok = false
+					break
+				}
+			}
+			if ok {
+				return line
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line in %s with %q; logs:\n%s", lp.pod.Name, parts, lp.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// hostPort joins an address and port for either family.
+func hostPort(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }
+
+// serveHTTP runs an HTTP server in pod p on addr that answers with the
+// remote address it saw.
+func serveHTTP(t *testing.T, p *netnstest.Pod, addr string) {
+	t.Helper()
+	l, err := p.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, p.Name, err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "remote=%s path=%s", r.RemoteAddr, r.URL.Path)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// serveTCP runs handle for every connection accepted in pod p on addr.
+func serveTCP(t *testing.T, p *netnstest.Pod, addr string, handle func(net.Conn)) {
+	t.Helper()
+	l, err := p.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, p.Name, err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+}
+
+// getBody fetches url from inside pod p and returns the body.
+func getBody(t *testing.T, p *netnstest.Pod, url string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	resp, err := httpClient(p).Do(req)
+	if err != nil {
+		t.Fatalf("GET %s from %s: %v", url, p.Name, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: reading body: %v", url, err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s = %d %q; want 200", url, resp.StatusCode, b)
+	}
+	return string(b)
+}

@@ -1,0 +1,336 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"meshproxy/admin"
+	"meshproxy/listener"
+	"meshproxy/proxy"
+)
+
+func init() {
+	register("run", command{summary: "run the proxy (outbound, inbound and admin listeners)", run: runRun})
+}
+
+// boundListener is a listener and the direction of traffic it takes.
+type boundListener struct {
+	dir proxy.Direction
+	l   *listener.Listener
+}
+
+// runConfig is the effective configuration of "meshproxy run".
+type runConfig struct {
+	Mode           listener.Mode
+	OutboundListen []string
+	InboundListen  []string
+	AdminListen    string
+	IPv6           bool
+	DetectTimeout  time.Duration
+	ConnectTimeout time.Duration
+	IdleTimeout    time.Duration
+	OpaquePorts    []uint16
+	ShutdownGrace  time.Duration
+	LogLevel       string
+	LogFormat      string
+}
+
+// listValue is a comma-separated list flag.
+type listValue struct{ items *[]string }
+
+func (l listValue) String() string {
+	if l.items == nil {
+		return ""
+	}
+	return strings.Join(*l.items, ",")
+}
+
+func (l listValue) Set(s string) error {
+	*l.items = nil
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l.items = append(*l.items, p)
+		}
+	}
+	return nil
+}
+
+// portsValue is a comma-separated list of TCP ports.
+type portsValue struct{ ports *[]uint16 }
+
+func (p portsValue) String() string {
+	if p.ports == nil {
+		return ""
+	}
+	s := make([]string, len(*p.ports))
+	for i, v := range *p.ports {
+		s[i] = strconv.Itoa(int(v))
+	}
+	return strings.Join(s, ",")
+}
+
+func (p portsValue) Set(s string) error {
+	var out []uint16
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(f, 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("port %q is not a number in 1-65535", f)
+		}
+		out = append(out, uint16(n))
+	}
+	*p.ports = out
+	return nil
+}
+
+// modeValue accepts "redirect" or "tproxy".
+type modeValue struct{ mode *listener.Mode }
+
+func (m modeValue) String() string {
+	if m.mode == nil {
+		return ""
+	}
+	return string(*m.mode)
+}
+
+func (m modeValue) Set(s string) error {
+	switch listener.Mode(s) {
+	case listener.ModeRedirect, listener.ModeTProxy:
+		*m.mode = listener.Mode(s)
+		return nil
+	}
+	return fmt.Errorf("mode %q is neither redirect nor tproxy", s)
+}
+
+// runFlags declares the settings of "meshproxy run" on a new flag set.
+func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
+	*cfg = runConfig{
+		Mode:           listener.ModeRedirect,
+		OutboundListen: []string{"127.0.0.1:4140", "[::1]:4140"},
+		InboundListen:  []string{"0.0.0.0:4143", "[::]:4143"},
+		AdminListen:    "0.0.0.0:4191",
+		IPv6:           true,
+		DetectTimeout:  time.Second,
+		ConnectTimeout: 3 * time.Second,
+		IdleTimeout:    time.Hour,
+		OpaquePorts:    append([]uint16(nil), proxy.DefaultOpaquePorts...),
+		ShutdownGrace:  30 * time.Second,
+		LogLevel:       "info",
+		LogFormat:      "text",
+	}
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML file of settings (keys are these flag names)")
+	fs.Var(modeValue{&cfg.Mode}, "mode", "interception mode the rules use: redirect or tproxy")
+	fs.Var(listValue{&cfg.OutboundListen}, "outbound-listen", "outbound listener addresses, comma-separated")
+	fs.Var(listValue{&cfg.InboundListen}, "inbound-listen", "inbound listener addresses, comma-separated")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "admin server address (metrics, health)")
+	fs.BoolVar(&cfg.IPv6, "ipv6", cfg.IPv6, "also listen on the IPv6 addresses of the listener lists")
+	fs.DurationVar(&cfg.DetectTimeout, "detect-timeout", cfg.DetectTimeout, "how long to wait for a client's first bytes before forwarding as opaque TCP")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "timeout for connecting upstream")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "close a connection idle in both directions this long (negative: never)")
+	fs.Var(portsValue{&cfg.OpaquePorts}, "opaque-ports", "ports forwarded as opaque TCP without protocol detection (server-speaks-first protocols)")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "on SIGTERM, how long open connections may drain before they are closed")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: text or json")
+	return fs, configPath
+}
+
+// loadRunConfig parses args, then layers the config file and environment
+// under them.
+func loadRunConfig(args []string, stderr io.Writer, getenv func(string) string) (runConfig, error) {
+	var cfg runConfig
+	fs, configPath := runFlags(&cfg, stderr)
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	path := *configPath
+	if path == "" {
+		path = getenv(envName("config"))
+	}
+	if err := layerConfig(fs, path, getenv, "config"); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.validate()
+}
+
+func (c *runConfig) validate() error {
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("log-format %q is neither text nor json", c.LogFormat)
+	}
+	if len(c.OutboundListen) == 0 && len(c.InboundListen) == 0 {
+		return errors.New("no listener: outbound-listen and inbound-listen are both empty")
+	}
+	for _, a := range append(append([]string{c.AdminListen}, c.OutboundListen...), c.InboundListen...) {
+		if _, err := netip.ParseAddrPort(a); err != nil {
+			return fmt.Errorf("listen address %q: want IP:port (for example 127.0.0.1:4140 or [::1]:4140)", a)
+		}
+	}
+	if c.DetectTimeout <= 0 || c.ConnectTimeout <= 0 {
+		return errors.New("detect-timeout and connect-timeout must be positive")
+	}
+	if c.ShutdownGrace < 0 {
+		return errors.New("shutdown-grace must not be negative")
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("log-level %q is not one of debug, info, warn, error", s)
+	}
+	return l, nil
+}
+
+func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func runRun(args []string, stdout, stderr io.Writer) int {
+	cfg, err := loadRunConfig(args, stderr, os.Getenv)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "run: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, cfg, stderr); err != nil {
+		fmt.Fprintf(stderr, "run: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// serve runs the proxy until ctx is cancelled, then drains and returns nil.
+func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
+	level := new(slog.LevelVar)
+	lvl, _ := parseLevel(cfg.LogLevel)
+	level.Set(lvl)
+	log := newLogger(logw, cfg.LogFormat, level)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := proxy.NewMetrics(reg)
+	if err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	adm := admin.New(reg, log)
+
+	pcfg := proxy.Config{
+		DetectTimeout:  cfg.DetectTimeout,
+		ConnectTimeout: cfg.ConnectTimeout,
+		IdleTimeout:    cfg.IdleTimeout,
+		OpaquePorts:    cfg.OpaquePorts,
+	}
+	servers := map[proxy.Direction]*proxy.Server{
+		proxy.Outbound: proxy.NewServer(proxy.Outbound, pcfg, metrics, log),
+		proxy.Inbound:  proxy.NewServer(proxy.Inbound, pcfg, metrics, log),
+	}
+
+	// Bind everything before serving anything, so a bad address fails the
+	// start cleanly.
+	var listeners []boundListener
+	closeAll := func() {
+		for _, b := range listeners {
+			b.l.Close()
+		}
+	}
+	bind := func(dir proxy.Direction, addrs []string) error {
+		for _, a := range addrs {
+			ap := netip.MustParseAddrPort(a) // validated
+			network := "tcp4"
+			if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+				if !cfg.IPv6 {
+					continue
+				}
+				network = "tcp6"
+			}
+			l, err := listener.Listen(listener.Config{Name: string(dir), Network: network, Addr: a, Mode: cfg.Mode, Logger: log})
+			if err != nil {
+				return fmt.Errorf("%s listener: %w", dir, err)
+			}
+			listeners = append(listeners, boundListener{dir: dir, l: l})
+			log.Info("listening", "direction", string(dir), "addr", l.Addr().String(), "mode", string(cfg.Mode))
+		}
+		return nil
+	}
+	if err := bind(proxy.Outbound, cfg.OutboundListen); err != nil {
+		closeAll()
+		return err
+	}
+	if err := bind(proxy.Inbound, cfg.InboundListen); err != nil {
+		closeAll()
+		return err
+	}
+	reg.MustRegister(newListenerCollector(listeners))
+	adminL, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+
+	errc := make(chan error, len(listeners)+1)
+	go func() { errc <- adm.Serve(adminL) }()
+	for _, b := range listeners {
+		srv := servers[b.dir]
+		go func() { errc <- srv.Serve(b.l) }()
+	}
+	adm.SetReady()
+	log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String())
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: draining open connections", "grace", cfg.ShutdownGrace.String())
+	case runErr = <-errc:
+		log.Error("a listener failed; shutting down", "err", runErr)
+	}
+
+	adm.SetNotReady("draining")
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	for dir, srv := range servers {
+		if err := srv.Shutdown(drainCtx); err != nil {
+			log.Warn("closing connections that did not drain in time", "direction", string(dir), "open", srv.OpenConnections())
+		}
+	}
+	closeAll()
+	shutCtx, cancel2 := context.WithTimeout(context.Background(), time.Second)
+	defer cancel2()
+	if err := adm.Shutdown(shutCtx); err != nil {
+		log.Warn("admin shutdown", "err", err)
+	}
+	log.Info("meshproxy stopped")
+	return runErr
+}
