@@ -3,6 +3,7 @@ package netfilter
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/google/nftables"
@@ -94,6 +95,14 @@ func (h *Handle) Apply(c Config) error {
 	}
 	c = r.Config
 	var undo routingUndo
+	if len(r.Routing) > 0 {
+		// The kernel refuses IPv6 routes via a down lo (ENETDOWN), and
+		// TPROXY delivers through lo anyway; a fresh namespace has it
+		// down. Remove leaves it up: every real namespace has lo up.
+		if err := h.loUp(); err != nil {
+			return err
+		}
+	}
 	wanted := map[bool]bool{}
 	for _, p := range r.Routing {
 		wanted[p.IPv6] = true
@@ -113,6 +122,20 @@ func (h *Handle) Apply(c Config) error {
 	}
 	if err := h.applyTable(r.Table); err != nil {
 		return errors.Join(err, undo.run())
+	}
+	return nil
+}
+
+func (h *Handle) loUp() error {
+	lo, err := h.nl.LinkByIndex(h.loIndex)
+	if err != nil {
+		return fmt.Errorf("finding the loopback interface: %w", err)
+	}
+	if lo.Attrs().Flags&net.FlagUp != 0 {
+		return nil
+	}
+	if err := h.nl.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("bringing lo up (tproxy delivers through it): %w", err)
 	}
 	return nil
 }

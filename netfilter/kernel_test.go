@@ -385,6 +385,24 @@ func TestRemoveHalfApplied(t *testing.T) {
 	})
 }
 
+func TestTProxyWithLoopbackDown(t *testing.T) {
+	h, _ := openNS(t)
+	lo, err := h.nl.LinkByIndex(h.loIndex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.nl.LinkSetDown(lo); err != nil {
+		t.Fatal(err)
+	}
+	c := testConfig(ModeTProxy)
+	if err := h.Apply(c); err != nil {
+		t.Fatalf("Apply with lo down: %v", err)
+	}
+	if err := h.Check(c); err != nil {
+		t.Errorf("Check: %v", err)
+	}
+}
+
 func TestSwitchModes(t *testing.T) {
 	h, _ := openNS(t)
 	if err := h.Apply(testConfig(ModeTProxy)); err != nil {
