@@ -99,4 +99,3 @@ func identityServe(ctx context.Context, args []string, stdout, stderr io.Writer,
 		return 0
 	}
 }
-
