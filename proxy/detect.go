@@ -1,0 +1,136 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// Protocol is what protocol detection saw a client speak first.
+type Protocol string
+
+const (
+	// ProtocolHTTP1 is an HTTP/1.x request line.
+	ProtocolHTTP1 Protocol = "http/1"
+	// ProtocolH2 is the HTTP/2 prior-knowledge connection preface.
+	ProtocolH2 Protocol = "h2"
+	// ProtocolTLS is a TLS ClientHello record.
+	ProtocolTLS Protocol = "tls"
+	// ProtocolOpaque is bytes that are none of the above.
+	ProtocolOpaque Protocol = "opaque"
+	// ProtocolNone means the client sent nothing before the timeout (or
+	// closed without sending): likely a server-speaks-first protocol.
+	ProtocolNone Protocol = "none"
+)
+
+// detectBufSize is the size of the detection read: enough for a request
+// line with a long URL or a ClientHello with many extensions.
+const detectBufSize = 4 << 10
+
+// h2Preface is the HTTP/2 client connection preface (RFC 9113 section 3.4).
+var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+// Detect reads once from c into buf, waiting at most timeout for the first
+// bytes, and classifies them. It returns the protocol, the number of bytes
+// read into buf (which the caller must forward before anything else), and
+// an error only when the read failed for a reason other than the timeout.
+// A client that closes its write side without sending yields ProtocolNone
+// with io.EOF. The read deadline is cleared before Detect returns.
+func Detect(c *net.TCPConn, timeout time.Duration, buf []byte) (Protocol, int, error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return ProtocolNone, 0, err
+	}
+	n, err := c.Read(buf)
+	if derr := c.SetReadDeadline(time.Time{}); derr != nil && err == nil {
+		err = derr
+	}
+	if n > 0 {
+		// Bytes win over any error that came with them; the copy loop
+		// will see the error again.
+		return classify(buf[:n]), n, nil
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return ProtocolNone, 0, nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return ProtocolNone, 0, err
+}
+
+// classify names the protocol of a client's first bytes.
+func classify(b []byte) Protocol {
+	switch {
+	case len(b) == 0:
+		return ProtocolNone
+	case isH2Preface(b):
+		return ProtocolH2
+	case isTLSClientHello(b):
+		return ProtocolTLS
+	case isHTTP1(b):
+		return ProtocolHTTP1
+	default:
+		return ProtocolOpaque
+	}
+}
+
+// isH2Preface reports whether b is the HTTP/2 preface or, when the read
+// was short, a beginning of it long enough to tell it apart.
+func isH2Preface(b []byte) bool {
+	if len(b) >= len(h2Preface) {
+		return bytes.HasPrefix(b, h2Preface)
+	}
+	return len(b) >= 4 && bytes.HasPrefix(h2Preface, b)
+}
+
+// isTLSClientHello checks the TLS record header: content type handshake
+// (22), legacy record version 3.x, and (when present) handshake type
+// ClientHello (1).
+func isTLSClientHello(b []byte) bool {
+	if len(b) < 3 || b[0] != 0x16 || b[1] != 0x03 || b[2] > 0x04 {
+		return false
+	}
+	return len(b) < 6 || b[5] == 0x01
+}
+
+// http1Methods are the request methods accepted when the request line is
+// cut short by the single read.
+var http1Methods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+
+// isHTTP1 reports whether b starts with an HTTP/1.x request line
+// "METHOD SP target SP HTTP/1.x CRLF". When the line is incomplete, a
+// well-known method followed by a space is enough.
+func isHTTP1(b []byte) bool {
+	sp := bytes.IndexByte(b, ' ')
+	if sp <= 0 || !isToken(b[:sp]) {
+		return false
+	}
+	eol := bytes.IndexByte(b, '\n')
+	if eol < 0 {
+		method := string(b[:sp])
+		for _, m := range http1Methods {
+			if m == method {
+				return true
+			}
+		}
+		return false
+	}
+	line := bytes.TrimSuffix(b[:eol], []byte("\r"))
+	return bytes.HasSuffix(line, []byte(" HTTP/1.1")) || bytes.HasSuffix(line, []byte(" HTTP/1.0"))
+}
+
+// isToken reports whether b is an RFC 9110 token (a method name).
+func isToken(b []byte) bool {
+	for _, c := range b {
+		switch {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0:
+		default:
+			return false
+		}
+	}
+	return len(b) > 0
+}

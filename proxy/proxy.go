@@ -1,0 +1,507 @@
+// Package proxy holds the proxy's traffic pipelines. This slice forwards
+// every accepted connection opaquely: it detects what the client speaks
+// (HTTP/1, HTTP/2, TLS, other, or nothing) for logs and metrics, dials the
+// target (the original destination outbound, the local application
+// inbound), and moves bytes between the two raw TCP sockets so Linux
+// splices them, with half-close, connect and idle timeouts, and live byte
+// counters.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"meshproxy/listener"
+)
+
+// Direction is the side of the application a server proxies for.
+type Direction string
+
+const (
+	// Outbound handles connections the local application makes.
+	Outbound Direction = "outbound"
+	// Inbound handles connections to the local application.
+	Inbound Direction = "inbound"
+)
+
+// DefaultOpaquePorts are server-speaks-first or otherwise non-HTTP ports
+// that skip protocol detection (SMTP, submission, MySQL, Galera, Postgres,
+// Redis, Elasticsearch transport, memcached), as in Linkerd.
+var DefaultOpaquePorts = []uint16{25, 587, 3306, 4444, 5432, 6379, 9300, 11211}
+
+// Config tunes a Server. The zero value works.
+type Config struct {
+	// DetectTimeout is how long to wait for the client's first bytes.
+	// Zero means 1s. When it passes with nothing read (and the server has
+	// not spoken first), the connection is forwarded opaquely.
+	DetectTimeout time.Duration
+	// ConnectTimeout bounds dialing the target. Zero means 3s.
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a connection with no bytes in either direction
+	// for this long (detected within about twice this). Zero means 1h;
+	// negative disables it, and the check for a peer that stops reading
+	// (no write progress for about this long).
+	IdleTimeout time.Duration
+	// OpaquePorts skip detection entirely. Nil means DefaultOpaquePorts;
+	// an empty non-nil slice means none.
+	OpaquePorts []uint16
+	// InboundHost is where inbound connections are delivered, on the
+	// original port. The zero Addr means 127.0.0.1 for IPv4 originals and
+	// ::1 for IPv6 originals.
+	InboundHost netip.Addr
+}
+
+func (c *Config) detectTimeout() time.Duration {
+	if c.DetectTimeout <= 0 {
+		return time.Second
+	}
+	return c.DetectTimeout
+}
+
+func (c *Config) connectTimeout() time.Duration {
+	if c.ConnectTimeout <= 0 {
+		return 3 * time.Second
+	}
+	return c.ConnectTimeout
+}
+
+func (c *Config) idleTimeout() time.Duration {
+	switch {
+	case c.IdleTimeout == 0:
+		return time.Hour
+	case c.IdleTimeout < 0:
+		return 0
+	}
+	return c.IdleTimeout
+}
+
+func (c *Config) opaquePorts() []uint16 {
+	if c.OpaquePorts == nil {
+		return DefaultOpaquePorts
+	}
+	return c.OpaquePorts
+}
+
+// Server proxies the connections of one direction. Serve may run for
+// several listeners at once (IPv4 and IPv6); all methods are safe for
+// concurrent use.
+type Server struct {
+	dir Direction
+	cfg Config
+	m   *dirMetrics
+	log *slog.Logger
+
+	// hardCtx is cancelled when Shutdown gives up waiting; every
+	// connection closes then.
+	hardCtx    context.Context
+	hardCancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[*listener.Listener]struct{}
+	shutdown  bool
+	active    atomic.Int64
+}
+
+// NewServer returns a server for direction dir. A nil m uses unregistered
+// metrics; a nil log discards logs.
+func NewServer(dir Direction, cfg Config, m *Metrics, log *slog.Logger) *Server {
+	if m == nil {
+		m, _ = NewMetrics(nil) // cannot fail without a registry
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg.OpaquePorts = slices.Clone(cfg.opaquePorts())
+	hard, cancel := context.WithCancel(context.Background())
+	return &Server{
+		dir:        dir,
+		cfg:        cfg,
+		m:          m.forDirection(dir),
+		log:        log.With("direction", string(dir)),
+		hardCtx:    hard,
+		hardCancel: cancel,
+		listeners:  make(map[*listener.Listener]struct{}),
+	}
+}
+
+// OpenConnections returns the number of connections being handled.
+func (s *Server) OpenConnections() int { return int(s.active.Load()) }
+
+// Serve accepts connections from l and handles each in its own goroutine
+// until l fails or Shutdown is called. It returns nil after Shutdown, and
+// the accept error otherwise.
+func (s *Server) Serve(l *listener.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.isShutdown() {
+				return nil
+			}
+			return fmt.Errorf("%s proxy: %w", s.dir, err)
+		}
+		go s.Handle(s.hardCtx, c.TCPConn, c.OriginalDst)
+	}
+}
+
+func (s *Server) isShutdown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutdown
+}
+
+// Shutdown stops accepting (closes every listener given to Serve) and waits
+// for open connections to finish. When ctx ends first it closes the
+// remaining connections and returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	ls := make([]*listener.Listener, 0, len(s.listeners))
+	for l := range s.listeners {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.Close()
+	}
+	poll := time.Millisecond
+	t := time.NewTimer(poll)
+	defer t.Stop()
+	for {
+		if s.active.Load() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			s.hardCancel()
+			return ctx.Err()
+		case <-t.C:
+			poll = min(2*poll, 200*time.Millisecond)
+			t.Reset(poll)
+		}
+	}
+}
+
+// target is where a connection to orig is forwarded.
+func (s *Server) target(orig netip.AddrPort) netip.AddrPort {
+	if s.dir != Inbound {
+		return orig
+	}
+	host := s.cfg.InboundHost
+	if !host.IsValid() {
+		host = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		if orig.Addr().Unmap().Is6() {
+			host = netip.IPv6Loopback()
+		}
+	}
+	return netip.AddrPortFrom(host, orig.Port())
+}
+
+// dial connects to target within the connect timeout.
+func (s *Server) dial(ctx context.Context, target netip.AddrPort) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: s.cfg.connectTimeout()}
+	c, err := d.DialContext(ctx, "tcp", target.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// connectError marks a failure to reach the target.
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return "connect: " + e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+// Handle proxies one accepted connection c whose original destination is
+// orig, and closes c before returning. Cancelling ctx closes the
+// connection.
+func (s *Server) Handle(ctx context.Context, c *net.TCPConn, orig netip.AddrPort) {
+	start := time.Now()
+	s.active.Add(1)
+	defer s.active.Add(-1)
+	s.m.open.Inc()
+	s.m.openConns.Inc()
+	var bytesIn, bytesOut atomic.Int64
+	var err error
+	src := c.RemoteAddr().String()
+	defer func() {
+		dur := time.Since(start)
+		s.m.openConns.Dec()
+		s.m.close.Inc()
+		s.m.duration.Observe(dur.Seconds())
+		attrs := []any{"src", src, "dst", orig.String(),
+			"bytes_in", bytesIn.Load(), "bytes_out", bytesOut.Load(), "duration", dur}
+		if err != nil {
+			attrs = append(attrs, "error", err)
+		}
+		s.log.Debug("connection closed", attrs...)
+	}()
+
+	target := s.target(orig)
+	var (
+		up            *net.TCPConn
+		proto         = ProtocolOpaque
+		peek, banner  []byte
+		detected      bool
+		stopCtx, stop = context.WithCancel(ctx)
+	)
+	defer stop()
+	// Close everything if ctx or a hard shutdown ends the connection.
+	// up is read under upMu because the dial may finish concurrently.
+	var upMu sync.Mutex
+	abort := func() {
+		c.SetLinger(0)
+		c.Close()
+		upMu.Lock()
+		if up != nil {
+			up.SetLinger(0)
+			up.Close()
+		}
+		upMu.Unlock()
+	}
+	defer context.AfterFunc(s.hardCtx, stop)()
+	defer context.AfterFunc(stopCtx, abort)()
+
+	if slices.Contains(s.cfg.OpaquePorts, orig.Port()) {
+		var u *net.TCPConn
+		u, err = s.dial(stopCtx, target)
+		if err != nil {
+			err = &connectError{err}
+		}
+		upMu.Lock()
+		up = u
+		upMu.Unlock()
+	} else {
+		var u *net.TCPConn
+		u, proto, peek, banner, err = s.detectAndDial(stopCtx, c, target)
+		upMu.Lock()
+		up = u
+		upMu.Unlock()
+		detected = true
+	}
+	if detected {
+		s.m.detect.WithLabelValues(s.m.dir, string(proto)).Inc()
+	}
+	if err != nil {
+		var ce *connectError
+		if errors.As(err, &ce) && stopCtx.Err() == nil {
+			s.m.connectErrors.Inc()
+			s.log.Warn("connect failed", "src", src, "dst", orig.String(), "target", target.String(), "error", ce.err)
+		}
+		abort()
+		return
+	}
+	s.log.Debug("connection opened", "src", src, "dst", orig.String(), "target", target.String(),
+		"protocol", string(proto), "server_first", len(banner) > 0)
+	err = s.forward(c, up, peek, banner, &bytesIn, &bytesOut, abort)
+	if ctx.Err() != nil && err != nil {
+		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+}
+
+// forward writes the peeked bytes and the server's banner, then copies both
+// ways until both directions end, and closes both conns.
+func (s *Server) forward(c, up *net.TCPConn, peek, banner []byte, bytesIn, bytesOut *atomic.Int64, abort func()) error {
+	c.SetDeadline(time.Time{})
+	up.SetDeadline(time.Time{})
+	if len(peek) > 0 {
+		n, err := up.Write(peek)
+		s.m.readBytes.Add(float64(len(peek)))
+		bytesIn.Add(int64(len(peek)))
+		if err != nil {
+			abort()
+			return fmt.Errorf("writing %d detected bytes upstream (wrote %d): %w", len(peek), n, err)
+		}
+	}
+	if len(banner) > 0 {
+		n, err := c.Write(banner)
+		s.m.writeBytes.Add(float64(n))
+		bytesOut.Add(int64(n))
+		if err != nil {
+			abort()
+			return fmt.Errorf("writing the server's first %d bytes to the client: %w", len(banner), err)
+		}
+	}
+	idle := s.cfg.idleTimeout()
+	var in, out halfState
+	now := time.Now().UnixNano()
+	in.last.Store(now)
+	out.last.Store(now)
+
+	var once sync.Once
+	var firstErr error
+	fail := func(err error) {
+		once.Do(func() {
+			firstErr = err
+			abort()
+		})
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := proxyCopy(up, c, &in, &out, idle, s.m.readBytes, bytesIn); err != nil {
+			fail(err)
+			return
+		}
+		up.CloseWrite()
+	}()
+	if err := proxyCopy(c, up, &out, &in, idle, s.m.writeBytes, bytesOut); err != nil {
+		fail(err)
+	} else {
+		c.CloseWrite()
+	}
+	<-done
+	c.Close()
+	up.Close()
+	// Report the error that ended the connection, not the "use of
+	// closed connection" the other copier saw afterwards.
+	once.Do(func() {})
+	return firstErr
+}
+
+// detectAndDial runs protocol detection on c while dialing target. If the
+// dial completes first, it also watches the upstream for bytes: a server
+// that speaks first (a banner) ends detection at once instead of after the
+// detect timeout. It returns the dialed conn, the detected protocol, the
+// bytes read from the client (peek) and from the server (banner), both of
+// which must be forwarded first.
+func (s *Server) detectAndDial(ctx context.Context, c *net.TCPConn, target netip.AddrPort) (up *net.TCPConn, proto Protocol, peek, banner []byte, err error) {
+	deadline := time.Now().Add(s.cfg.detectTimeout())
+	dialCtx, cancelDial := context.WithCancel(ctx)
+	defer cancelDial()
+
+	type dialResult struct {
+		c   *net.TCPConn
+		err error
+	}
+	dialc := make(chan dialResult, 1)
+	go func() {
+		u, err := s.dial(dialCtx, target)
+		dialc <- dialResult{u, err}
+	}()
+
+	type readResult struct {
+		n   int
+		err error
+	}
+	buf := make([]byte, detectBufSize)
+	// Deadlines are set here, before the reader goroutines start, so an
+	// abort (a deadline in the past) set later always wins.
+	if err := c.SetReadDeadline(deadline); err != nil {
+		cancelDial()
+		if r := <-dialc; r.c != nil {
+			r.c.Close()
+		}
+		return nil, ProtocolNone, nil, nil, err
+	}
+	detc := make(chan readResult, 1)
+	go func() {
+		n, err := c.Read(buf)
+		detc <- readResult{n, err}
+	}()
+
+	var (
+		det      *readResult
+		dialDone bool
+		dialErr  error
+		bannerc  chan readResult
+		bbuf     []byte
+		bres     *readResult
+	)
+	past := time.Unix(1, 0)
+	for det == nil || !dialDone || (bannerc != nil && bres == nil) {
+		select {
+		case r := <-detc:
+			det = &r
+			if up != nil && bres == nil {
+				up.SetReadDeadline(past) // the client spoke: stop waiting for a banner
+			}
+			if r.n == 0 && r.err != nil && !isTimeout(r.err) && !errors.Is(r.err, io.EOF) {
+				cancelDial() // the client is gone
+			}
+		case r := <-dialc:
+			dialDone = true
+			if r.err != nil {
+				dialErr = r.err
+				if det == nil {
+					c.SetReadDeadline(past) // nothing to forward to
+				}
+				continue
+			}
+			up = r.c
+			if det == nil {
+				bbuf = make([]byte, detectBufSize)
+				bannerc = make(chan readResult, 1)
+				if err := up.SetReadDeadline(deadline); err != nil {
+					bres = &readResult{0, err}
+					continue
+				}
+				go func() {
+					n, err := up.Read(bbuf)
+					bannerc <- readResult{n, err}
+				}()
+			}
+		case r := <-bannerc:
+			bres = &r
+			if det == nil {
+				c.SetReadDeadline(past) // the server spoke first: stop detecting
+			}
+		}
+	}
+	c.SetReadDeadline(time.Time{})
+	if up != nil {
+		up.SetReadDeadline(time.Time{})
+	}
+
+	if det.n > 0 {
+		peek = buf[:det.n]
+		proto = classify(peek)
+	} else {
+		proto = ProtocolNone
+	}
+	if bres != nil && bres.n > 0 {
+		banner = bbuf[:bres.n]
+	}
+	fail := func(e error) (*net.TCPConn, Protocol, []byte, []byte, error) {
+		if up != nil {
+			up.SetLinger(0)
+			up.Close()
+		}
+		return nil, proto, nil, nil, e
+	}
+	switch {
+	case det.n == 0 && det.err != nil && !isTimeout(det.err) && !errors.Is(det.err, io.EOF):
+		return fail(fmt.Errorf("reading from client: %w", det.err))
+	case dialErr != nil:
+		return fail(&connectError{dialErr})
+	case bres != nil && bres.n == 0 && bres.err != nil && !isTimeout(bres.err) && !errors.Is(bres.err, io.EOF):
+		return fail(fmt.Errorf("reading from upstream: %w", bres.err))
+	}
+	return up, proto, peek, banner, nil
+}
+
+// isTimeout reports a deadline expiry.
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
