@@ -17,7 +17,9 @@ const ALPN = "meshproxy/1"
 // against the trust anchors and trust domain in VerifyConnection (which
 // also runs on resumed sessions). Use PeerID on the connection state to
 // learn who the client is. Handshakes fail with ErrNotReady while the
-// Manager holds no certificate.
+// Manager holds no certificate. Build it once and share it between
+// connections: session ticket keys live in the Config, so a fresh Config
+// per connection would defeat resumption.
 func (m *Manager) ServerTLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
