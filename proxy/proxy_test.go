@@ -457,3 +457,47 @@ func TestHandleContextCancelCloses(t *testing.T) {
 	expectClosed(t, client)
 	<-done
 }
+
+// TestPeerNotReadingClosed: the upstream never reads (but keeps talking,
+// so the connection is not idle), so the proxy's write blocks; the write
+// stall check must end the connection rather than hold it forever or drop
+// the bytes it could not deliver and carry on.
+func TestPeerNotReadingClosed(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	up := upstream(t, func(c *net.TCPConn) {
+		for range 600 { // bounded: 30s
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, err := c.Write([]byte{'x'}); err != nil {
+				return
+			}
+		}
+	})
+	srv, _, _ := newTestServer(t, Outbound, Config{OpaquePorts: noOpaque, DetectTimeout: 10 * time.Millisecond, IdleTimeout: 200 * time.Millisecond})
+	h := handleOne(t, srv, up)
+	go io.Copy(io.Discard, h.client)
+	writeErr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for range 4096 { // bounded: 256 MiB at most
+			if _, err := h.client.Write(buf); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+		writeErr <- nil
+	}()
+	select {
+	case err := <-writeErr:
+		if err == nil {
+			t.Fatal("256 MiB written to a peer that never reads; want the proxy to close")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("connection to a non-reading peer still open after 20s")
+	}
+	h.waitDone(t)
+}
