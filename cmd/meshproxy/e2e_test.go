@@ -334,9 +334,9 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	c.Close()
 	select {
-	case err := <-p.done:
-		if err != nil {
-			t.Errorf("proxy exit = %v; want 0\n%s", err, p.logs.String())
+	case <-p.done:
+		if p.waitErr != nil {
+			t.Errorf("proxy exit = %v; want 0\n%s", p.waitErr, p.logs.String())
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("proxy did not exit after its last connection closed")

@@ -92,7 +92,10 @@ type labProxy struct {
 	pod  *netnstest.Pod
 	cmd  *exec.Cmd
 	logs *syncBuffer
-	done chan error
+	// done is closed when the process has exited; waitErr is then its
+	// exit error.
+	done    chan struct{}
+	waitErr error
 }
 
 // lab is a client pod and a server pod, each with rules and a proxy.
@@ -147,13 +150,17 @@ func startProxy(t *testing.T, p *netnstest.Pod, mode string, extra ...string) *l
 		Credential: &syscall.Credential{Uid: proxyUID, Gid: proxyUID},
 		// IP_TRANSPARENT needs CAP_NET_ADMIN; nothing else is granted.
 		AmbientCaps: []uintptr{12 /* CAP_NET_ADMIN */},
-		Pdeathsig:   syscall.SIGKILL,
+		// No Pdeathsig: it fires when the forking thread exits, and the
+		// thread that entered the namespace exits right after Start.
 	}
 	if err := p.Start(cmd); err != nil {
 		t.Fatalf("starting proxy in %s: %v", p.Name, err)
 	}
-	lp := &labProxy{pod: p, cmd: cmd, logs: logs, done: make(chan error, 1)}
-	go func() { lp.done <- cmd.Wait() }()
+	lp := &labProxy{pod: p, cmd: cmd, logs: logs, done: make(chan struct{})}
+	go func() {
+		lp.waitErr = cmd.Wait()
+		close(lp.done)
+	}()
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -173,8 +180,8 @@ func startProxy(t *testing.T, p *netnstest.Pod, mode string, extra ...string) *l
 			return lp
 		}
 		select {
-		case err := <-lp.done:
-			t.Fatalf("proxy in %s exited before ready: %v\n%s", p.Name, err, logs.String())
+		case <-lp.done:
+			t.Fatalf("proxy in %s exited before ready: %v\n%s", p.Name, lp.waitErr, logs.String())
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -257,11 +264,20 @@ func (lp *labProxy) waitLog(t *testing.T, parts ...string) string {
 // hostPort joins an address and port for either family.
 func hostPort(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }
 
+// networkOf returns "tcp6" for an IPv6 address (a v6-only listener, so a v4
+// one can share its port) and "tcp4" otherwise.
+func networkOf(addr string) string {
+	if netip.MustParseAddrPort(addr).Addr().Is6() {
+		return "tcp6"
+	}
+	return "tcp4"
+}
+
 // serveHTTP runs an HTTP server in pod p on addr that answers with the
 // remote address it saw.
 func serveHTTP(t *testing.T, p *netnstest.Pod, addr string) {
 	t.Helper()
-	l, err := p.Listen("tcp", addr)
+	l, err := p.Listen(networkOf(addr), addr)
 	if err != nil {
 		t.Fatalf("listen %s in %s: %v", addr, p.Name, err)
 	}
@@ -275,7 +291,7 @@ func serveHTTP(t *testing.T, p *netnstest.Pod, addr string) {
 // serveTCP runs handle for every connection accepted in pod p on addr.
 func serveTCP(t *testing.T, p *netnstest.Pod, addr string, handle func(net.Conn)) {
 	t.Helper()
-	l, err := p.Listen("tcp", addr)
+	l, err := p.Listen(networkOf(addr), addr)
 	if err != nil {
 		t.Fatalf("listen %s in %s: %v", addr, p.Name, err)
 	}
