@@ -58,7 +58,7 @@ setup() {
 	for ns in $CLIENT $SERVER; do
 		# Port 5202 bypasses the proxies: the direct baseline on the same link.
 		"$WORK/meshproxy" init --netns /run/netns/$ns --mode "$mode" --proxy-uid $PROXY_UID \
-			--outbound-ports-to-ignore 5202 --inbound-ports-to-ignore 4190,4191,5202
+			--outbound-ports-to-ignore 5202 --inbound-ports-to-ignore 4190,4191,5202 >/dev/null
 		ip netns exec $ns setpriv --reuid=$PROXY_UID --regid=$PROXY_UID --clear-groups "${caps[@]}" \
 			"$WORK/meshproxy" run --mode "$mode" --log-level warn --ipv6=false >"$WORK/$ns.log" 2>&1 &
 		pids+=($!)

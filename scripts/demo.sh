@@ -53,6 +53,12 @@ ip -n $SERVER addr add 198.18.0.2/24 dev eth0
 ip -n $SERVER addr add 2001:2::2/64 dev eth0 nodad
 ip -n $CLIENT link set eth0 up
 ip -n $SERVER link set eth0 up
+# Static neighbours: a fresh veth often loses the first IPv6 neighbour
+# solicitation, which would cost the first connection a 1 s SYN retransmit.
+cmac=$(ip netns exec $CLIENT cat /sys/class/net/eth0/address)
+smac=$(ip netns exec $SERVER cat /sys/class/net/eth0/address)
+ip -n $CLIENT neigh replace 2001:2::2 lladdr "$smac" dev eth0 nud permanent
+ip -n $SERVER neigh replace 2001:2::1 lladdr "$cmac" dev eth0 nud permanent
 echo "created; veth between them"
 
 bold "2. meshproxy init --mode $MODE (native nftables over netlink; first the dry run)"

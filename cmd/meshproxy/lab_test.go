@@ -43,6 +43,14 @@ var (
 	buildErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // meshproxyBinary builds the binary once per test run into a directory the
 // proxy UID can read.
 func meshproxyBinary(t *testing.T) string {
