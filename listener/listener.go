@@ -60,6 +60,12 @@ type Config struct {
 	Mode Mode
 	// Logger receives warnings and debug lines; nil discards them.
 	Logger *slog.Logger
+	// AllowSelf turns the loop guard off: a connection whose original
+	// destination is this listener's own port is accepted instead of
+	// refused. Set it on the inbound listener, whose port is also the mesh
+	// port that peer proxies dial; leave it false (the default) everywhere
+	// else.
+	AllowSelf bool
 }
 
 // Stats is a snapshot of a listener's counters.
@@ -227,7 +233,7 @@ func (l *Listener) wait(d time.Duration) {
 }
 
 // Accept waits for the next connection whose original destination is known
-// and does not loop back into the listener. Refused connections are closed
+// and does not loop back into the listener (unless Config.AllowSelf). Refused connections are closed
 // and counted; temporary errors are retried with a backoff of 5ms doubling
 // to 1s. Accept returns net.ErrClosed after Close, and any permanent error
 // from the kernel as is (wrapped).
@@ -261,7 +267,7 @@ func (l *Listener) Accept() (*Conn, error) {
 			c.Close()
 			continue
 		}
-		if l.isLoop(orig) {
+		if !l.cfg.AllowSelf && l.isLoop(orig) {
 			l.loops.Add(1)
 			l.log.Warn("refusing connection that loops back to the proxy",
 				"src", remote(c), "dst", orig.String(), "listener_addr", l.addr.String())

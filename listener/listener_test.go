@@ -178,6 +178,39 @@ func TestTProxyLoopRefused(t *testing.T) {
 	}
 }
 
+// TestTProxyAllowSelf: with AllowSelf, a connection to the listener's own
+// address (the mesh port case) is accepted with that address as its
+// original destination.
+func TestTProxyAllowSelf(t *testing.T) {
+	needRoot(t, "IP_TRANSPARENT needs CAP_NET_ADMIN")
+	l, err := Listen(Config{Name: "inbound", Network: "tcp4", Addr: "127.0.0.1:0", Mode: ModeTProxy, AllowSelf: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	res := acceptAsync(l)
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case r := <-res:
+		if r.err != nil {
+			t.Fatalf("Accept = %v; want the connection", r.err)
+		}
+		defer r.c.Close()
+		if r.c.OriginalDst != l.Addr() {
+			t.Errorf("OriginalDst = %s; want the listener's own %s", r.c.OriginalDst, l.Addr())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("AllowSelf listener did not accept a connection to itself within 10s")
+	}
+	if s := l.Stats(); s.LoopsRefused != 0 || s.Accepted != 1 {
+		t.Errorf("stats = %+v; want Accepted 1, LoopsRefused 0", s)
+	}
+}
+
 func TestIsLoop(t *testing.T) {
 	for _, tc := range []struct {
 		listen, orig string
