@@ -17,6 +17,7 @@ type DriftError struct {
 	Diffs []string
 }
 
+// Error lists the differences, one per line.
 func (e *DriftError) Error() string {
 	return fmt.Sprintf("%v:\n  %s", ErrDrift, strings.Join(e.Diffs, "\n  "))
 }

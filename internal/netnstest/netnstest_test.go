@@ -68,3 +68,38 @@ func TestStartRunsInNamespace(t *testing.T) {
 		t.Errorf("child namespace = %q; want one different from the test's %q", got, self)
 	}
 }
+
+func TestCaptureSeesPayload(t *testing.T) {
+	a := NewPod(t, "a")
+	b := NewPod(t, "b")
+	Link(t, a, b, []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")}, []netip.Prefix{netip.MustParsePrefix("198.18.0.2/24")})
+	capture := b.Capture(t, "eth0", 1<<20)
+	l, err := b.Listen("tcp", "198.18.0.2:7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	c, err := a.Dial("tcp", "198.18.0.2:7000", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "a-marker-that-crosses-the-wire")
+	c.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for !capture.Contains([]byte("a-marker-that-crosses-the-wire")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("capture of %d bytes lacks the payload", capture.Bytes())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if capture.Contains([]byte("never-sent-marker")) {
+		t.Error("capture contains bytes that were never sent")
+	}
+}
