@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -125,14 +126,19 @@ func injectMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", identity.DefaultTrustDomain, "trust domain of the proxies' SPIFFE IDs")
 	fs.Int64Var(&cfg.ProxyUID, "proxy-uid", 2102, "UID and GID the proxy runs as; init exempts its traffic")
 	fs.BoolVar(&cfg.Legacy, "legacy-sidecar", false, "run the proxy as a plain container (Kubernetes < 1.29); Jobs then need the app to POST /shutdown")
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, injectUsage)
 		fs.SetOutput(stdout)
 		fs.PrintDefaults()
 		return 0
+	} else if err != nil {
+		fmt.Fprintf(stderr, "meshproxy inject: %v (run \"meshproxy inject -h\" for the flags)\n", err)
+		return 2
 	}
-	if c := idParseFlags(fs, args, stdout, stderr); c >= 0 {
-		return c
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "meshproxy inject: unexpected argument %q (name input files with -f)\n", fs.Arg(0))
+		return 2
 	}
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintf(stderr, "meshproxy inject: %v\n", err)

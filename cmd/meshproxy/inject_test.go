@@ -602,3 +602,11 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Errorf("ConfigMap = %+v; want meshproxy-trust-anchors with anchor.pem", cm)
 	}
 }
+
+// TestInjectHelp: -h anywhere prints the usage with the annotations, exit 0.
+func TestInjectHelp(t *testing.T) {
+	out, _, code := inject(t, nil, "--mode", "tproxy", "-h")
+	if code != 0 || !strings.Contains(out, "meshproxy.io/inject: disabled") || !strings.Contains(out, "-legacy-sidecar") {
+		t.Errorf("exit %d, usage:\n%s", code, out)
+	}
+}
