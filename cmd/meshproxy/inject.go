@@ -206,12 +206,17 @@ func (c injectConfig) validate() error {
 // for the latter two. Errors name the document (1-based) and its kind.
 func injectManifests(data []byte, cfg injectConfig, warn func(string)) ([]byte, error) {
 	var out bytes.Buffer
-	for i, doc := range splitYAMLDocuments(data) {
+	n := 0 // documents are numbered without the empty ones
+	for _, doc := range splitYAMLDocuments(data) {
+		if !onlyComments(doc) {
+			n++
+		}
+		num := n
 		res, err := injectDocument(doc, cfg, func(msg string) {
-			warn(fmt.Sprintf("document %d: %s", i+1, msg))
+			warn(fmt.Sprintf("document %d: %s", num, msg))
 		})
 		if err != nil {
-			return nil, fmt.Errorf("document %d%w", i+1, err)
+			return nil, fmt.Errorf("document %d%w", num, err)
 		}
 		if len(bytes.TrimSpace(res)) == 0 {
 			continue
@@ -225,6 +230,17 @@ func injectManifests(data []byte, cfg injectConfig, warn func(string)) ([]byte, 
 		}
 	}
 	return out.Bytes(), nil
+}
+
+// onlyComments reports whether doc has nothing but blank and comment lines.
+func onlyComments(doc []byte) bool {
+	for _, line := range bytes.Split(doc, []byte("\n")) {
+		t := bytes.TrimSpace(line)
+		if len(t) > 0 && t[0] != '#' {
+			return false
+		}
+	}
+	return true
 }
 
 // splitYAMLDocuments cuts a YAML stream at its "---" separator lines. A

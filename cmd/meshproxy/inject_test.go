@@ -499,6 +499,7 @@ func TestInjectErrors(t *testing.T) {
 		wants []string
 	}{
 		{"bad yaml", svc + "kind: [\n", nil, 1, []string{"document 2", "invalid YAML"}},
+		{"numbering skips empty documents", "---\n# only a comment\n---\n" + svc + "\n---\nkind: [\n", nil, 1, []string{"document 2:", "invalid YAML"}},
 		{"unknown field", svc + "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicaz: 2\n", nil, 1,
 			[]string{"document 2", `Deployment "web"`, "replicaz"}},
 		{"unknown field in container", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: a\n    imagee: b\n", nil, 1,
