@@ -6,6 +6,23 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// Values of the tls label on the tcp_* metrics, with Linkerd's meaning.
+const (
+	// TLSTrue: mesh mutual TLS (terminated or originated by the proxy).
+	TLSTrue = "true"
+	// TLSNoIdentity: plaintext while the mesh is on.
+	TLSNoIdentity = "no_identity"
+	// TLSOpaque: the application's own TLS, passed through untouched.
+	TLSOpaque = "opaque"
+	// TLSDisabled: the mesh is off; everything is plaintext to the proxy.
+	TLSDisabled = "disabled"
+)
+
+// tcpLabels is the label set of every tcp_* series: client_id is the peer
+// of an inbound mesh connection, server_id the peer of an outbound one,
+// both empty otherwise.
+var tcpLabels = []string{"direction", "tls", "client_id", "server_id"}
+
 // Metrics holds the proxy's Prometheus collectors. Create one per process
 // with NewMetrics and share it between the outbound and inbound servers;
 // every series carries a direction label.
@@ -18,48 +35,67 @@ type Metrics struct {
 	duration      *prometheus.HistogramVec
 	connectErrors *prometheus.CounterVec
 	detect        *prometheus.CounterVec
+	authzAllow    *prometheus.CounterVec
+	authzDeny     *prometheus.CounterVec
+	refused       *prometheus.CounterVec
+	meshErrors    *prometheus.CounterVec
 }
 
 // NewMetrics creates the proxy metrics and registers them on reg. A nil reg
 // creates working but unregistered collectors (for tests and benchmarks).
 // Registering twice on the same registry is an error.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
-	dir := []string{"direction"}
 	m := &Metrics{
 		open: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "meshproxy", Name: "tcp_open_total",
 			Help: "Total number of TCP connections accepted by the proxy.",
-		}, dir),
+		}, tcpLabels),
 		close: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "meshproxy", Name: "tcp_close_total",
 			Help: "Total number of proxied TCP connections closed.",
-		}, dir),
+		}, tcpLabels),
 		openConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "meshproxy", Name: "tcp_open_connections",
 			Help: "Number of proxied TCP connections currently open.",
-		}, dir),
+		}, tcpLabels),
 		readBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "meshproxy", Name: "tcp_read_bytes_total",
-			Help: "Total bytes read from accepted client connections.",
-		}, dir),
+			Help: "Total bytes read from accepted client connections (after TLS termination).",
+		}, tcpLabels),
 		writeBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "meshproxy", Name: "tcp_write_bytes_total",
-			Help: "Total bytes written to accepted client connections.",
-		}, dir),
+			Help: "Total bytes written to accepted client connections (before TLS).",
+		}, tcpLabels),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "meshproxy", Name: "tcp_connection_duration_seconds",
 			Help: "Lifetime of proxied TCP connections, from accept to close.",
 			// 1ms .. ~4.7h.
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 13),
-		}, dir),
+		}, tcpLabels),
 		connectErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "meshproxy", Name: "tcp_connect_errors_total",
 			Help: "Total failed connection attempts to upstream targets.",
-		}, dir),
+		}, tcpLabels),
 		detect: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "meshproxy", Name: "protocol_detect_total",
 			Help: "Total protocol detection results on accepted connections.",
 		}, []string{"direction", "protocol"}),
+		authzAllow: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshproxy", Name: "inbound_authz_allow_total",
+			Help: "Inbound mesh connections allowed by the authorization rules (port is the deciding rule's port, * for any).",
+		}, []string{"client_id", "port"}),
+		authzDeny: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshproxy", Name: "inbound_authz_deny_total",
+			Help: "Inbound mesh connections denied by the authorization rules (port is * unless a rule names it).",
+		}, []string{"client_id", "port"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshproxy", Name: "inbound_refused_total",
+			Help: "Inbound connections refused before delivery, by reason (bad or missing client certificate, bad transport header, loop, plaintext in strict mode).",
+		}, []string{"reason"}),
+		meshErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshproxy", Name: "outbound_mesh_errors_total",
+			Help: "Outbound connections closed because the mesh transport failed (never sent in plaintext instead), by reason.",
+		}, []string{"reason"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -75,30 +111,42 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // collectors lists every collector, for registration and lint tests.
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.open, m.close, m.openConns, m.readBytes,
-		m.writeBytes, m.duration, m.connectErrors, m.detect}
+		m.writeBytes, m.duration, m.connectErrors, m.detect,
+		m.authzAllow, m.authzDeny, m.refused, m.meshErrors}
 }
 
-// dirMetrics are a Metrics curried to one direction, resolved once so the
-// per-chunk byte counting does no label lookups.
+// dirMetrics are a Metrics for one direction.
 type dirMetrics struct {
-	open, close, readBytes, writeBytes, connectErrors prometheus.Counter
-	openConns                                         prometheus.Gauge
-	duration                                          prometheus.Observer
-	detect                                            *prometheus.CounterVec
-	dir                                               string
+	*Metrics
+	dir string
 }
 
 func (m *Metrics) forDirection(d Direction) *dirMetrics {
-	l := string(d)
-	return &dirMetrics{
-		open:          m.open.WithLabelValues(l),
-		close:         m.close.WithLabelValues(l),
-		readBytes:     m.readBytes.WithLabelValues(l),
-		writeBytes:    m.writeBytes.WithLabelValues(l),
-		connectErrors: m.connectErrors.WithLabelValues(l),
-		openConns:     m.openConns.WithLabelValues(l),
-		duration:      m.duration.WithLabelValues(l),
-		detect:        m.detect,
-		dir:           l,
+	return &dirMetrics{Metrics: m, dir: string(d)}
+}
+
+// connLabels are the per-connection labels of the tcp_* series.
+type connLabels struct {
+	tls, clientID, serverID string
+}
+
+// connMetrics are the tcp_* series of one label set, resolved once per
+// connection so byte counting does no label lookups.
+type connMetrics struct {
+	open, close, readBytes, writeBytes, connectErrors prometheus.Counter
+	openConns                                         prometheus.Gauge
+	duration                                          prometheus.Observer
+}
+
+func (d *dirMetrics) conn(l connLabels) *connMetrics {
+	v := []string{d.dir, l.tls, l.clientID, l.serverID}
+	return &connMetrics{
+		open:          d.open.WithLabelValues(v...),
+		close:         d.close.WithLabelValues(v...),
+		readBytes:     d.readBytes.WithLabelValues(v...),
+		writeBytes:    d.writeBytes.WithLabelValues(v...),
+		connectErrors: d.connectErrors.WithLabelValues(v...),
+		openConns:     d.openConns.WithLabelValues(v...),
+		duration:      d.duration.WithLabelValues(v...),
 	}
 }

@@ -16,10 +16,15 @@ func TestMetricsLint(t *testing.T) {
 	// Touch every vector so each family has a series to lint.
 	for _, d := range []Direction{Outbound, Inbound} {
 		dm := m.forDirection(d)
-		dm.open.Inc()
-		dm.duration.Observe(1)
+		cm := dm.conn(connLabels{tls: TLSTrue, clientID: "spiffe://cluster.local/ns/a/sa/b"})
+		cm.open.Inc()
+		cm.duration.Observe(1)
 		dm.detect.WithLabelValues(string(d), string(ProtocolHTTP1)).Inc()
 	}
+	m.authzAllow.WithLabelValues("spiffe://cluster.local/ns/a/sa/b", "8080").Inc()
+	m.authzDeny.WithLabelValues("spiffe://cluster.local/ns/a/sa/b", "*").Inc()
+	m.refused.WithLabelValues(reasonBadHeader).Inc()
+	m.meshErrors.WithLabelValues(reasonHandshake).Inc()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -29,6 +34,8 @@ func TestMetricsLint(t *testing.T) {
 		"meshproxy_tcp_open_connections": true, "meshproxy_tcp_read_bytes_total": true,
 		"meshproxy_tcp_write_bytes_total": true, "meshproxy_tcp_connection_duration_seconds": true,
 		"meshproxy_tcp_connect_errors_total": true, "meshproxy_protocol_detect_total": true,
+		"meshproxy_inbound_authz_allow_total": true, "meshproxy_inbound_authz_deny_total": true,
+		"meshproxy_inbound_refused_total": true, "meshproxy_outbound_mesh_errors_total": true,
 	}
 	for _, mf := range mfs {
 		delete(want, mf.GetName())

@@ -59,6 +59,9 @@ type Config struct {
 	// original port. The zero Addr means 127.0.0.1 for IPv4 originals and
 	// ::1 for IPv6 originals.
 	InboundHost netip.Addr
+	// Mesh turns on the mesh transport (mutual TLS between proxies). Nil
+	// means the mesh is off: plaintext everywhere, tls="disabled".
+	Mesh *Mesh
 }
 
 func (c *Config) detectTimeout() time.Duration {
@@ -96,10 +99,11 @@ func (c *Config) opaquePorts() []uint16 {
 // several listeners at once (IPv4 and IPv6); all methods are safe for
 // concurrent use.
 type Server struct {
-	dir Direction
-	cfg Config
-	m   *dirMetrics
-	log *slog.Logger
+	dir  Direction
+	cfg  Config
+	mesh *meshRuntime // nil: mesh off
+	m    *dirMetrics
+	log  *slog.Logger
 
 	// hardCtx is cancelled when Shutdown gives up waiting; every
 	// connection closes then.
@@ -113,7 +117,8 @@ type Server struct {
 }
 
 // NewServer returns a server for direction dir. A nil m uses unregistered
-// metrics; a nil log discards logs.
+// metrics; a nil log discards logs. A Mesh in cfg is copied; its ServerTLS
+// is cloned once (and shared by every connection of the Server).
 func NewServer(dir Direction, cfg Config, m *Metrics, log *slog.Logger) *Server {
 	if m == nil {
 		m, _ = NewMetrics(nil) // cannot fail without a registry
@@ -123,9 +128,14 @@ func NewServer(dir Direction, cfg Config, m *Metrics, log *slog.Logger) *Server 
 	}
 	cfg.OpaquePorts = slices.Clone(cfg.opaquePorts())
 	hard, cancel := context.WithCancel(context.Background())
+	var mesh *meshRuntime
+	if cfg.Mesh != nil {
+		mesh = newMeshRuntime(*cfg.Mesh)
+	}
 	return &Server{
 		dir:        dir,
 		cfg:        cfg,
+		mesh:       mesh,
 		m:          m.forDirection(dir),
 		log:        log.With("direction", string(dir)),
 		hardCtx:    hard,
@@ -238,110 +248,209 @@ func (e *connectError) Unwrap() error { return e.err }
 // Handle proxies one accepted connection c whose original destination is
 // orig, and closes c before returning. Cancelling ctx closes the
 // connection.
+//
+// With the mesh off (Config.Mesh nil) every connection is forwarded in
+// plaintext. With it on, outbound connections to meshed destinations go
+// over mutual TLS to the destination's mesh port (see handleOutboundMesh),
+// and inbound connections to the mesh port are terminated, authorized and
+// delivered (handleMeshInbound); other inbound connections are forwarded
+// (permissive) or refused (strict).
 func (s *Server) Handle(ctx context.Context, c *net.TCPConn, orig netip.AddrPort) {
-	start := time.Now()
 	s.active.Add(1)
 	defer s.active.Add(-1)
-	s.m.open.Inc()
-	s.m.openConns.Inc()
-	var bytesIn, bytesOut atomic.Int64
-	var err error
-	src := c.RemoteAddr().String()
-	defer func() {
-		dur := time.Since(start)
-		s.m.openConns.Dec()
-		s.m.close.Inc()
-		s.m.duration.Observe(dur.Seconds())
-		attrs := []any{"src", src, "dst", orig.String(),
-			"bytes_in", bytesIn.Load(), "bytes_out", bytesOut.Load(), "duration", dur}
-		if err != nil {
-			attrs = append(attrs, "error", err)
-		}
-		s.log.Debug("connection closed", attrs...)
-	}()
-
-	target := s.target(orig)
-	var (
-		up            *net.TCPConn
-		proto         = ProtocolOpaque
-		peek, banner  []byte
-		detected      bool
-		stopCtx, stop = context.WithCancel(ctx)
-	)
+	stopCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	k := &conn{s: s, c: c, orig: orig, src: c.RemoteAddr().String(), start: time.Now(), ctx: stopCtx}
+	k.track(c)
+	defer k.finish(ctx)
 	// Close everything if ctx or a hard shutdown ends the connection.
-	// up is read under upMu because the dial may finish concurrently.
-	var upMu sync.Mutex
-	abort := func() {
-		c.SetLinger(0)
-		c.Close()
-		upMu.Lock()
-		if up != nil {
-			up.SetLinger(0)
-			up.Close()
-		}
-		upMu.Unlock()
-	}
 	defer context.AfterFunc(s.hardCtx, stop)()
-	defer context.AfterFunc(stopCtx, abort)()
+	defer context.AfterFunc(stopCtx, k.abort)()
 
-	if slices.Contains(s.cfg.OpaquePorts, orig.Port()) {
-		var u *net.TCPConn
-		u, err = s.dial(stopCtx, target)
-		if err != nil {
-			err = &connectError{err}
-		}
-		upMu.Lock()
-		up = u
-		upMu.Unlock()
-	} else {
-		var u *net.TCPConn
-		u, proto, peek, banner, err = s.detectAndDial(stopCtx, c, target)
-		upMu.Lock()
-		up = u
-		upMu.Unlock()
-		detected = true
-	}
-	if detected {
-		s.m.detect.WithLabelValues(s.m.dir, string(proto)).Inc()
-	}
-	if err != nil {
-		var ce *connectError
-		if errors.As(err, &ce) && stopCtx.Err() == nil {
-			s.m.connectErrors.Inc()
-			s.log.Warn("connect failed", "src", src, "dst", orig.String(), "target", target.String(), "error", ce.err)
-		}
-		abort()
-		return
-	}
-	s.log.Debug("connection opened", "src", src, "dst", orig.String(), "target", target.String(),
-		"protocol", string(proto), "server_first", len(banner) > 0)
-	err = s.forward(c, up, peek, banner, &bytesIn, &bytesOut, abort)
-	if ctx.Err() != nil && err != nil {
-		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	switch {
+	case s.mesh == nil:
+		k.err = s.handlePlain(k, TLSDisabled)
+	case s.dir == Outbound:
+		k.err = s.handleOutboundMesh(k)
+	case orig.Port() == s.mesh.port:
+		k.err = s.handleMeshInbound(k)
+	default:
+		k.err = s.handleInboundPlain(k)
 	}
 }
 
+// conn is the state of one connection in Handle.
+type conn struct {
+	s     *Server
+	c     *net.TCPConn // the accepted connection
+	orig  netip.AddrPort
+	src   string
+	start time.Time
+	ctx   context.Context // ends when the connection must close
+	m     *connMetrics    // set by begin
+	err   error           // what ended the connection, for the log
+
+	bytesIn, bytesOut atomic.Int64
+
+	mu      sync.Mutex
+	closers []net.Conn
+	aborted bool
+}
+
+// track registers a conn to close when the connection ends; when it
+// already ended, nc is closed at once.
+func (k *conn) track(nc net.Conn) {
+	k.mu.Lock()
+	if k.aborted {
+		k.mu.Unlock()
+		resetClose(nc)
+		return
+	}
+	k.closers = append(k.closers, nc)
+	k.mu.Unlock()
+}
+
+// abort closes every tracked conn with a reset.
+func (k *conn) abort() {
+	k.mu.Lock()
+	k.aborted = true
+	cs := k.closers
+	k.closers = nil
+	k.mu.Unlock()
+	for _, c := range cs {
+		resetClose(c)
+	}
+}
+
+// closeAll closes every tracked conn normally.
+func (k *conn) closeAll() {
+	k.mu.Lock()
+	cs := k.closers
+	k.closers = nil
+	k.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// resetClose closes c, with a reset (SO_LINGER 0) for TCP conns.
+func resetClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// begin counts the connection as open under labels l; only the first call
+// counts.
+func (k *conn) begin(l connLabels) {
+	if k.m != nil {
+		return
+	}
+	k.m = k.s.m.conn(l)
+	k.m.open.Inc()
+	k.m.openConns.Inc()
+}
+
+// finish closes what is left, counts the connection closed (as open
+// first, with the labels known so far, if nothing did) and logs it.
+func (k *conn) finish(ctx context.Context) {
+	k.closeAll()
+	l := connLabels{tls: TLSDisabled}
+	if k.s.mesh != nil {
+		l.tls = TLSNoIdentity
+	}
+	k.begin(l)
+	dur := time.Since(k.start)
+	k.m.openConns.Dec()
+	k.m.close.Inc()
+	k.m.duration.Observe(dur.Seconds())
+	err := k.err
+	if ctx.Err() != nil && err != nil {
+		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+	attrs := []any{"src", k.src, "dst", k.orig.String(),
+		"bytes_in", k.bytesIn.Load(), "bytes_out", k.bytesOut.Load(), "duration", dur}
+	if err != nil {
+		attrs = append(attrs, "error", err)
+	}
+	k.s.log.Debug("connection closed", attrs...)
+}
+
+// handlePlain forwards the connection in plaintext to s.target(orig):
+// detection runs while dialing (unless the port is opaque), then bytes are
+// spliced. tlsLabel is the tls label (TLSOpaque replaces it when the
+// client starts TLS itself). Inbound with the mesh on, HTTP/1 goes through
+// the HTTP path so x-forwarded-client-cert from outside is removed.
+func (s *Server) handlePlain(k *conn, tlsLabel string) error {
+	target := s.target(k.orig)
+	var (
+		up           *net.TCPConn
+		proto        = ProtocolOpaque
+		peek, banner []byte
+		err          error
+	)
+	if slices.Contains(s.cfg.OpaquePorts, k.orig.Port()) {
+		up, err = s.dial(k.ctx, target)
+		if err != nil {
+			err = &connectError{err}
+		}
+	} else {
+		up, proto, peek, banner, err = s.detectAndDial(k.ctx, k.c, target)
+		s.m.detect.WithLabelValues(s.m.dir, string(proto)).Inc()
+	}
+	if up != nil {
+		k.track(up)
+	}
+	if proto == ProtocolTLS && tlsLabel == TLSNoIdentity {
+		tlsLabel = TLSOpaque
+	}
+	k.begin(connLabels{tls: tlsLabel})
+	if err != nil {
+		s.connectFailed(k, target, err)
+		return err
+	}
+	s.log.Debug("connection opened", "src", k.src, "dst", k.orig.String(), "target", target.String(),
+		"protocol", string(proto), "server_first", len(banner) > 0, "tls", tlsLabel)
+	if s.mesh != nil && s.dir == Inbound && proto == ProtocolHTTP1 && len(banner) == 0 {
+		return s.serveHTTP1(k, k.c, peek, up, target, "")
+	}
+	return s.forward(k, up, peek, banner)
+}
+
+// connectFailed counts and logs a failure to reach target (other errors
+// are only logged at close), and aborts the connection.
+func (s *Server) connectFailed(k *conn, target netip.AddrPort, err error) {
+	var ce *connectError
+	if errors.As(err, &ce) && k.ctx.Err() == nil {
+		k.m.connectErrors.Inc()
+		s.log.Warn("connect failed", "src", k.src, "dst", k.orig.String(), "target", target.String(), "error", ce.err)
+	}
+	k.abort()
+}
+
 // forward writes the peeked bytes and the server's banner, then copies both
-// ways until both directions end, and closes both conns.
-func (s *Server) forward(c, up *net.TCPConn, peek, banner []byte, bytesIn, bytesOut *atomic.Int64, abort func()) error {
+// ways between the raw sockets (spliced) until both directions end, and
+// closes both conns.
+func (s *Server) forward(k *conn, up *net.TCPConn, peek, banner []byte) error {
+	c := k.c
 	c.SetDeadline(time.Time{})
 	up.SetDeadline(time.Time{})
 	if len(peek) > 0 {
 		n, err := up.Write(peek)
-		s.m.readBytes.Add(float64(len(peek)))
-		bytesIn.Add(int64(len(peek)))
+		k.m.readBytes.Add(float64(len(peek)))
+		k.bytesIn.Add(int64(len(peek)))
 		if err != nil {
-			abort()
+			k.abort()
 			return fmt.Errorf("writing %d detected bytes upstream (wrote %d): %w", len(peek), n, err)
 		}
 	}
 	if len(banner) > 0 {
 		n, err := c.Write(banner)
-		s.m.writeBytes.Add(float64(n))
-		bytesOut.Add(int64(n))
+		k.m.writeBytes.Add(float64(n))
+		k.bytesOut.Add(int64(n))
 		if err != nil {
-			abort()
+			k.abort()
 			return fmt.Errorf("writing the server's first %d bytes to the client: %w", len(banner), err)
 		}
 	}
@@ -356,19 +465,19 @@ func (s *Server) forward(c, up *net.TCPConn, peek, banner []byte, bytesIn, bytes
 	fail := func(err error) {
 		once.Do(func() {
 			firstErr = err
-			abort()
+			k.abort()
 		})
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := proxyCopy(up, c, &in, &out, idle, s.m.readBytes, bytesIn); err != nil {
+		if err := proxyCopy(up, c, &in, &out, idle, k.m.readBytes, &k.bytesIn); err != nil {
 			fail(err)
 			return
 		}
 		up.CloseWrite()
 	}()
-	if err := proxyCopy(c, up, &out, &in, idle, s.m.writeBytes, bytesOut); err != nil {
+	if err := proxyCopy(c, up, &out, &in, idle, k.m.writeBytes, &k.bytesOut); err != nil {
 		fail(err)
 	} else {
 		c.CloseWrite()

@@ -181,7 +181,7 @@ func TestConnectRefused(t *testing.T) {
 			h := handleOne(t, srv, dead)
 			expectClosed(t, h.client)
 			h.waitDone(t)
-			if got := testutil.ToFloat64(m.connectErrors.WithLabelValues("outbound")); got != 1 {
+			if got := testutil.ToFloat64(m.connectErrors.WithLabelValues("outbound", "disabled", "", "")); got != 1 {
 				t.Errorf("connect errors = %v; want 1", got)
 			}
 		})
@@ -196,7 +196,7 @@ func TestConnectTimeout(t *testing.T) {
 	h := handleOne(t, srv, full)
 	expectClosed(t, h.client)
 	h.waitDone(t)
-	if got := testutil.ToFloat64(m.connectErrors.WithLabelValues("outbound")); got != 1 {
+	if got := testutil.ToFloat64(m.connectErrors.WithLabelValues("outbound", "disabled", "", "")); got != 1 {
 		t.Errorf("connect errors = %v; want 1", got)
 	}
 }
@@ -308,13 +308,13 @@ func TestMetricsReflectConnection(t *testing.T) {
 		c    prometheus.Collector
 		want float64
 	}{
-		{"open_total", m.open.WithLabelValues("inbound"), 1},
-		{"close_total", m.close.WithLabelValues("inbound"), 1},
-		{"open_connections", m.openConns.WithLabelValues("inbound"), 0},
-		{"read_bytes", m.readBytes.WithLabelValues("inbound"), float64(len(sent))},
-		{"write_bytes", m.writeBytes.WithLabelValues("inbound"), 5000},
+		{"open_total", m.open.WithLabelValues("inbound", "disabled", "", ""), 1},
+		{"close_total", m.close.WithLabelValues("inbound", "disabled", "", ""), 1},
+		{"open_connections", m.openConns.WithLabelValues("inbound", "disabled", "", ""), 0},
+		{"read_bytes", m.readBytes.WithLabelValues("inbound", "disabled", "", ""), float64(len(sent))},
+		{"write_bytes", m.writeBytes.WithLabelValues("inbound", "disabled", "", ""), 5000},
 		{"detect opaque", m.detect.WithLabelValues("inbound", "opaque"), 1},
-		{"outbound untouched", m.open.WithLabelValues("outbound"), 0},
+		{"outbound untouched", m.open.WithLabelValues("outbound", "disabled", "", ""), 0},
 	} {
 		if got := testutil.ToFloat64(tc.c); got != tc.want {
 			t.Errorf("%s = %v; want %v", tc.name, got, tc.want)
@@ -330,7 +330,7 @@ func TestOpenConnectionsGauge(t *testing.T) {
 	h := handleOne(t, srv, upstream(t, echo))
 	h.client.Write([]byte("x"))
 	io.ReadFull(h.client, make([]byte, 1))
-	if got := testutil.ToFloat64(m.openConns.WithLabelValues("outbound")); got != 1 {
+	if got := testutil.ToFloat64(m.openConns.WithLabelValues("outbound", "disabled", "", "")); got != 1 {
 		t.Errorf("open connections = %v; want 1", got)
 	}
 	if got := srv.OpenConnections(); got != 1 {
@@ -338,7 +338,7 @@ func TestOpenConnectionsGauge(t *testing.T) {
 	}
 	h.client.Close()
 	h.waitDone(t)
-	if got := testutil.ToFloat64(m.openConns.WithLabelValues("outbound")); got != 0 {
+	if got := testutil.ToFloat64(m.openConns.WithLabelValues("outbound", "disabled", "", "")); got != 0 {
 		t.Errorf("open connections after close = %v; want 0", got)
 	}
 }

@@ -1,0 +1,185 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// headerXFCC is the header that tells the application who the mesh client
+// is (Envoy/Istio format).
+const headerXFCC = "X-Forwarded-Client-Cert"
+
+// serveHTTP1 proxies HTTP/1 requests read from client (after the peeked
+// bytes) to target, through net/http's server and httputil.ReverseProxy:
+// every request loses any x-forwarded-client-cert it came with and, when
+// xfcc is not empty, gets ours. Keep-alive, chunked bodies, trailers and
+// upgrades (WebSocket) are handled by the library; Host and the
+// X-Forwarded-* headers pass unchanged, none is added. The first request
+// uses up, the connection dialed during detection; should it close, the
+// next request dials target again. It returns when the client connection
+// is done.
+func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, target netip.AddrPort, xfcc string) error {
+	client.SetDeadline(time.Time{})
+	hc := &httpConn{Conn: client, peek: peek, k: k, closed: make(chan struct{})}
+	l := &oneConnListener{c: hc, done: make(chan struct{})}
+
+	var upOnce sync.Once
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var c net.Conn
+			upOnce.Do(func() { c = up })
+			if c != nil {
+				return c, nil
+			}
+			nc, err := s.dial(ctx, target)
+			if err != nil {
+				return nil, err
+			}
+			k.track(nc)
+			return nc, nil
+		},
+		MaxIdleConnsPerHost: 1,
+		DisableCompression:  true,
+		IdleConnTimeout:     s.cfg.idleTimeout(),
+	}
+	defer tr.CloseIdleConnections()
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = target.String()
+			// Rewrite mode drops these from Out; a transparent proxy
+			// passes them on as they came.
+			for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+				if v, ok := pr.In.Header[h]; ok {
+					pr.Out.Header[h] = v
+				}
+			}
+			pr.Out.Header.Del(headerXFCC)
+			if xfcc != "" {
+				pr.Out.Header.Set(headerXFCC, xfcc)
+			}
+		},
+		Transport:     tr,
+		FlushInterval: -1,
+		BufferPool:    bytePool{},
+		ErrorLog:      log.New(io.Discard, "", 0),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			s.log.Debug("http upstream error", "src", k.src, "dst", k.orig.String(), "target", target.String(), "error", err)
+			w.Header().Set("meshproxy-error", "upstream: "+err.Error())
+			w.WriteHeader(http.StatusBadGateway)
+		},
+	}
+	idle := s.cfg.idleTimeout()
+	srv := &http.Server{
+		Handler:                      rp,
+		IdleTimeout:                  idle,
+		ReadHeaderTimeout:            idle,
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     log.New(io.Discard, "", 0),
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(l)
+	}()
+	select {
+	case <-hc.closed:
+	case <-k.ctx.Done():
+	}
+	l.Close()
+	srv.Close()
+	<-served
+	client.Close()
+	if k.ctx.Err() != nil {
+		return k.ctx.Err()
+	}
+	return nil
+}
+
+// bytePool lends the copy buffers to ReverseProxy.
+type bytePool struct{}
+
+func (bytePool) Get() []byte  { return *bufPool.Get().(*[]byte) }
+func (bytePool) Put(b []byte) { bufPool.Put(&b) }
+
+// httpConn is the client connection as net/http sees it: the peeked bytes
+// come first, bytes are counted, and Close is reported.
+type httpConn struct {
+	net.Conn
+	peek   []byte
+	k      *conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *httpConn) Read(b []byte) (int, error) {
+	var n int
+	var err error
+	if len(c.peek) > 0 {
+		n = copy(b, c.peek)
+		c.peek = c.peek[n:]
+	} else {
+		n, err = c.Conn.Read(b)
+	}
+	if n > 0 {
+		c.k.m.readBytes.Add(float64(n))
+		c.k.bytesIn.Add(int64(n))
+	}
+	return n, err
+}
+
+func (c *httpConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.k.m.writeBytes.Add(float64(n))
+		c.k.bytesOut.Add(int64(n))
+	}
+	return n, err
+}
+
+func (c *httpConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// oneConnListener hands out one connection, then blocks until closed.
+type oneConnListener struct {
+	mu   sync.Mutex
+	c    net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+var _ net.Listener = (*oneConnListener)(nil)
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	c := l.c
+	l.c = nil
+	l.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return dummyAddr{} }
+
+// dummyAddr is the address of a oneConnListener.
+type dummyAddr struct{}
+
+func (dummyAddr) Network() string { return "tcp" }
+func (dummyAddr) String() string  { return "meshproxy-http" }

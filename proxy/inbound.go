@@ -1,0 +1,105 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"meshproxy/identity"
+)
+
+// handleMeshInbound terminates a mesh connection (the original
+// destination is the mesh port): TLS handshake with a required, verified
+// client certificate, then the transport header, both within the
+// handshake timeout; then the loop guard and authorization, then delivery
+// to the local application on the header's port. Every refusal is
+// counted by reason and logged once; it never affects other connections.
+func (s *Server) handleMeshInbound(k *conn) error {
+	if s.mesh.serverTLS == nil {
+		k.begin(connLabels{tls: TLSTrue})
+		return s.refuse(k, reasonHandshake, errors.New("mesh: no server TLS configured (Mesh.ServerTLS is nil)"))
+	}
+	tc := tls.Server(k.c, s.mesh.serverTLS)
+	k.track(tc)
+	tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
+	if err := tc.HandshakeContext(k.ctx); err != nil {
+		k.begin(connLabels{tls: TLSTrue})
+		return s.refuse(k, handshakeReason(err), fmt.Errorf("mesh handshake: %w", err))
+	}
+	id, err := identity.PeerID(tc.ConnectionState())
+	if err != nil {
+		k.begin(connLabels{tls: TLSTrue})
+		return s.refuse(k, reasonUntrusted, err)
+	}
+	client := id.String()
+	k.begin(connLabels{tls: TLSTrue, clientID: client})
+	hdr, err := DecodeHeader(tc)
+	if err != nil {
+		return s.refuse(k, reasonBadHeader, fmt.Errorf("from %s: %w", client, err))
+	}
+	tc.SetDeadline(time.Time{})
+	s.m.detect.WithLabelValues(s.m.dir, string(hdr.Protocol)).Inc()
+	if slices.Contains(s.mesh.proxyPorts, hdr.Port) {
+		return s.refuse(k, reasonLoop, fmt.Errorf("%s asked for port %d, one of the proxy's own ports", client, hdr.Port))
+	}
+	ok, portLabel := s.mesh.authorize(client, hdr.Port)
+	if !ok {
+		s.m.authzDeny.WithLabelValues(client, portLabel).Inc()
+		s.log.Warn("refusing connection", "src", k.src, "dst", k.orig.String(), "reason", "unauthorized",
+			"error", fmt.Errorf("no authorization rule lets %s reach port %d", client, hdr.Port), "client_id", client)
+		k.abort()
+		return errors.New("unauthorized")
+	}
+	s.m.authzAllow.WithLabelValues(client, portLabel).Inc()
+	target := s.target(netip.AddrPortFrom(k.orig.Addr(), hdr.Port))
+	up, err := s.dial(k.ctx, target)
+	if err != nil {
+		s.connectFailed(k, target, &connectError{err})
+		return &connectError{err}
+	}
+	k.track(up)
+	s.log.Debug("connection opened", "src", k.src, "dst", k.orig.String(), "target", target.String(),
+		"protocol", string(hdr.Protocol), "tls", TLSTrue, "client_id", client)
+	if hdr.Protocol == ProtocolHTTP1 {
+		xfcc := "URI=" + client
+		if s.mesh.localID != "" {
+			xfcc = "By=" + s.mesh.localID + ";" + xfcc
+		}
+		return s.serveHTTP1(k, tc, nil, up, target, xfcc)
+	}
+	return s.forwardBuffered(k, tc, up)
+}
+
+// handleInboundPlain handles a connection to an application port with the
+// mesh on: forwarded (permissive) or refused (strict).
+func (s *Server) handleInboundPlain(k *conn) error {
+	if s.mesh.policy != Strict {
+		return s.handlePlain(k, TLSNoIdentity)
+	}
+	// Strict: nothing but mesh mTLS. Read what the client starts with,
+	// only to say what was refused.
+	proto := ProtocolNone
+	if !slices.Contains(s.cfg.OpaquePorts, k.orig.Port()) {
+		buf := make([]byte, detectBufSize)
+		proto, _, _ = Detect(k.c, s.cfg.detectTimeout(), buf)
+		s.m.detect.WithLabelValues(s.m.dir, string(proto)).Inc()
+	}
+	reason, label := reasonPlaintext, TLSNoIdentity
+	if proto == ProtocolTLS {
+		reason, label = reasonAppTLS, TLSOpaque
+	}
+	k.begin(connLabels{tls: label})
+	return s.refuse(k, reason, fmt.Errorf("inbound policy is strict: only mesh mTLS on port %d is accepted (client sent %s)", s.mesh.port, proto))
+}
+
+// refuse counts and logs (one warn line) an inbound connection refused
+// before delivery, and closes it.
+func (s *Server) refuse(k *conn, reason string, err error) error {
+	s.m.refused.WithLabelValues(reason).Inc()
+	s.log.Warn("refusing connection", "src", k.src, "dst", k.orig.String(), "reason", reason, "error", err)
+	k.abort()
+	return fmt.Errorf("refused (%s): %w", reason, err)
+}

@@ -1,0 +1,308 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"meshproxy/balancer"
+	"meshproxy/identity"
+)
+
+// DefaultMeshPort is the port peer proxies dial for the mesh transport
+// (the inbound port, as in Linkerd).
+const DefaultMeshPort = 4143
+
+// DefaultProxyPorts are the proxy's own ports (outbound, mesh/inbound,
+// Linkerd's tap/admin pair) that an inbound mesh connection may never ask
+// to be delivered to.
+var DefaultProxyPorts = []uint16{4140, 4143, 4190, 4191}
+
+// InboundPolicy says what the inbound side accepts besides mesh mTLS.
+type InboundPolicy string
+
+const (
+	// Permissive forwards plaintext and the application's own TLS on
+	// application ports, and terminates mesh mTLS on the mesh port.
+	Permissive InboundPolicy = "permissive"
+	// Strict refuses everything that is not mesh mTLS.
+	Strict InboundPolicy = "strict"
+)
+
+// AuthzRule allows clients to reach a port over the mesh.
+type AuthzRule struct {
+	// Port is the application port the rule covers; 0 means any port.
+	Port uint16
+	// Client is an exact SPIFFE ID, a prefix ending in "/*" (such as
+	// "spiffe://cluster.local/ns/ops/*"), or "*" for any client with a
+	// valid mesh certificate.
+	Client string
+}
+
+// String renders the rule as ParseAuthz reads it.
+func (r AuthzRule) String() string {
+	p := "*"
+	if r.Port != 0 {
+		p = strconv.Itoa(int(r.Port))
+	}
+	return p + "=" + r.Client
+}
+
+// matches reports whether client (a SPIFFE ID string) may use the rule.
+func (r AuthzRule) matches(client string) bool {
+	switch {
+	case r.Client == "*":
+		return true
+	case strings.HasSuffix(r.Client, "/*"):
+		return strings.HasPrefix(client, r.Client[:len(r.Client)-1])
+	}
+	return client == r.Client
+}
+
+// ParseAuthz parses a comma-separated list of PORT=CLIENT rules, where
+// PORT is a port number or "*" (any port) and CLIENT an exact SPIFFE ID, a
+// prefix ending in "/*", or "*". Example:
+// "8080=spiffe://cluster.local/ns/a/sa/b,*=spiffe://cluster.local/ns/ops/*".
+// An empty string is no rules.
+func ParseAuthz(s string) ([]AuthzRule, error) {
+	var rules []AuthzRule
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		ps, client, ok := strings.Cut(item, "=")
+		if !ok {
+			return nil, fmt.Errorf("authz rule %q: want PORT=CLIENT, e.g. 8080=spiffe://cluster.local/ns/default/sa/web or *=*", item)
+		}
+		ps, client = strings.TrimSpace(ps), strings.TrimSpace(client)
+		var r AuthzRule
+		if ps != "*" {
+			p, err := strconv.ParseUint(ps, 10, 16)
+			if err != nil || p == 0 {
+				return nil, fmt.Errorf("authz rule %q: port %q: want 1-65535 or * for any port", item, ps)
+			}
+			r.Port = uint16(p)
+		}
+		switch {
+		case client == "*":
+		case strings.HasSuffix(client, "/*"):
+			if !strings.HasPrefix(client, "spiffe://") || len(client) <= len("spiffe://")+2 || strings.Count(client, "*") != 1 {
+				return nil, fmt.Errorf("authz rule %q: client prefix %q: want spiffe://<trust-domain>/... ending in /*", item, client)
+			}
+		default:
+			if _, err := identity.ParseID(client); err != nil {
+				return nil, fmt.Errorf("authz rule %q: client: %w (or use a prefix ending in /*, or * for any client)", item, err)
+			}
+		}
+		r.Client = client
+		rules = append(rules, r)
+	}
+	return rules, nil
+}
+
+// Mesh configures the mesh transport: mutual TLS between proxies.
+type Mesh struct {
+	// Port is the peers' inbound (mesh) port, dialed outbound and
+	// terminated inbound. Zero means DefaultMeshPort.
+	Port uint16
+	// ClientTLS builds the config for an outbound mesh dial; expected is
+	// the server identity to insist on, or nil for any identity of the
+	// trust domain. Required for the outbound direction
+	// (identity.Manager.ClientTLSConfig).
+	ClientTLS func(expected *identity.ID) *tls.Config
+	// ServerTLS terminates inbound mesh connections; built once and
+	// shared. Required for the inbound direction
+	// (identity.Manager.ServerTLSConfig).
+	ServerTLS *tls.Config
+	// LocalID is this proxy's identity, the By= of x-forwarded-client-cert.
+	LocalID identity.ID
+	// Meshed destinations are always dialed with mutual TLS, Unmeshed
+	// ones always in plaintext (Meshed wins when both match). Others are
+	// probed on the mesh port and the answer cached.
+	Meshed, Unmeshed []netip.Prefix
+	// RequireOutboundTLS refuses outbound connections to destinations
+	// that are not meshed instead of sending them in plaintext.
+	RequireOutboundTLS bool
+	// InboundPolicy: the zero value means Permissive.
+	InboundPolicy InboundPolicy
+	// Authz limits which clients reach which ports over the mesh. Empty
+	// allows any client with a valid mesh certificate. Otherwise a
+	// connection is allowed only when a rule for its port (or for any
+	// port) matches its client; a port no rule covers is closed (add
+	// "*=*" to leave the rest open).
+	Authz []AuthzRule
+	// ProxyPorts are the proxy's own ports, which an inbound mesh
+	// connection may not target (it would loop). Nil means
+	// DefaultProxyPorts; Port is always included.
+	ProxyPorts []uint16
+	// HandshakeTimeout bounds the TLS handshake and, inbound, reading the
+	// transport header. Zero means 10s.
+	HandshakeTimeout time.Duration
+	// Cache remembers which destinations are meshed. Nil means a new
+	// balancer.MeshCache with its defaults (10k addresses, meshed for 1h
+	// after the last success, unmeshed for 30s).
+	Cache *balancer.MeshCache
+}
+
+// Refusal reasons (the reason label of meshproxy_inbound_refused_total
+// and meshproxy_outbound_mesh_errors_total, and the reason of log lines).
+const (
+	reasonNoClientCert = "no_client_cert" // inbound: mesh client without certificate
+	reasonNoALPN       = "no_alpn"        // inbound: mesh client without ALPN meshproxy/1
+	reasonUntrusted    = "untrusted"      // peer chain not trusted / other trust domain / unexpected identity
+	reasonNotTLS       = "not_tls"        // inbound: garbage on the mesh port
+	reasonHandshake    = "handshake"      // other handshake failures (including the peer refusing us)
+	reasonTimeout      = "timeout"        // handshake or header not done in time
+	reasonBadHeader    = "bad_header"     // inbound: transport header truncated/oversized/invalid
+	reasonLoop         = "loop"           // inbound: header targets one of the proxy's own ports
+	reasonPlaintext    = "plaintext"      // inbound strict: plaintext on an application port
+	reasonAppTLS       = "app_tls"        // inbound strict: the application's own TLS, not mesh mTLS
+	reasonConnect      = "connect"        // outbound: a meshed endpoint's mesh port did not answer
+	reasonNotMeshed    = "not_meshed"     // outbound: RequireOutboundTLS and the destination is not meshed
+	reasonHeaderWrite  = "header_write"   // outbound: sending the transport header failed
+)
+
+// Handshake errors the inbound side's VerifyConnection wrapper returns.
+var (
+	errNoClientCert = errors.New("mesh client presented no certificate")
+	errNoALPN       = fmt.Errorf("mesh client did not negotiate ALPN %q (is it a meshproxy?)", identity.ALPN)
+)
+
+// meshRuntime is a Mesh resolved for one Server.
+type meshRuntime struct {
+	cfg        Mesh
+	port       uint16
+	proxyPorts []uint16
+	serverTLS  *tls.Config
+	cache      *balancer.MeshCache
+	policy     InboundPolicy
+	hsTimeout  time.Duration
+	localID    string
+}
+
+func newMeshRuntime(m Mesh) *meshRuntime {
+	r := &meshRuntime{cfg: m, port: m.Port, cache: m.Cache, policy: m.InboundPolicy, hsTimeout: m.HandshakeTimeout}
+	r.cfg.Meshed = slices.Clone(m.Meshed)
+	r.cfg.Unmeshed = slices.Clone(m.Unmeshed)
+	r.cfg.Authz = slices.Clone(m.Authz)
+	if r.port == 0 {
+		r.port = DefaultMeshPort
+	}
+	r.proxyPorts = slices.Clone(m.ProxyPorts)
+	if m.ProxyPorts == nil {
+		r.proxyPorts = slices.Clone(DefaultProxyPorts)
+	}
+	if !slices.Contains(r.proxyPorts, r.port) {
+		r.proxyPorts = append(r.proxyPorts, r.port)
+	}
+	if r.cache == nil {
+		r.cache = balancer.NewMeshCache(balancer.MeshCacheConfig{})
+	}
+	if r.policy == "" {
+		r.policy = Permissive
+	}
+	if r.hsTimeout <= 0 {
+		r.hsTimeout = 10 * time.Second
+	}
+	if !m.LocalID.IsZero() {
+		r.localID = m.LocalID.String()
+	}
+	if m.ServerTLS != nil {
+		r.serverTLS = wrapServerTLS(m.ServerTLS)
+	}
+	return r
+}
+
+// wrapServerTLS clones cfg (once per Server, so session tickets still
+// work across connections) and checks the client certificate's presence
+// and ALPN in VerifyConnection before cfg's own check, so refusals can be
+// told apart by reason. The certificate stays required: an empty one
+// fails errNoClientCert, and cfg's VerifyConnection verifies the chain.
+func wrapServerTLS(cfg *tls.Config) *tls.Config {
+	c := cfg.Clone()
+	inner := c.VerifyConnection
+	if inner == nil {
+		return c // the library verifies (RequireAndVerifyClientCert); reasons are coarser
+	}
+	if c.ClientAuth == tls.RequireAnyClientCert {
+		c.ClientAuth = tls.RequestClientCert // presence checked below
+	}
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errNoClientCert
+		}
+		if cs.NegotiatedProtocol != identity.ALPN {
+			return errNoALPN
+		}
+		return inner(cs)
+	}
+	return c
+}
+
+// meshState says whether dst must, must not, or may be meshed.
+func (r *meshRuntime) meshState(dst netip.Addr) (state balancer.MeshState, forced bool) {
+	dst = dst.Unmap()
+	for _, p := range r.cfg.Meshed {
+		if p.Contains(dst) {
+			return balancer.Meshed, true
+		}
+	}
+	for _, p := range r.cfg.Unmeshed {
+		if p.Contains(dst) {
+			return balancer.Unmeshed, true
+		}
+	}
+	return r.cache.Get(dst), false
+}
+
+// authorize reports whether client may reach port, and the port label of
+// the decision: the port of the rule that allowed it, the port itself
+// when some rule names it, else "*" (so the label's values are bounded by
+// the configuration, not by what clients ask for).
+func (r *meshRuntime) authorize(client string, port uint16) (bool, string) {
+	if len(r.cfg.Authz) == 0 {
+		return true, "*"
+	}
+	named := false
+	for _, rule := range r.cfg.Authz {
+		if rule.Port != 0 && rule.Port != port {
+			continue
+		}
+		named = named || rule.Port != 0
+		if rule.matches(client) {
+			if rule.Port == 0 {
+				return true, "*"
+			}
+			return true, strconv.Itoa(int(port))
+		}
+	}
+	if named {
+		return false, strconv.Itoa(int(port))
+	}
+	return false, "*"
+}
+
+// isTLSRefusal maps an inbound handshake error to a refusal reason.
+func handshakeReason(err error) string {
+	var rh tls.RecordHeaderError
+	switch {
+	case errors.Is(err, errNoClientCert):
+		return reasonNoClientCert
+	case errors.Is(err, errNoALPN):
+		return reasonNoALPN
+	case errors.Is(err, identity.ErrUntrusted), errors.Is(err, identity.ErrTrustDomain),
+		errors.Is(err, identity.ErrUnexpectedPeer), errors.Is(err, identity.ErrNoIdentity):
+		return reasonUntrusted
+	case errors.As(err, &rh):
+		return reasonNotTLS
+	case isTimeout(err):
+		return reasonTimeout
+	}
+	return reasonHandshake
+}
