@@ -504,9 +504,9 @@ type podSettings struct {
 	resources    corev1.ResourceRequirements
 }
 
-// annotation returns the value of key on the pod template, or else on the
+// podAnnotation returns the value of key on the pod template, or else on the
 // workload itself.
-func annotation(p podRef, key string) (string, bool) {
+func podAnnotation(p podRef, key string) (string, bool) {
 	if v, ok := p.Meta.Annotations[key]; ok {
 		return v, true
 	}
@@ -518,7 +518,7 @@ func annotation(p podRef, key string) (string, bool) {
 // volumes in p. It reports false, changing nothing, when the pod opted out
 // or cannot be injected; warn says why for the latter.
 func injectPod(p podRef, cfg injectConfig, warn func(string)) (bool, error) {
-	if v, ok := annotation(p, annInject); ok {
+	if v, ok := podAnnotation(p, annInject); ok {
 		switch v {
 		case "disabled":
 			return false, nil
@@ -606,17 +606,17 @@ func checkPortClashes(spec *corev1.PodSpec) error {
 func readPodSettings(p podRef) (podSettings, error) {
 	var s podSettings
 	var err error
-	if v, ok := annotation(p, annSkipInbound); ok {
+	if v, ok := podAnnotation(p, annSkipInbound); ok {
 		if s.skipInbound, err = parsePortList(v, true); err != nil {
 			return s, fmt.Errorf("annotation %s: %w", annSkipInbound, err)
 		}
 	}
-	if v, ok := annotation(p, annSkipOutbound); ok {
+	if v, ok := podAnnotation(p, annSkipOutbound); ok {
 		if s.skipOutbound, err = parsePortList(v, true); err != nil {
 			return s, fmt.Errorf("annotation %s: %w", annSkipOutbound, err)
 		}
 	}
-	if v, ok := annotation(p, annOpaquePorts); ok {
+	if v, ok := podAnnotation(p, annOpaquePorts); ok {
 		if s.opaquePorts, err = parsePortList(v, false); err != nil {
 			return s, fmt.Errorf("annotation %s: %w", annOpaquePorts, err)
 		}
@@ -684,14 +684,14 @@ func proxyResources(p podRef) (corev1.ResourceRequirements, error) {
 		req := resource.MustParse(pr.defaultReq)
 		lim := resource.MustParse(pr.defaultLim)
 		explicitReq := false
-		if v, ok := annotation(p, pr.reqAnn); ok {
+		if v, ok := podAnnotation(p, pr.reqAnn); ok {
 			q, err := resource.ParseQuantity(v)
 			if err != nil {
 				return r, fmt.Errorf("annotation %s: %q is not a quantity (e.g. 100m, 64Mi)", pr.reqAnn, v)
 			}
 			req, explicitReq = q, true
 		}
-		if v, ok := annotation(p, pr.limAnn); ok {
+		if v, ok := podAnnotation(p, pr.limAnn); ok {
 			q, err := resource.ParseQuantity(v)
 			if err != nil {
 				return r, fmt.Errorf("annotation %s: %q is not a quantity (e.g. 500m, 128Mi)", pr.limAnn, v)
@@ -714,7 +714,7 @@ func proxyResources(p podRef) (corev1.ResourceRequirements, error) {
 // cfg and the pod's skip-port annotations, as root with only NET_ADMIN and
 // NET_RAW.
 func initContainer(cfg injectConfig, s podSettings) corev1.Container {
-	inIgnore := dedupe(append([]string{"4190", "4191"}, s.skipInbound...))
+	inIgnore := dedupePorts(append([]string{"4190", "4191"}, s.skipInbound...))
 	args := []string{
 		"init",
 		"--mode", cfg.Mode,
@@ -722,7 +722,7 @@ func initContainer(cfg injectConfig, s podSettings) corev1.Container {
 		"--inbound-ports-to-ignore", strings.Join(inIgnore, ","),
 	}
 	if len(s.skipOutbound) > 0 {
-		args = append(args, "--outbound-ports-to-ignore", strings.Join(dedupe(s.skipOutbound), ","))
+		args = append(args, "--outbound-ports-to-ignore", strings.Join(dedupePorts(s.skipOutbound), ","))
 	}
 	return corev1.Container{
 		Name:    injectInitName,
@@ -735,10 +735,10 @@ func initContainer(cfg injectConfig, s podSettings) corev1.Container {
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext: &corev1.SecurityContext{
-			RunAsUser:                ptr(int64(0)),
-			RunAsNonRoot:             ptr(false),
-			AllowPrivilegeEscalation: ptr(false),
-			ReadOnlyRootFilesystem:   ptr(true),
+			RunAsUser:                kptr(int64(0)),
+			RunAsNonRoot:             kptr(false),
+			AllowPrivilegeEscalation: kptr(false),
+			ReadOnlyRootFilesystem:   kptr(true),
 			Capabilities: &corev1.Capabilities{
 				Add:  []corev1.Capability{"NET_ADMIN", "NET_RAW"},
 				Drop: []corev1.Capability{"ALL"},
@@ -772,17 +772,17 @@ func proxyContainer(cfg injectConfig, s podSettings) corev1.Container {
 		{Name: "MESHPROXY_IDENTITY_TOKEN_FILE", Value: tokenMountPath + "/token"},
 	}
 	if len(s.opaquePorts) > 0 {
-		env = append(env, corev1.EnvVar{Name: "MESHPROXY_OPAQUE_PORTS", Value: strings.Join(dedupe(s.opaquePorts), ",")})
+		env = append(env, corev1.EnvVar{Name: "MESHPROXY_OPAQUE_PORTS", Value: strings.Join(dedupePorts(s.opaquePorts), ",")})
 	}
 	httpGet := func(path string) corev1.ProbeHandler {
 		return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(proxyAdminPort)}}
 	}
 	sc := &corev1.SecurityContext{
-		RunAsUser:                ptr(cfg.ProxyUID),
-		RunAsGroup:               ptr(cfg.ProxyUID),
-		RunAsNonRoot:             ptr(true),
-		AllowPrivilegeEscalation: ptr(false),
-		ReadOnlyRootFilesystem:   ptr(true),
+		RunAsUser:                kptr(cfg.ProxyUID),
+		RunAsGroup:               kptr(cfg.ProxyUID),
+		RunAsNonRoot:             kptr(true),
+		AllowPrivilegeEscalation: kptr(false),
+		ReadOnlyRootFilesystem:   kptr(true),
 		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 	}
 	if cfg.Mode == "tproxy" {
@@ -792,7 +792,7 @@ func proxyContainer(cfg injectConfig, s podSettings) corev1.Container {
 		// no_new_privs, which allowPrivilegeEscalation: false sets, makes
 		// execve ignore file capabilities. So tproxy mode has to allow it.
 		sc.Capabilities.Add = []corev1.Capability{"NET_ADMIN"}
-		sc.AllowPrivilegeEscalation = ptr(true)
+		sc.AllowPrivilegeEscalation = kptr(true)
 	}
 	return corev1.Container{
 		Name:    injectProxyName,
@@ -834,13 +834,13 @@ func proxyVolumes() []corev1.Volume {
 		}}},
 		{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
-				Audience: tokenAudience, ExpirationSeconds: ptr(int64(tokenExpirySecs)), Path: "token",
+				Audience: tokenAudience, ExpirationSeconds: kptr(int64(tokenExpirySecs)), Path: "token",
 			}}},
 		}}},
 	}
 }
 
-func dedupe(items []string) []string {
+func dedupePorts(items []string) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, it := range items {
@@ -857,4 +857,4 @@ func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
 }
 
-func ptr[T any](v T) *T { return &v }
+func kptr[T any](v T) *T { return &v }

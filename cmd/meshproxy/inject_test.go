@@ -38,9 +38,9 @@ func lookupOrDefineBool(name, usage string) func() bool {
 	return func() bool { return *p }
 }
 
-// inject runs "meshproxy inject" with args on stdin and returns stdout,
+// injectT runs "meshproxy inject" with args on stdin and returns stdout,
 // stderr and the exit code.
-func inject(t *testing.T, stdin []byte, args ...string) (string, string, int) {
+func injectT(t *testing.T, stdin []byte, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code := injectMain(args, bytes.NewReader(stdin), &out, &errb)
@@ -143,7 +143,7 @@ func checkInjected(t *testing.T, meta *metav1.ObjectMeta, spec *corev1.PodSpec, 
 		t.Errorf("annotation %s = %q; want %q", annInjected, got, version)
 	}
 	if len(spec.InitContainers) == 0 || spec.InitContainers[0].Name != injectInitName {
-		t.Fatalf("first init container is not %s: %v", injectInitName, names(spec.InitContainers))
+		t.Fatalf("first init container is not %s: %v", injectInitName, containerNames(spec.InitContainers))
 	}
 	ic := spec.InitContainers[0]
 	if ic.Command[0] != "meshproxy" || ic.Args[0] != "init" || !slices.Contains(ic.Args, "--proxy-uid") || !slices.Contains(ic.Args, mode) {
@@ -162,7 +162,7 @@ func checkInjected(t *testing.T, meta *metav1.ObjectMeta, spec *corev1.PodSpec, 
 			t.Errorf("legacy: proxy is an init container: %+v", c)
 		}
 		if len(spec.Containers) == 0 || spec.Containers[0].Name != injectProxyName {
-			t.Fatalf("legacy: first container is not the proxy: %v", names(spec.Containers))
+			t.Fatalf("legacy: first container is not the proxy: %v", containerNames(spec.Containers))
 		}
 		proxy = &spec.Containers[0]
 		if proxy.RestartPolicy != nil {
@@ -170,10 +170,10 @@ func checkInjected(t *testing.T, meta *metav1.ObjectMeta, spec *corev1.PodSpec, 
 		}
 	} else {
 		if len(spec.InitContainers) < 2 || spec.InitContainers[1].Name != injectProxyName {
-			t.Fatalf("native: second init container is not the proxy: %v", names(spec.InitContainers))
+			t.Fatalf("native: second init container is not the proxy: %v", containerNames(spec.InitContainers))
 		}
 		if i, _ := findContainer(spec.Containers, injectProxyName); i >= 0 {
-			t.Errorf("native: proxy also among containers: %v", names(spec.Containers))
+			t.Errorf("native: proxy also among containers: %v", containerNames(spec.Containers))
 		}
 		proxy = &spec.InitContainers[1]
 		if proxy.RestartPolicy == nil || *proxy.RestartPolicy != corev1.ContainerRestartPolicyAlways {
@@ -272,7 +272,7 @@ func checkInjected(t *testing.T, meta *metav1.ObjectMeta, spec *corev1.PodSpec, 
 	}
 }
 
-func names(cs []corev1.Container) []string {
+func containerNames(cs []corev1.Container) []string {
 	var out []string
 	for _, c := range cs {
 		out = append(out, c.Name)
@@ -296,7 +296,7 @@ func TestInjectGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			args := goldenArgs(src)
-			got, stderr, code := inject(t, src, args...)
+			got, stderr, code := injectT(t, src, args...)
 			if code != 0 {
 				t.Fatalf("exit %d; stderr: %s", code, stderr)
 			}
@@ -314,7 +314,7 @@ func TestInjectGolden(t *testing.T) {
 				t.Errorf("output differs from %s (run with -update if the change is meant):\n%s", goldenPath, got)
 			}
 
-			again, stderr, code := inject(t, []byte(got), args...)
+			again, stderr, code := injectT(t, []byte(got), args...)
 			if code != 0 {
 				t.Fatalf("second injection: exit %d; stderr: %s", code, stderr)
 			}
@@ -364,7 +364,7 @@ func TestInjectPassThrough(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, _, code := inject(t, src)
+		got, _, code := injectT(t, src)
 		if code != 0 || got != string(src) {
 			t.Errorf("%s: exit %d, output differs from input:\n%s", name, code, got)
 		}
@@ -373,7 +373,7 @@ func TestInjectPassThrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _, _ := inject(t, src)
+	got, _, _ := injectT(t, src)
 	inDocs := splitYAMLDocuments(src)
 	outDocs := splitYAMLDocuments([]byte(got))
 	if len(outDocs) != 3 {
@@ -394,17 +394,17 @@ func TestInjectReinjectWithOtherFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	native, _, code := inject(t, src)
+	native, _, code := injectT(t, src)
 	if code != 0 {
 		t.Fatal("first injection failed")
 	}
-	legacy, stderr, code := inject(t, []byte(native), "--legacy-sidecar", "--mode", "tproxy")
+	legacy, stderr, code := injectT(t, []byte(native), "--legacy-sidecar", "--mode", "tproxy")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	job := strictDecode(t, []byte(legacy)).(*batchv1.Job)
 	checkInjected(t, &job.Spec.Template.ObjectMeta, &job.Spec.Template.Spec, true, "tproxy")
-	back, _, _ := inject(t, []byte(legacy))
+	back, _, _ := injectT(t, []byte(legacy))
 	if back != native {
 		t.Errorf("legacy then native again differs from native:\n%s", back)
 	}
@@ -416,7 +416,7 @@ func TestInjectAnnotations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, stderr, code := inject(t, src)
+	got, stderr, code := injectT(t, src)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -461,7 +461,7 @@ func TestInjectAnnotations(t *testing.T) {
 // since init would rewrite the node's own firewall.
 func TestInjectHostNetwork(t *testing.T) {
 	src := []byte("apiVersion: v1\nkind: Pod\nmetadata:\n  name: node-agent\nspec:\n  hostNetwork: true\n  containers:\n  - name: a\n    image: b\n")
-	got, stderr, code := inject(t, src)
+	got, stderr, code := injectT(t, src)
 	if code != 0 || got != string(src) {
 		t.Errorf("exit %d, output:\n%s\nwant the input unchanged", code, got)
 	}
@@ -477,7 +477,7 @@ func TestInjectFiles(t *testing.T) {
 	if err := os.WriteFile(a, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got, stderr, code := inject(t, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n"), "-f", a, "-f", "-")
+	got, stderr, code := injectT(t, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n"), "-f", a, "-f", "-")
 	want := "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n"
 	if code != 0 || got != want {
 		t.Errorf("exit %d (%s), output:\n%s\nwant:\n%s", code, stderr, got, want)
@@ -524,7 +524,7 @@ func TestInjectErrors(t *testing.T) {
 		{"stray argument", "", []string{"deploy.yaml"}, 2, []string{"unexpected argument"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, stderr, code := inject(t, []byte(tc.in), tc.args...)
+			out, stderr, code := injectT(t, []byte(tc.in), tc.args...)
 			if code != tc.code {
 				t.Fatalf("exit = %d; want %d (stderr %q)", code, tc.code, stderr)
 			}
@@ -565,7 +565,7 @@ func TestKubernetesManifests(t *testing.T) {
 			_ = yaml.Unmarshal(doc, &head)
 			kinds[head.Kind] = obj
 		}
-		got, stderr, code := inject(t, data)
+		got, stderr, code := injectT(t, data)
 		if code != 0 || got != string(data) {
 			t.Errorf("%s: inject changed it (exit %d, %s); the identity service must be opted out", f, code, stderr)
 		}
@@ -606,7 +606,7 @@ func TestKubernetesManifests(t *testing.T) {
 
 // TestInjectHelp: -h anywhere prints the usage with the annotations, exit 0.
 func TestInjectHelp(t *testing.T) {
-	out, _, code := inject(t, nil, "--mode", "tproxy", "-h")
+	out, _, code := injectT(t, nil, "--mode", "tproxy", "-h")
 	if code != 0 || !strings.Contains(out, "meshproxy.io/inject: disabled") || !strings.Contains(out, "-legacy-sidecar") {
 		t.Errorf("exit %d, usage:\n%s", code, out)
 	}
