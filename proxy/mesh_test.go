@@ -551,3 +551,51 @@ func TestAuthorize(t *testing.T) {
 		t.Error("no rules: authorize = false; want any valid client allowed")
 	}
 }
+
+// TestMeshHTTPUpgrade: an HTTP/1 upgrade (as WebSocket does) through the
+// mesh switches to raw bytes both ways after the 101.
+func TestMeshHTTPUpgrade(t *testing.T) {
+	e := newMeshEnv(t, meshOpts{})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" || r.Header.Get("X-Forwarded-Client-Cert") == "" {
+			http.Error(w, "want Upgrade: echo from a mesh client", http.StatusBadRequest)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		io.Copy(c, brw)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	app := ln.Addr().(*net.TCPAddr).AddrPort()
+
+	h := handleOne(t, e.out, app)
+	h.client.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(h.client, "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(h.client)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status = %d; want 101", resp.StatusCode)
+	}
+	for _, msg := range []string{"frame one", "frame two"} {
+		io.WriteString(h.client, msg)
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != msg {
+			t.Fatalf("upgraded echo = %q, %v; want %q", buf, err, msg)
+		}
+	}
+	h.client.Close()
+	h.waitDone(t)
+}

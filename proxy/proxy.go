@@ -1,10 +1,18 @@
-// Package proxy holds the proxy's traffic pipelines. This slice forwards
-// every accepted connection opaquely: it detects what the client speaks
-// (HTTP/1, HTTP/2, TLS, other, or nothing) for logs and metrics, dials the
-// target (the original destination outbound, the local application
-// inbound), and moves bytes between the two raw TCP sockets so Linux
+// Package proxy holds the proxy's traffic pipelines. Every accepted
+// connection is detected (HTTP/1, HTTP/2, TLS, other, or nothing) while the
+// target is dialed, then forwarded: between raw TCP sockets so Linux
 // splices them, with half-close, connect and idle timeouts, and live byte
 // counters.
+//
+// With the mesh on (Config.Mesh), proxies talk to each other over mutual
+// TLS: outbound, a destination whose mesh port answers (probed once,
+// remembered in a balancer.MeshCache) is reached by TLS to that port, a
+// transport header (header.go) naming the target port and protocol, and
+// the client's bytes; inbound, the mesh port terminates TLS, checks the
+// client certificate, the header, the loop guard and the authorization
+// rules, and delivers to the local application, adding
+// x-forwarded-client-cert to HTTP/1 requests. A TLS failure never falls
+// back to plaintext.
 package proxy
 
 import (
