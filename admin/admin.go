@@ -5,6 +5,7 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -54,6 +55,20 @@ func New(gatherer prometheus.Gatherer, log *slog.Logger) *Server {
 // Handle adds a handler to the admin mux, for endpoints owned by other
 // parts of the binary. pattern follows net/http.ServeMux.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// HandleState serves GET /debug/state as the JSON encoding of what state
+// returns at each request. state must never return secrets.
+func (s *Server) HandleState(state func() any) {
+	s.mux.HandleFunc("GET /debug/state", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(state()); err != nil {
+			s.log.Warn("encoding /debug/state", "err", err)
+		}
+	})
+}
 
 // SetReady marks the proxy ready to take traffic.
 func (s *Server) SetReady() { s.ready.Store(true) }

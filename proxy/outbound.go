@@ -174,7 +174,25 @@ func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool
 	}
 	tc := tls.Client(raw, s.mesh.cfg.ClientTLS(nil))
 	tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
-	if err := tc.HandshakeContext(ctx); err != nil {
+	err = tc.HandshakeContext(ctx)
+	if err != nil && ctx.Err() == nil {
+		// A resumed session carries the certificates of the handshake that
+		// made it; one whose peer certificate expires between the resume
+		// offer and verification fails by milliseconds. Retry once with a
+		// full handshake, without the session cache: a genuine failure
+		// fails again, and no application byte has been sent yet.
+		raw.Close()
+		cfg := s.mesh.cfg.ClientTLS(nil)
+		cfg.ClientSessionCache = nil
+		raw, err = d.DialContext(ctx, "tcp", addr.String())
+		if err != nil {
+			return meshDial{err: fmt.Errorf("dialing mesh port %s again for a full handshake: %w", addr, err), reason: reasonConnect}
+		}
+		tc = tls.Client(raw, cfg)
+		tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
+		err = tc.HandshakeContext(ctx)
+	}
+	if err != nil {
 		raw.Close()
 		reason := handshakeReason(err)
 		if reason == reasonNoClientCert || reason == reasonNoALPN || reason == reasonNotTLS {

@@ -110,10 +110,10 @@ func TestForwarding(t *testing.T) {
 			// Each client connection made exactly one outbound proxied
 			// connection: the proxy's own upstream connection was not
 			// captured again.
-			if n := l.clientProxy.metric(t, `meshproxy_tcp_open_total{direction="outbound"`); n != 4 {
+			if n := l.clientProxy.metric(t, `meshproxy_tcp_open_total{direction="outbound"}`); n != 4 {
 				t.Errorf("client proxy: outbound tcp_open_total = %v; want 4 (2 HTTP + 2 TCP)", n)
 			}
-			if n := l.serverProxy.metric(t, `meshproxy_tcp_open_total{direction="inbound"`); n != 4 {
+			if n := l.serverProxy.metric(t, `meshproxy_tcp_open_total{direction="inbound"}`); n != 4 {
 				t.Errorf("server proxy: inbound tcp_open_total = %v; want 4", n)
 			}
 		})
@@ -190,7 +190,7 @@ func TestBypass(t *testing.T) {
 			if body := getBody(t, l.client, "http://"+hostPort(serverV4, 8080)+"/"); !strings.Contains(body, "remote=127.0.0.1:") {
 				t.Errorf("captured port: server saw %q; want the proxy on 127.0.0.1", body)
 			}
-			if n := l.clientProxy.metric(t, `meshproxy_tcp_open_total{direction="outbound"`); n != 1 {
+			if n := l.clientProxy.metric(t, `meshproxy_tcp_open_total{direction="outbound"}`); n != 1 {
 				t.Errorf("client proxy: outbound connections = %v; want 1 (only the captured one)", n)
 			}
 

@@ -119,6 +119,12 @@ type labOptions struct {
 	mode          string
 	detectTimeout time.Duration
 	initArgs      []string // extra "meshproxy init" flags for both pods
+	runArgs       []string // extra "meshproxy run" flags for both proxies
+	clientArgs    []string // extra "meshproxy run" flags for the client pod's proxy
+	serverArgs    []string // extra "meshproxy run" flags for the server pod's proxy
+	// noServerProxy leaves the server pod without rules or proxy (an
+	// unmeshed server).
+	noServerProxy bool
 }
 
 func newLab(t *testing.T, o labOptions) *lab {
@@ -129,7 +135,11 @@ func newLab(t *testing.T, o labOptions) *lab {
 	netnstest.Link(t, l.client, l.server,
 		[]netip.Prefix{mustPrefix(clientV4 + "/24"), mustPrefix(clientV6 + "/64"), mustPrefix(clientIgnoredV4 + "/24")},
 		[]netip.Prefix{mustPrefix(serverV4 + "/24"), mustPrefix(serverV6 + "/64"), mustPrefix(serverIgnoredV4 + "/24")})
-	for _, p := range []*netnstest.Pod{l.client, l.server} {
+	pods := []*netnstest.Pod{l.client, l.server}
+	if o.noServerProxy {
+		pods = pods[:1]
+	}
+	for _, p := range pods {
 		args := append([]string{"init", "--netns", p.Path, "--mode", o.mode, "--proxy-uid", strconv.Itoa(proxyUID)}, o.initArgs...)
 		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
 			t.Fatalf("meshproxy %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -139,16 +149,70 @@ func newLab(t *testing.T, o labOptions) *lab {
 	if dt == 0 {
 		dt = 500 * time.Millisecond
 	}
-	l.clientProxy = startProxy(t, l.client, o.mode, "--detect-timeout", dt.String())
-	l.serverProxy = startProxy(t, l.server, o.mode, "--detect-timeout", dt.String())
+	common := append([]string{"--detect-timeout", dt.String()}, o.runArgs...)
+	l.clientProxy = startProxy(t, l.client, o.mode, append(append([]string{}, common...), o.clientArgs...)...)
+	if !o.noServerProxy {
+		l.serverProxy = startProxy(t, l.server, o.mode, append(append([]string{}, common...), o.serverArgs...)...)
+	}
 	return l
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
+// newCADir makes a local CA with "meshproxy ca init" in a directory the
+// proxy UID owns (a single-host mesh: proxies issue from it directly).
+func newCADir(t *testing.T, trustDomain string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "ca")
+	if out, err := exec.Command(meshproxyBinary(t), "ca", "init", "--dir", dir, "--trust-domain", trustDomain).CombinedOutput(); err != nil {
+		t.Fatalf("ca init: %v\n%s", err, out)
+	}
+	// The test's temp dirs are 0700 root; let the proxy UID in.
+	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	if err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chown(p, proxyUID, proxyUID)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o700)
+	return dir
+}
+
+// meshArgs are the run flags that turn mTLS on with a local CA.
+func meshArgs(caDir, id string, extra ...string) []string {
+	return append([]string{"--identity-dir", caDir, "--identity", id}, extra...)
+}
+
 // startProxy runs "meshproxy run" in pod p as the proxy UID, with the
 // capabilities TPROXY needs, and waits until it is ready.
 func startProxy(t *testing.T, p *netnstest.Pod, mode string, extra ...string) *labProxy {
+	t.Helper()
+	lp := startProxyNotReady(t, p, mode, extra...)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		code, _, err := lp.admin("/ready")
+		if err == nil && code == http.StatusOK {
+			return lp
+		}
+		select {
+		case <-lp.done:
+			t.Fatalf("proxy in %s exited before ready: %v\n%s", p.Name, lp.waitErr, lp.logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy in %s not ready after 15s (last: %d %v)\n%s", p.Name, code, err, lp.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startProxyNotReady starts the proxy and waits only for its admin server.
+func startProxyNotReady(t *testing.T, p *netnstest.Pod, mode string, extra ...string) *labProxy {
 	t.Helper()
 	args := append([]string{"run", "--mode", mode, "--log-level", "debug", "--shutdown-grace", "3s"}, extra...)
 	cmd := exec.Command(meshproxyBinary(t), args...)
@@ -183,17 +247,17 @@ func startProxy(t *testing.T, p *netnstest.Pod, mode string, extra ...string) *l
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		code, _, err := lp.admin("/ready")
-		if err == nil && code == http.StatusOK {
+		_, _, err := lp.admin("/live")
+		if err == nil {
 			return lp
 		}
 		select {
 		case <-lp.done:
-			t.Fatalf("proxy in %s exited before ready: %v\n%s", p.Name, lp.waitErr, logs.String())
+			t.Fatalf("proxy in %s exited before its admin server came up: %v\n%s", p.Name, lp.waitErr, logs.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("proxy in %s not ready after 15s (last: %d %v)\n%s", p.Name, code, err, logs.String())
+			t.Fatalf("proxy in %s: no admin server after 15s (%v)\n%s", p.Name, err, logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -219,24 +283,53 @@ func (lp *labProxy) admin(path string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// metric returns the value of the sample whose name and labels start with
-// prefix (for example `meshproxy_tcp_open_total{direction="outbound"`),
-// summed over all matching series.
-func (lp *labProxy) metric(t *testing.T, prefix string) float64 {
+// metric returns the sum of the samples that match sel, written as
+// name{label="value",...}: the name must be equal and every label given
+// must be present with that value (other labels may be anything). A bare
+// name matches every series of that name.
+func (lp *labProxy) metric(t *testing.T, sel string) float64 {
 	t.Helper()
+	name, want := sel, []string(nil)
+	if i := strings.IndexByte(sel, '{'); i >= 0 {
+		name = sel[:i]
+		for _, pair := range strings.Split(strings.TrimSuffix(sel[i+1:], "}"), `",`) {
+			if pair = strings.TrimSpace(pair); pair != "" {
+				want = append(want, strings.TrimSuffix(pair, `"`)+`"`)
+			}
+		}
+	}
 	_, body, err := lp.admin("/metrics")
 	if err != nil {
 		t.Fatalf("fetching metrics: %v", err)
 	}
 	var sum float64
 	sc := bufio.NewScanner(strings.NewReader(body))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, prefix) {
+		if strings.HasPrefix(line, "#") {
 			continue
 		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		series, value := line[:i], line[i+1:]
+		sname, labels, _ := strings.Cut(series, "{")
+		if sname != name {
+			continue
+		}
+		match := true
+		for _, w := range want {
+			if !strings.Contains(","+labels, ","+w) {
+				match = false
+				break
+			}
+		}
+		if !match {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
 		if err != nil {
 			t.Fatalf("metric line %q: %v", line, err)
 		}

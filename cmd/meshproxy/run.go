@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"meshproxy/admin"
+	"meshproxy/identity"
 	"meshproxy/listener"
 	"meshproxy/proxy"
 )
@@ -48,6 +49,10 @@ type runConfig struct {
 	ShutdownGrace  time.Duration
 	LogLevel       string
 	LogFormat      string
+	Mesh           meshSettings
+	// effective is every setting's final value as text, keyed by name;
+	// shown by /debug/state.
+	effective map[string]string
 }
 
 // listValue is a comma-separated list flag.
@@ -134,6 +139,10 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 		ShutdownGrace:  30 * time.Second,
 		LogLevel:       "info",
 		LogFormat:      "text",
+		Mesh: meshSettings{
+			MeshPort:      4143,
+			InboundPolicy: string(proxy.Permissive),
+		},
 	}
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -150,6 +159,19 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "on SIGTERM, how long open connections may drain before they are closed")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: text or json")
+	m := &cfg.Mesh
+	fs.StringVar(&m.Identity, "identity", "", "this proxy's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/web")
+	fs.StringVar(&m.IdentityDir, "identity-dir", "", "local CA directory (meshproxy ca init) to issue this proxy's certificate from, for single-host use")
+	fs.StringVar(&m.IdentityAddr, "identity-addr", "", "address of the identity service (meshproxy identity serve) to get certificates from")
+	fs.StringVar(&m.IdentityTokenFile, "identity-token-file", "", "file holding the join token for the identity service (re-read at each request)")
+	fs.StringVar(&m.TrustAnchors, "trust-anchors", "", "PEM file of trusted CA roots (default with identity-dir: the CA's own anchors)")
+	fs.DurationVar(&m.IdentityTTL, "identity-ttl", 0, "lifetime to ask for the leaf certificate (0: the CA's default, 24h)")
+	fs.UintVar(&m.MeshPort, "mesh-port", m.MeshPort, "port peer proxies accept mTLS on (their inbound port)")
+	fs.StringVar(&m.InboundPolicy, "inbound-policy", m.InboundPolicy, "permissive (accept plaintext too) or strict (mesh mTLS only)")
+	fs.Var(listValue{&m.InboundAuthz}, "inbound-authz", "client identities allowed in, as PORT=ID or *=ID (ID exact, prefix/*, or *); empty: any mesh identity")
+	fs.Var(listValue{&m.MeshedCIDRs}, "meshed-cidrs", "destinations always treated as meshed (mTLS, never plaintext)")
+	fs.Var(listValue{&m.UnmeshedCIDRs}, "unmeshed-cidrs", "destinations always sent plain TCP without probing for a proxy")
+	fs.BoolVar(&m.RequireTLS, "outbound-require-tls", false, "refuse outbound connections to destinations that are not meshed")
 	return fs, configPath
 }
 
@@ -171,6 +193,8 @@ func loadRunConfig(args []string, stderr io.Writer, getenv func(string) string) 
 	if err := layerConfig(fs, path, getenv, "config"); err != nil {
 		return cfg, err
 	}
+	cfg.effective = map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { cfg.effective[f.Name] = f.Value.String() })
 	return cfg, cfg.validate()
 }
 
@@ -195,7 +219,7 @@ func (c *runConfig) validate() error {
 	if c.ShutdownGrace < 0 {
 		return errors.New("shutdown-grace must not be negative")
 	}
-	return nil
+	return c.Mesh.validate()
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -253,6 +277,21 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		IdleTimeout:    cfg.IdleTimeout,
 		OpaquePorts:    cfg.OpaquePorts,
 	}
+	var mgr *identity.Manager
+	if cfg.Mesh.enabled() {
+		mgr, err = newIdentityManager(&cfg.Mesh, reg, log)
+		if err != nil {
+			return err
+		}
+		own := []int{int(cfg.Mesh.MeshPort), portOf(cfg.AdminListen)}
+		for _, a := range append(append([]string{}, cfg.OutboundListen...), cfg.InboundListen...) {
+			own = append(own, portOf(a))
+		}
+		pcfg.Mesh, err = meshConfig(&cfg.Mesh, mgr, portList(own...))
+		if err != nil {
+			return err
+		}
+	}
 	servers := map[proxy.Direction]*proxy.Server{
 		proxy.Outbound: proxy.NewServer(proxy.Outbound, pcfg, metrics, log),
 		proxy.Inbound:  proxy.NewServer(proxy.Inbound, pcfg, metrics, log),
@@ -276,7 +315,12 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 				}
 				network = "tcp6"
 			}
-			l, err := listener.Listen(listener.Config{Name: string(dir), Network: network, Addr: a, Mode: cfg.Mode, Logger: log})
+			l, err := listener.Listen(listener.Config{
+				Name: string(dir), Network: network, Addr: a, Mode: cfg.Mode, Logger: log,
+				// With the mesh on, the inbound port is also where peer
+				// proxies connect: a connection to it is not a loop.
+				AllowSelf: dir == proxy.Inbound && cfg.Mesh.enabled() && int(ap.Port()) == int(cfg.Mesh.MeshPort),
+			})
 			if err != nil {
 				return fmt.Errorf("%s listener: %w", dir, err)
 			}
@@ -306,8 +350,17 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		srv := servers[b.dir]
 		go func() { errc <- srv.Serve(b.l) }()
 	}
-	adm.SetReady()
-	log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String())
+	adm.HandleState(func() any { return debugState(cfg, listeners, servers, mgr) })
+	if mgr == nil {
+		adm.SetReady()
+		log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String(), "mtls", false)
+	} else {
+		adm.SetNotReady("no certificate yet")
+		go watchIdentity(ctx, mgr, func(bool) {
+			adm.SetReady()
+			log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String(), "mtls", true)
+		}, log)
+	}
 
 	var runErr error
 	select {

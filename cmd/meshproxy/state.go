@@ -1,0 +1,55 @@
+package main
+
+import (
+	"time"
+
+	"meshproxy/identity"
+	"meshproxy/proxy"
+)
+
+// stateListener is one listener in /debug/state.
+type stateListener struct {
+	Direction     string `json:"direction"`
+	Addr          string `json:"addr"`
+	Accepted      uint64 `json:"accepted"`
+	LoopsRefused  uint64 `json:"loops_refused"`
+	NoOriginalDst uint64 `json:"no_original_dst"`
+	AcceptErrors  uint64 `json:"accept_errors"`
+}
+
+// stateCert describes the current certificate; never the key.
+type stateCert struct {
+	Identity string    `json:"identity"`
+	Serial   string    `json:"serial"`
+	NotAfter time.Time `json:"not_after"`
+}
+
+// state is the JSON document of /debug/state.
+type state struct {
+	Version         string            `json:"version"`
+	Config          map[string]string `json:"config"`
+	Listeners       []stateListener   `json:"listeners"`
+	OpenConnections map[string]int    `json:"open_connections"`
+	MTLS            bool              `json:"mtls"`
+	Certificate     *stateCert        `json:"certificate,omitempty"`
+}
+
+func debugState(cfg runConfig, ls []boundListener, servers map[proxy.Direction]*proxy.Server, mgr *identity.Manager) any {
+	st := state{Version: version, Config: cfg.effective, OpenConnections: map[string]int{}, MTLS: mgr != nil}
+	// The token file's path is shown; its content is never read here.
+	for _, b := range ls {
+		s := b.l.Stats()
+		st.Listeners = append(st.Listeners, stateListener{
+			Direction: string(b.dir), Addr: b.l.Addr().String(),
+			Accepted: s.Accepted, LoopsRefused: s.LoopsRefused, NoOriginalDst: s.NoOriginalDst, AcceptErrors: s.AcceptErrors,
+		})
+	}
+	for dir, srv := range servers {
+		st.OpenConnections[string(dir)] = srv.OpenConnections()
+	}
+	if mgr != nil && mgr.Ready() {
+		id, serial, notAfter := mgr.Current()
+		st.Certificate = &stateCert{Identity: id.String(), Serial: serial, NotAfter: notAfter.UTC()}
+	}
+	return st
+}
