@@ -32,7 +32,7 @@ cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
 	wait 2>/dev/null
 	for ns in $CLIENT $SERVER; do
-		[ -e /run/netns/$ns ] && "$WORK/meshproxy" init --netns /run/netns/$ns --mode "$MODE" --proxy-uid $PROXY_UID --remove >/dev/null
+		[ -e /run/netns/$ns ] && "$WORK/meshproxy" init --netns /run/netns/$ns --mode "$MODE" --proxy-uid $PROXY_UID --remove >/dev/null 2>&1
 		ip netns del $ns 2>/dev/null
 	done
 	rm -rf "$WORK"
@@ -62,17 +62,25 @@ ip -n $SERVER neigh replace 2001:2::1 lladdr "$cmac" dev eth0 nud permanent
 echo "created; veth between them"
 
 bold "2. meshproxy init --mode $MODE (native nftables over netlink; first the dry run)"
-"$WORK/meshproxy" init --dry-run --mode "$MODE" --proxy-uid $PROXY_UID | sed 's/^/    /'
+# Port 9100 bypasses the mesh on purpose, to show the difference on the wire.
+INIT=(--mode "$MODE" --proxy-uid $PROXY_UID --outbound-ports-to-ignore 9100 --inbound-ports-to-ignore 4190,4191,9100)
+"$WORK/meshproxy" init --dry-run "${INIT[@]}" | sed 's/^/    /'
 for ns in $CLIENT $SERVER; do
-	"$WORK/meshproxy" init --netns /run/netns/$ns --mode "$MODE" --proxy-uid $PROXY_UID
+	"$WORK/meshproxy" init --netns /run/netns/$ns "${INIT[@]}"
 done
 
-bold "3. A proxy in each pod, as UID $PROXY_UID (its own traffic is exempt from capture)"
+bold "3. A certificate authority in the box (trust anchor -> issuer -> 24h leaves)"
+"$WORK/meshproxy" ca init --dir "$WORK/ca"
+chown -R $PROXY_UID:$PROXY_UID "$WORK/ca"
+
+bold "4. A proxy in each pod, as UID $PROXY_UID, each with its own SPIFFE identity"
 caps=()
 [ "$MODE" = tproxy ] && caps=(--inh-caps=+net_admin --ambient-caps=+net_admin)
 for ns in $CLIENT $SERVER; do
+	role=${ns#mp-demo-}
 	ip netns exec $ns setpriv --reuid=$PROXY_UID --regid=$PROXY_UID --clear-groups "${caps[@]}" \
-		"$WORK/meshproxy" run --mode "$MODE" --log-level debug >"$WORK/$ns.log" 2>&1 &
+		"$WORK/meshproxy" run --mode "$MODE" --log-level debug \
+		--identity-dir "$WORK/ca" --identity "spiffe://cluster.local/ns/demo/sa/$role" >"$WORK/$ns.log" 2>&1 &
 	pids+=($!)
 done
 for ns in $CLIENT $SERVER; do
@@ -80,26 +88,46 @@ for ns in $CLIENT $SERVER; do
 		ip netns exec $ns "$WORK/demoapp" get http://127.0.0.1:4191/ready >/dev/null 2>&1 && break
 		sleep 0.1
 	done
-	echo "$ns: proxy ready (admin :4191)"
+	echo "$ns: proxy ready; its certificate (from /debug/state):"
+	ip netns exec $ns "$WORK/demoapp" get http://127.0.0.1:4191/debug/state |
+		sed -n '/"certificate"/,/}/p' | grep -E '"(identity|serial|not_after)"' | sed 's/^ */      /'
 done
 
-bold "4. A plain HTTP app in the server pod on :8080"
-ip netns exec $SERVER "$WORK/demoapp" serve -listen '[::]:8080' -name server >"$WORK/app.log" 2>&1 &
-pids+=($!)
+bold "5. A plain HTTP app in the server pod on :8080 (and on :9100, which bypasses the mesh)"
+for port in 8080 9100; do
+	ip netns exec $SERVER "$WORK/demoapp" serve -listen "[::]:$port" -name server >>"$WORK/app.log" 2>&1 &
+	pids+=($!)
+done
 sleep 0.3
 
-bold "5. The client calls http://198.18.0.2:8080 and http://[2001:2::2]:8080 (it knows nothing of the proxies)"
+bold "6. The client calls http://198.18.0.2:8080 and http://[2001:2::2]:8080 (it knows nothing of the mesh)"
 ip netns exec $CLIENT "$WORK/demoapp" get http://198.18.0.2:8080/hello | sed 's/^/    /'
 ip netns exec $CLIENT "$WORK/demoapp" get 'http://[2001:2::2]:8080/hello-v6' | sed 's/^/    /'
-echo "(the app saw its callers on loopback: the server pod's proxy delivered them)"
+echo "(the app saw its callers on loopback: the server pod's proxy delivered them, with the caller's identity)"
 
-bold "6. What the proxies saw (original destinations recovered from the kernel)"
+bold "7. On the wire: a secret sent through the mesh, then the same through the bypassed port 9100"
+for port in 8080 9100; do
+	secret="top-secret-$port-$RANDOM"
+	ip netns exec $SERVER "$WORK/demoapp" sniff -i eth0 -marker "$secret" -for 1.5s >"$WORK/sniff.out" &
+	sniffer=$!
+	sleep 0.3
+	ip netns exec $CLIENT "$WORK/demoapp" get -d "$secret" "http://198.18.0.2:$port/post" >/dev/null
+	wait $sniffer
+	printf '    port %s: ' $port
+	tail -1 "$WORK/sniff.out"
+done
+
+bold "8. What the proxies saw (original destinations recovered from the kernel)"
 sleep 0.2
 grep -h "connection closed" "$WORK/$CLIENT.log" "$WORK/$SERVER.log" | sed 's/^/    /' || true
 
-bold "7. The client proxy's TCP metrics"
-ip netns exec $CLIENT "$WORK/demoapp" get http://127.0.0.1:4191/metrics |
-	grep -E '^meshproxy_tcp_(open_total|close_total|read_bytes_total|write_bytes_total)' | sed 's/^/    /'
+bold "9. Metrics: connections by TLS state and peer identity, certificate expiry"
+for ns in $CLIENT $SERVER; do
+	echo "  $ns:"
+	ip netns exec $ns "$WORK/demoapp" get http://127.0.0.1:4191/metrics |
+		grep -E '^meshproxy_(tcp_open_total|identity_cert_expiration_timestamp_seconds|inbound_authz_allow_total)' |
+		grep -v ' 0$' | sed 's/^/    /'
+done
 
-bold "8. Clean up"
+bold "10. Clean up"
 echo "removing rules and namespaces"

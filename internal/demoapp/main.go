@@ -1,19 +1,25 @@
 // Command demoapp is the plain application of meshproxy's demo and test lab:
 // it knows nothing of the mesh. "serve" runs an HTTP server that tells each
-// caller which address it saw the request come from; "get" fetches a URL and
-// prints the status and body.
+// caller which address it saw the request come from (and the client
+// identity the mesh vouched for, if any); "get" fetches a URL and prints the
+// status and body; "sniff" watches an interface, like a packet capture, and
+// says whether a marker crossed it in the clear.
 //
 //	demoapp serve -listen 0.0.0.0:8080 -name server
 //	demoapp get http://198.18.0.2:8080/hello
+//	demoapp sniff -i eth0 -marker SECRET -for 3s
 package main
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"strings"
+	"syscall"
 	"time"
 )
 
@@ -27,6 +33,8 @@ func main() {
 		os.Exit(serve(os.Args[2:]))
 	case "get":
 		os.Exit(get(os.Args[2:]))
+	case "sniff":
+		os.Exit(sniff(os.Args[2:]))
 	}
 	fmt.Fprintf(os.Stderr, "demoapp: unknown command %q\n", os.Args[1])
 	os.Exit(2)
@@ -44,8 +52,12 @@ func serve(args []string) int {
 	}
 	fmt.Printf("demoapp %s listening on %s\n", *name, l.Addr())
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Printf("demoapp %s: %s %s from %s\n", *name, r.Method, r.URL.Path, r.RemoteAddr)
+		xfcc := r.Header.Get("X-Forwarded-Client-Cert")
+		fmt.Printf("demoapp %s: %s %s from %s xfcc=%q\n", *name, r.Method, r.URL.Path, r.RemoteAddr, xfcc)
 		fmt.Fprintf(w, "hello from %s: you asked for %s, and I saw you come from %s\n", *name, r.URL.Path, r.RemoteAddr)
+		if xfcc != "" {
+			fmt.Fprintf(w, "the mesh vouched for the caller: x-forwarded-client-cert: %s\n", xfcc)
+		}
 	})
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	if err := srv.Serve(l); err != nil {
@@ -55,15 +67,71 @@ func serve(args []string) int {
 	return 0
 }
 
+// sniff captures frames on an interface for a while and reports whether a
+// marker string appeared in any of them.
+func sniff(args []string) int {
+	fs := flag.NewFlagSet("sniff", flag.ExitOnError)
+	ifname := fs.String("i", "eth0", "interface to watch")
+	marker := fs.String("marker", "", "bytes to look for")
+	dur := fs.Duration("for", 3*time.Second, "how long to watch")
+	fs.Parse(args)
+	ifi, err := net.InterfaceByName(*ifname)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demoapp:", err)
+		return 1
+	}
+	proto := uint16(syscall.ETH_P_ALL<<8 | syscall.ETH_P_ALL>>8)
+	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_RAW, int(proto))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demoapp: packet socket (needs root):", err)
+		return 1
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: proto, Ifindex: ifi.Index}); err != nil {
+		fmt.Fprintln(os.Stderr, "demoapp:", err)
+		return 1
+	}
+	tv := syscall.Timeval{Usec: 100_000}
+	syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+	fmt.Printf("sniffing %s for %v\n", *ifname, *dur)
+	buf := make([]byte, 1<<16)
+	var frames, total int
+	found := false
+	for end := time.Now().Add(*dur); time.Now().Before(end); {
+		n, _, err := syscall.Recvfrom(fd, buf, 0)
+		if err != nil {
+			continue
+		}
+		frames++
+		total += n
+		if *marker != "" && bytes.Contains(buf[:n], []byte(*marker)) {
+			found = true
+		}
+	}
+	verdict := "NOT seen: the payload crossed encrypted"
+	if found {
+		verdict = "SEEN in the clear"
+	}
+	fmt.Printf("captured %d frames (%d bytes) on %s; marker %q %s\n", frames, total, *ifname, *marker, verdict)
+	return 0
+}
+
 func get(args []string) int {
 	fs := flag.NewFlagSet("get", flag.ExitOnError)
+	data := fs.String("d", "", "send this as a POST body")
 	fs.Parse(args)
 	if fs.NArg() != 1 {
-		fmt.Fprintln(os.Stderr, "usage: demoapp get URL")
+		fmt.Fprintln(os.Stderr, "usage: demoapp get [-d BODY] URL")
 		return 2
 	}
 	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(fs.Arg(0))
+	var resp *http.Response
+	var err error
+	if *data != "" {
+		resp, err = c.Post(fs.Arg(0), "text/plain", strings.NewReader(*data))
+	} else {
+		resp, err = c.Get(fs.Arg(0))
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demoapp:", err)
 		return 1
