@@ -1,6 +1,14 @@
 // Package admin serves meshproxy's admin HTTP endpoints: liveness and
-// readiness probes and Prometheus metrics. It knows nothing of traffic; the
-// binary hands it a metrics gatherer and flips its readiness.
+// readiness probes, Prometheus metrics, /debug/state, pprof, run-time log
+// level control, an optional /shutdown, and an HTML status page for
+// operators. It knows nothing of traffic: the binary hands it a metrics
+// gatherer, a log level, a shutdown callback and a Status provider, and
+// flips its readiness.
+//
+// GET endpoints answer any caller (the admin port is usually reached
+// through a port-forward). Endpoints that change something (PUT
+// /log-level, POST /shutdown) answer only loopback callers, addressed by
+// an IP literal or "localhost", and refuse cross-site browser requests.
 package admin
 
 import (
@@ -11,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,21 +30,99 @@ import (
 // Server is the admin HTTP server. The zero value is not usable; call New.
 // Its methods are safe for concurrent use.
 type Server struct {
-	log   *slog.Logger
-	ready atomic.Bool
+	log     *slog.Logger
+	started time.Time
+	ready   atomic.Bool
 	// notReady explains why the proxy is not ready; read by /ready.
 	notReady atomic.Value // string
 	mux      *http.ServeMux
 	srv      *http.Server
+
+	opts     Options
+	gatherer prometheus.Gatherer
+	rates    *sampler
+	// shutdownOnce makes /shutdown call Options.Shutdown at most once.
+	shutdownOnce sync.Once
+	startOnce    sync.Once
+	stopOnce     sync.Once
+	stop         chan struct{}
+}
+
+// Options configures the parts of the admin server beyond metrics and
+// probes. The zero value gives the same server as New: no log level
+// control, /shutdown disabled, a status page without proxy details.
+type Options struct {
+	// Logger receives the server's own logs. Nil discards them.
+	Logger *slog.Logger
+
+	// LogLevel is the level behind the process's logger. GET /log-level
+	// reports it and PUT /log-level (loopback only) sets it. Nil makes
+	// /log-level answer 404.
+	LogLevel *slog.LevelVar
+
+	// Shutdown, when not nil, enables POST /shutdown (loopback only): the
+	// first such request answers 202 and then calls Shutdown once, in its
+	// own goroutine, so Shutdown may itself stop this admin server. It
+	// should start the same graceful drain as SIGTERM. Nil disables
+	// /shutdown (404).
+	Shutdown func()
+
+	// Status, when not nil, is called at each request for the status page
+	// (/) and must be safe for concurrent use. Nil shows a page with only
+	// readiness, uptime since New, and figures from the metrics. The
+	// page's Ready and NotReadyReason always come from SetReady and
+	// SetNotReady, whatever Status returns.
+	Status func() Status
+
+	// SampleInterval is how often the server snapshots the request and
+	// connection metrics for the status page's rates and percentiles.
+	// Zero means 5s (the page's refresh period).
+	SampleInterval time.Duration
+
+	// SampleWindow is how many snapshots the server keeps; rates and
+	// percentiles over the "window" cover SampleWindow*SampleInterval.
+	// Zero means 12 (one minute at 5s).
+	SampleWindow int
+}
+
+func (o *Options) sampleInterval() time.Duration {
+	if o.SampleInterval <= 0 {
+		return 5 * time.Second
+	}
+	return o.SampleInterval
+}
+
+func (o *Options) sampleWindow() int {
+	if o.SampleWindow <= 0 {
+		return 12
+	}
+	return o.SampleWindow
 }
 
 // New returns an admin server whose /metrics serves gatherer. The server
-// starts not ready, with reason "starting". log may be nil.
+// starts not ready, with reason "starting". log may be nil. It is
+// NewWithOptions(gatherer, Options{Logger: log}).
 func New(gatherer prometheus.Gatherer, log *slog.Logger) *Server {
+	return NewWithOptions(gatherer, Options{Logger: log})
+}
+
+// NewWithOptions returns an admin server whose /metrics serves gatherer
+// and whose other endpoints follow opts. The server starts not ready, with
+// reason "starting".
+func NewWithOptions(gatherer prometheus.Gatherer, opts Options) *Server {
+	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{log: log, mux: http.NewServeMux()}
+	s := &Server{
+		log:      log,
+		mux:      http.NewServeMux(),
+		opts:     opts,
+		gatherer: gatherer,
+		rates:    newSampler(gatherer, opts.sampleWindow()),
+		stop:     make(chan struct{}),
+		started:  time.Now(),
+	}
 	s.notReady.Store("starting")
 	s.mux.HandleFunc("GET /live", s.live)
 	s.mux.HandleFunc("GET /ready", s.readyz)
@@ -43,6 +130,9 @@ func New(gatherer prometheus.Gatherer, log *slog.Logger) *Server {
 		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelError),
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
+	s.mux.HandleFunc("GET /{$}", s.statusPage)
+	s.handlePprof()
+	s.handleControl()
 	s.srv = &http.Server{
 		Handler:           s.mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -84,8 +174,10 @@ func (s *Server) SetNotReady(reason string) {
 func (s *Server) Ready() bool { return s.ready.Load() }
 
 // Serve serves the admin endpoints on l until Shutdown. It returns nil after
-// a clean shutdown.
+// a clean shutdown. The first Serve also starts sampling the metrics for
+// the status page, until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
+	s.startOnce.Do(func() { go s.rates.run(s.opts.sampleInterval(), s.stop) })
 	s.log.Info("admin server listening", "addr", l.Addr().String())
 	if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("admin: serving on %s: %w", l.Addr(), err)
@@ -96,6 +188,7 @@ func (s *Server) Serve(l net.Listener) error {
 // Shutdown stops the admin server, waiting for in-flight requests until ctx
 // ends.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stop) })
 	if err := s.srv.Shutdown(ctx); err != nil {
 		return fmt.Errorf("admin: shutdown: %w", err)
 	}
