@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 PREFIX  ?= /usr/local
 
-.PHONY: all build test test-short demo bench lint fmt clean
+.PHONY: all build test test-short demo bench lint fmt clean install uninstall
 
 all: build
 
@@ -42,3 +42,60 @@ fmt:
 
 clean:
 	rm -rf $(BIN)
+
+# Install on a systemd host (scripts/systemd/README.md): the binary under
+# PREFIX, the units, the sysusers.d/tmpfiles.d entries for the meshproxy
+# user, and example settings in /etc/meshproxy (an existing file there is
+# kept). DESTDIR stages everything under a directory (packaging, tests);
+# without DESTDIR the user and its state directory are created and systemd
+# reloads its units. The units name $(PREFIX)/bin/meshproxy.
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(SYSCONFDIR)/systemd/system
+SYSUSERSDIR ?= $(SYSCONFDIR)/sysusers.d
+TMPFILESDIR ?= $(SYSCONFDIR)/tmpfiles.d
+DOCDIR      ?= $(PREFIX)/share/doc/meshproxy
+SYSTEMD_SRC := scripts/systemd
+
+install: build
+	install -D -m 0755 $(BIN)/meshproxy $(DESTDIR)$(PREFIX)/bin/meshproxy
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	for u in meshproxy.service meshproxy-init.service; do \
+		sed 's|/usr/local|$(PREFIX)|g' $(SYSTEMD_SRC)/$$u > $(DESTDIR)$(UNITDIR)/$$u.tmp && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u.tmp && \
+		mv -f $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	install -D -m 0644 $(SYSTEMD_SRC)/meshproxy.sysusers $(DESTDIR)$(SYSUSERSDIR)/meshproxy.conf
+	install -D -m 0644 $(SYSTEMD_SRC)/meshproxy.tmpfiles $(DESTDIR)$(TMPFILESDIR)/meshproxy.conf
+	install -D -m 0644 $(SYSTEMD_SRC)/README.md $(DESTDIR)$(DOCDIR)/systemd.md
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/meshproxy
+	for f in meshproxy.yaml init.env; do \
+		if [ -e $(DESTDIR)$(SYSCONFDIR)/meshproxy/$$f ]; then \
+			echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/meshproxy/$$f"; \
+		else \
+			install -m 0644 $(SYSTEMD_SRC)/$$f $(DESTDIR)$(SYSCONFDIR)/meshproxy/$$f || exit 1; \
+		fi; \
+	done
+	@if [ -z "$(DESTDIR)" ]; then \
+		set -e; \
+		systemd-sysusers $(SYSUSERSDIR)/meshproxy.conf; \
+		systemd-tmpfiles --create $(TMPFILESDIR)/meshproxy.conf; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+		echo "installed; next: edit $(SYSCONFDIR)/meshproxy/, then systemctl enable --now meshproxy"; \
+	fi
+
+# Stops the units (which removes the interception rules) and removes what
+# install put in place, except the settings in /etc/meshproxy, the state
+# in /var/lib/meshproxy (a local CA's keys) and the meshproxy user.
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		systemctl disable --now meshproxy.service meshproxy-init.service || true; \
+	fi
+	rm -f $(DESTDIR)$(PREFIX)/bin/meshproxy \
+		$(DESTDIR)$(UNITDIR)/meshproxy.service \
+		$(DESTDIR)$(UNITDIR)/meshproxy-init.service \
+		$(DESTDIR)$(SYSUSERSDIR)/meshproxy.conf \
+		$(DESTDIR)$(TMPFILESDIR)/meshproxy.conf \
+		$(DESTDIR)$(DOCDIR)/systemd.md
+	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/meshproxy, /var/lib/meshproxy and the meshproxy user; remove them by hand if wanted"
