@@ -120,3 +120,34 @@ func settingNames(fs *flag.FlagSet, skipped map[string]bool) []string {
 	})
 	return names
 }
+
+// printEffective writes settings as a YAML mapping, in name order, in the
+// form the config file takes (lists as YAML lists).
+func printEffective(w io.Writer, settings map[string]string) error {
+	doc := &yaml.Node{Kind: yaml.MappingNode}
+	names := make([]string, 0, len(settings))
+	for k := range settings {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		v := settings[k]
+		key := &yaml.Node{Kind: yaml.ScalarNode, Value: k}
+		var val *yaml.Node
+		if strings.Contains(v, ",") {
+			val = &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+			for _, item := range strings.Split(v, ",") {
+				val.Content = append(val.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: item})
+			}
+		} else {
+			val = &yaml.Node{Kind: yaml.ScalarNode, Value: v}
+		}
+		doc.Content = append(doc.Content, key, val)
+	}
+	enc := yaml.NewEncoder(w)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
+		return fmt.Errorf("printing the effective config: %w", err)
+	}
+	return enc.Close()
+}

@@ -95,3 +95,36 @@ func TestRunConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckConfig: --check-config prints the effective settings as YAML
+// that reads back as a config file to the same settings, and starts nothing.
+func TestCheckConfig(t *testing.T) {
+	var out, errb strings.Builder
+	code := runRun([]string{"--check-config", "--mode", "tproxy", "--opaque-ports", "25,3306", "--admin-listen", "127.0.0.1:1"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, want := range []string{"mode: tproxy", "opaque-ports: [25, 3306]", "admin-listen: 127.0.0.1:1", "inbound-policy: permissive"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--check-config output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "check-config") || strings.Contains(out.String(), "config:") {
+		t.Errorf("output lists flag-only settings:\n%s", out.String())
+	}
+	// The output is itself a valid config file.
+	file := filepath.Join(t.TempDir(), "effective.yaml")
+	os.WriteFile(file, []byte(out.String()), 0o644)
+	cfg, err := loadRunConfig([]string{"--config", file}, io.Discard, func(string) string { return "" })
+	if err != nil {
+		t.Fatalf("printed config does not load: %v\n%s", err, out.String())
+	}
+	if cfg.Mode != "tproxy" || len(cfg.OpaquePorts) != 2 || cfg.AdminListen != "127.0.0.1:1" {
+		t.Errorf("round trip changed settings: %+v", cfg)
+	}
+	// A bad config is reported, non-zero.
+	errb.Reset()
+	if code := runRun([]string{"--check-config", "--inbound-policy", "lax"}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "inbound-policy") {
+		t.Errorf("bad config: exit %d, %q; want failure naming inbound-policy", code, errb.String())
+	}
+}

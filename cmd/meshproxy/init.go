@@ -37,8 +37,53 @@ var hasNetAdmin = effectiveNetAdmin
 
 // parseInit turns the init flags into a netfilter.Config, the namespace path
 // and the action. Errors are one line, prefixed with "init: ".
-func parseInit(args []string, stderr io.Writer) (netfilter.Config, string, initAction, error) {
+// initFlags holds the flag values of "meshproxy init".
+type initFlags struct {
+	mode      *string
+	outPort   *string
+	inPort    *string
+	uid       *string
+	gid       *string
+	inIgnore  *string
+	outIgnore *string
+	subnets   *string
+	redirect  *string
+	ipv6      *bool
+	nsPath    *string
+	dryRun    *bool
+	check     *bool
+	remove    *bool
+	mark      *string
+	table     *string
+}
+
+// newInitFlagSet declares the flags of "meshproxy init"; the reference page
+// (docs/reference.md) is generated from the same declarations.
+func newInitFlagSet() (*flag.FlagSet, *initFlags) {
 	fs := flag.NewFlagSet("init", flag.ContinueOnError)
+	f := &initFlags{}
+	f.mode = fs.String("mode", string(netfilter.ModeRedirect), "interception mode: redirect or tproxy")
+	f.outPort = fs.String("outbound-port", "4140", "port of the proxy's outbound listener")
+	f.inPort = fs.String("inbound-port", "4143", "port of the proxy's inbound listener")
+	f.uid = fs.String("proxy-uid", "", "UID the proxy runs as; its own traffic is never captured (this or --proxy-gid is required)")
+	f.gid = fs.String("proxy-gid", "", "GID the proxy runs as; its own traffic is never captured")
+	f.inIgnore = fs.String("inbound-ports-to-ignore", "4190,4191", "inbound destination ports that go straight to the app (list, ranges like 8000-8100)")
+	f.outIgnore = fs.String("outbound-ports-to-ignore", "", "outbound destination ports that bypass the proxy")
+	f.subnets = fs.String("subnets-to-ignore", "", "CIDRs (IPv4 and IPv6) whose traffic bypasses the proxy, both directions")
+	f.redirect = fs.String("ports-to-redirect", "", "inbound allow-list of destination ports; empty means all")
+	f.ipv6 = fs.Bool("ipv6", true, "also capture IPv6 traffic")
+	f.nsPath = fs.String("netns", "", "network namespace to work in (e.g. /run/netns/NAME or /proc/PID/ns/net); default the current one")
+	f.dryRun = fs.Bool("dry-run", false, "print the ruleset as nft text and change nothing")
+	f.check = fs.Bool("check", false, "exit 0 only if the live rules equal the wanted ones; list differences otherwise")
+	f.remove = fs.Bool("remove", false, "delete the table and policy routing init created")
+	f.mark = fs.String("tproxy-mark", "0x539", "fwmark used by tproxy mode's policy routing")
+	f.table = fs.String("tproxy-table", "133", "routing table used by tproxy mode's policy routing")
+
+	return fs, f
+}
+
+func parseInit(args []string, stderr io.Writer) (netfilter.Config, string, initAction, error) {
+	fs, f := newInitFlagSet()
 	// Parse errors are reported as one line below, not followed by the
 	// whole usage; -h prints the usage.
 	fs.SetOutput(io.Discard)
@@ -53,23 +98,6 @@ func parseInit(args []string, stderr io.Writer) (netfilter.Config, string, initA
 		fs.PrintDefaults()
 	}
 	fs.Usage = func() {}
-	mode := fs.String("mode", string(netfilter.ModeRedirect), "interception mode: redirect or tproxy")
-	outPort := fs.String("outbound-port", "4140", "port of the proxy's outbound listener")
-	inPort := fs.String("inbound-port", "4143", "port of the proxy's inbound listener")
-	uid := fs.String("proxy-uid", "", "UID the proxy runs as; its own traffic is never captured (this or --proxy-gid is required)")
-	gid := fs.String("proxy-gid", "", "GID the proxy runs as; its own traffic is never captured")
-	inIgnore := fs.String("inbound-ports-to-ignore", "4190,4191", "inbound destination ports that go straight to the app (list, ranges like 8000-8100)")
-	outIgnore := fs.String("outbound-ports-to-ignore", "", "outbound destination ports that bypass the proxy")
-	subnets := fs.String("subnets-to-ignore", "", "CIDRs (IPv4 and IPv6) whose traffic bypasses the proxy, both directions")
-	redirect := fs.String("ports-to-redirect", "", "inbound allow-list of destination ports; empty means all")
-	ipv6 := fs.Bool("ipv6", true, "also capture IPv6 traffic")
-	nsPath := fs.String("netns", "", "network namespace to work in (e.g. /run/netns/NAME or /proc/PID/ns/net); default the current one")
-	dryRun := fs.Bool("dry-run", false, "print the ruleset as nft text and change nothing")
-	check := fs.Bool("check", false, "exit 0 only if the live rules equal the wanted ones; list differences otherwise")
-	remove := fs.Bool("remove", false, "delete the table and policy routing init created")
-	mark := fs.String("tproxy-mark", "0x539", "fwmark used by tproxy mode's policy routing")
-	table := fs.String("tproxy-table", "133", "routing table used by tproxy mode's policy routing")
-
 	var c netfilter.Config
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -87,7 +115,7 @@ func parseInit(args []string, stderr io.Writer) (netfilter.Config, string, initA
 	for _, a := range []struct {
 		set bool
 		act initAction
-	}{{*dryRun, actionDryRun}, {*check, actionCheck}, {*remove, actionRemove}} {
+	}{{*f.dryRun, actionDryRun}, {*f.check, actionCheck}, {*f.remove, actionRemove}} {
 		if a.set {
 			n++
 			action = a.act
@@ -98,20 +126,20 @@ func parseInit(args []string, stderr io.Writer) (netfilter.Config, string, initA
 	}
 
 	var err error
-	c.Mode = netfilter.Mode(*mode)
+	c.Mode = netfilter.Mode(*f.mode)
 	if c.Mode != netfilter.ModeRedirect && c.Mode != netfilter.ModeTProxy {
-		return c, "", 0, fmt.Errorf("init: --mode %q is not a mode: use redirect or tproxy", *mode)
+		return c, "", 0, fmt.Errorf("init: --mode %q is not a mode: use redirect or tproxy", *f.mode)
 	}
-	if c.OutboundPort, err = parsePortFlag("outbound-port", *outPort); err != nil {
+	if c.OutboundPort, err = parsePortFlag("outbound-port", *f.outPort); err != nil {
 		return c, "", 0, err
 	}
-	if c.InboundPort, err = parsePortFlag("inbound-port", *inPort); err != nil {
+	if c.InboundPort, err = parsePortFlag("inbound-port", *f.inPort); err != nil {
 		return c, "", 0, err
 	}
-	if c.ProxyUID, err = parseIDFlag("proxy-uid", *uid); err != nil {
+	if c.ProxyUID, err = parseIDFlag("proxy-uid", *f.uid); err != nil {
 		return c, "", 0, err
 	}
-	if c.ProxyGID, err = parseIDFlag("proxy-gid", *gid); err != nil {
+	if c.ProxyGID, err = parseIDFlag("proxy-gid", *f.gid); err != nil {
 		return c, "", 0, err
 	}
 	for _, pf := range []struct {
@@ -119,26 +147,26 @@ func parseInit(args []string, stderr io.Writer) (netfilter.Config, string, initA
 		val  string
 		dst  *[]netfilter.PortRange
 	}{
-		{"inbound-ports-to-ignore", *inIgnore, &c.InboundPortsToIgnore},
-		{"outbound-ports-to-ignore", *outIgnore, &c.OutboundPortsToIgnore},
-		{"ports-to-redirect", *redirect, &c.PortsToRedirect},
+		{"inbound-ports-to-ignore", *f.inIgnore, &c.InboundPortsToIgnore},
+		{"outbound-ports-to-ignore", *f.outIgnore, &c.OutboundPortsToIgnore},
+		{"ports-to-redirect", *f.redirect, &c.PortsToRedirect},
 	} {
 		if *pf.dst, err = netfilter.ParsePortRanges(pf.val); err != nil {
 			return c, "", 0, fmt.Errorf("init: --%s: %v", pf.name, err)
 		}
 	}
-	if c.SubnetsToIgnore, err = netfilter.ParseSubnets(*subnets); err != nil {
+	if c.SubnetsToIgnore, err = netfilter.ParseSubnets(*f.subnets); err != nil {
 		return c, "", 0, fmt.Errorf("init: --subnets-to-ignore: %v", err)
 	}
-	c.IPv6 = *ipv6
-	m, err := strconv.ParseUint(*mark, 0, 32)
+	c.IPv6 = *f.ipv6
+	m, err := strconv.ParseUint(*f.mark, 0, 32)
 	if err != nil || m == 0 {
-		return c, "", 0, fmt.Errorf("init: --tproxy-mark %q is not a non-zero 32-bit number (like 0x539)", *mark)
+		return c, "", 0, fmt.Errorf("init: --tproxy-mark %q is not a non-zero 32-bit number (like 0x539)", *f.mark)
 	}
 	c.Mark = uint32(m)
-	t, err := strconv.Atoi(*table)
+	t, err := strconv.Atoi(*f.table)
 	if err != nil || t <= 0 || t >= 1<<31 {
-		return c, "", 0, fmt.Errorf("init: --tproxy-table %q is not a routing table number (like 133)", *table)
+		return c, "", 0, fmt.Errorf("init: --tproxy-table %q is not a routing table number (like 133)", *f.table)
 	}
 	c.RouteTable = t
 
@@ -151,12 +179,12 @@ func parseInit(args []string, stderr io.Writer) (netfilter.Config, string, initA
 			return c, "", 0, fmt.Errorf("init: %v", err)
 		}
 	}
-	if *nsPath != "" && action != actionDryRun {
-		if _, err := os.Stat(*nsPath); err != nil {
-			return c, "", 0, fmt.Errorf("init: --netns %q: no such network namespace: create it first (ip netns add NAME) or pass an existing /proc/PID/ns/net", *nsPath)
+	if *f.nsPath != "" && action != actionDryRun {
+		if _, err := os.Stat(*f.nsPath); err != nil {
+			return c, "", 0, fmt.Errorf("init: --netns %q: no such network namespace: create it first (ip netns add NAME) or pass an existing /proc/PID/ns/net", *f.nsPath)
 		}
 	}
-	return c, *nsPath, action, nil
+	return c, *f.nsPath, action, nil
 }
 
 func parsePortFlag(name, s string) (uint16, error) {

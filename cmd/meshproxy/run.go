@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -51,8 +52,10 @@ type runConfig struct {
 	LogFormat      string
 	Mesh           meshSettings
 	// effective is every setting's final value as text, keyed by name;
-	// shown by /debug/state.
+	// shown by /debug/state and --check-config.
 	effective map[string]string
+	// checkOnly is --check-config: validate, print, exit.
+	checkOnly bool
 }
 
 // listValue is a comma-separated list flag.
@@ -147,6 +150,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "YAML file of settings (keys are these flag names)")
+	fs.BoolVar(&cfg.checkOnly, "check-config", false, "validate the settings, print the effective ones as YAML, and exit")
 	fs.Var(modeValue{&cfg.Mode}, "mode", "interception mode the rules use: redirect or tproxy")
 	fs.Var(listValue{&cfg.OutboundListen}, "outbound-listen", "outbound listener addresses, comma-separated")
 	fs.Var(listValue{&cfg.InboundListen}, "inbound-listen", "inbound listener addresses, comma-separated")
@@ -175,6 +179,10 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	return fs, configPath
 }
 
+// fileOnlySettings are flags that are not settings: they cannot come from
+// the config file, and are not part of the effective configuration.
+var fileOnlySettings = []string{"config", "check-config"}
+
 // loadRunConfig parses args, then layers the config file and environment
 // under them.
 func loadRunConfig(args []string, stderr io.Writer, getenv func(string) string) (runConfig, error) {
@@ -190,11 +198,15 @@ func loadRunConfig(args []string, stderr io.Writer, getenv func(string) string) 
 	if path == "" {
 		path = getenv(envName("config"))
 	}
-	if err := layerConfig(fs, path, getenv, "config"); err != nil {
+	if err := layerConfig(fs, path, getenv, fileOnlySettings...); err != nil {
 		return cfg, err
 	}
 	cfg.effective = map[string]string{}
-	fs.VisitAll(func(f *flag.Flag) { cfg.effective[f.Name] = f.Value.String() })
+	fs.VisitAll(func(f *flag.Flag) {
+		if !slices.Contains(fileOnlySettings, f.Name) {
+			cfg.effective[f.Name] = f.Value.String()
+		}
+	})
 	return cfg, cfg.validate()
 }
 
@@ -246,6 +258,13 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 2
+	}
+	if cfg.checkOnly {
+		if err := printEffective(stdout, cfg.effective); err != nil {
+			fmt.Fprintf(stderr, "run: %v\n", err)
+			return 1
+		}
+		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
