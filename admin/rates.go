@@ -194,8 +194,8 @@ type traffic struct {
 }
 
 // between computes requests (HTTP) and connections (TCP) figures from old
-// to cur. ok is false for a kind the snapshots do not both have, or when
-// no time passed.
+// to cur. ok is false for a kind cur has no metrics for, or when no time
+// passed.
 func between(old, cur snapshot) (req traffic, reqOK bool, conn traffic, connOK bool) {
 	over := cur.At.Sub(old.At)
 	if over <= 0 {
@@ -209,10 +209,11 @@ func between(old, cur snapshot) (req traffic, reqOK bool, conn traffic, connOK b
 			P50: quantile(0.50, h), P90: quantile(0.90, h), P99: quantile(0.99, h),
 		}
 	}
-	if old.HasRequests && cur.HasRequests {
+	// A family missing from old had no series yet: its counts were zero.
+	if cur.HasRequests {
 		req, reqOK = mk(old.Requests, cur.Requests, old.Latency, cur.Latency), true
 	}
-	if old.HasConns && cur.HasConns {
+	if cur.HasConns {
 		conn, connOK = mk(old.Conns, cur.Conns, old.ConnDuration, cur.ConnDuration), true
 	}
 	return req, reqOK, conn, connOK

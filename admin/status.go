@@ -138,6 +138,9 @@ type pageView struct {
 
 	Traffic     []trafficRow
 	TrafficNote string
+	// RecentOver and WindowOver are the periods the traffic figures
+	// cover, the same for every row.
+	RecentOver, WindowOver string
 
 	Listeners []ListenerStatus
 	OpenConns []dirCount
@@ -209,6 +212,9 @@ func (s *Server) view(st Status, now time.Time) pageView {
 
 	cur := takeSnapshot(s.gatherer, now)
 	v.Traffic, v.TrafficNote = s.trafficRows(cur, now)
+	if len(v.Traffic) > 0 {
+		v.RecentOver, v.WindowOver = v.Traffic[0].RecentOver, v.Traffic[0].WindowOver
+	}
 
 	open := st.OpenConnections
 	if open == nil {
