@@ -21,9 +21,9 @@ type Status struct {
 	// Started is when the proxy started. Zero means when the admin server
 	// was created.
 	Started time.Time
-	// Ready and NotReadyReason are filled in by the admin server from
-	// SetReady and SetNotReady before rendering; values from the provider
-	// are ignored.
+	// Ready and NotReadyReason are ignored on the page, which shows the
+	// admin server's own readiness (SetReady, SetNotReady); a provider
+	// need not set them.
 	Ready          bool
 	NotReadyReason string
 	// Listeners are the proxy's traffic listeners.
