@@ -29,14 +29,12 @@ type Handle struct {
 // /run/netns/NAME or /proc/PID/ns/net); "" means the namespace of the
 // calling thread at the time of the call.
 func Open(netnsPath string) (*Handle, error) {
-	var ns netns.NsHandle
+	// The current namespace is used as is (no setns, which would need
+	// CAP_SYS_ADMIN): ns stays None and the netlink sockets are opened
+	// where the caller is.
+	ns := netns.None()
 	var err error
-	if netnsPath == "" {
-		ns, err = netns.Get()
-		if err != nil {
-			return nil, fmt.Errorf("opening the current network namespace: %w", err)
-		}
-	} else {
+	if netnsPath != "" {
 		ns, err = netns.GetFromPath(netnsPath)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
@@ -51,11 +49,16 @@ func Open(netnsPath string) (*Handle, error) {
 		}
 	}
 	h := &Handle{ns: ns}
-	if h.nft, err = nftables.New(nftables.WithNetNSFd(int(ns))); err != nil {
+	if h.nft, err = nftables.New(h.nftOptions()...); err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("opening nftables netlink connection: %w", err)
 	}
-	if h.nl, err = netlink.NewHandleAt(ns); err != nil {
+	if ns.IsOpen() {
+		h.nl, err = netlink.NewHandleAt(ns)
+	} else {
+		h.nl, err = netlink.NewHandle()
+	}
+	if err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("opening rtnetlink handle: %w", err)
 	}
@@ -66,6 +69,15 @@ func Open(netnsPath string) (*Handle, error) {
 	}
 	h.loIndex = lo.Attrs().Index
 	return h, nil
+}
+
+// nftOptions selects the handle's namespace for an nftables connection;
+// none for the current namespace.
+func (h *Handle) nftOptions() []nftables.ConnOption {
+	if h.ns.IsOpen() {
+		return []nftables.ConnOption{nftables.WithNetNSFd(int(h.ns))}
+	}
+	return nil
 }
 
 // Close releases the handle. It is safe to call twice.
@@ -204,7 +216,7 @@ func (h *Handle) Remove(c Config) error {
 }
 
 func (h *Handle) batchConn() (*nftables.Conn, error) {
-	conn, err := nftables.New(nftables.WithNetNSFd(int(h.ns)))
+	conn, err := nftables.New(h.nftOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("opening nftables netlink connection: %w", err)
 	}

@@ -28,7 +28,11 @@ type liveRule struct {
 
 // dumpRules returns the rules of every chain of the inet table, in order.
 func (h *Handle) dumpRules(table string) (map[string][]liveRule, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(h.ns)})
+	cfg := &netlink.Config{}
+	if h.ns.IsOpen() {
+		cfg.NetNS = int(h.ns)
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("dialing nftables netlink: %w", err)
 	}

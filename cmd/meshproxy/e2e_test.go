@@ -372,3 +372,38 @@ func TestRunBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestRunRefusesModeMismatch: a proxy started in tproxy mode behind
+// redirect rules refuses to start, saying why.
+func TestRunRefusesModeMismatch(t *testing.T) {
+	bin := meshproxyBinary(t)
+	p := netnstest.NewPod(t, "mode")
+	if out, err := exec.Command(bin, "init", "--netns", p.Path, "--mode", "redirect", "--proxy-uid", "2102").CombinedOutput(); err != nil {
+		t.Fatalf("init: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "run", "--mode", "tproxy")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: proxyUID, Gid: proxyUID},
+		AmbientCaps: []uintptr{12 /* CAP_NET_ADMIN */},
+	}
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := p.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("run exited 0; want a refusal\n%s", out.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("run started despite the mode mismatch\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "--mode tproxy disagrees with the live rules, installed in redirect mode") {
+		t.Errorf("output = %q; want the mode mismatch explained", out.String())
+	}
+}

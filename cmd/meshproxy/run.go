@@ -282,6 +282,10 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 	level.Set(lvl)
 	log := newLogger(logw, cfg.LogFormat, level)
 
+	if err := checkLiveMode(cfg.Mode, log); err != nil {
+		return err
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := proxy.NewMetrics(reg)
