@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -429,6 +430,55 @@ func TestSystemdUnitsAgree(t *testing.T) {
 	if rcfg.Mesh.IdentityDir != "" && !strings.HasPrefix(rcfg.Mesh.IdentityDir, "/var/lib/"+svc.one(t, "Service", "StateDirectory")+"/") {
 		t.Errorf("identity-dir %s is outside the unit's StateDirectory, which the meshproxy user owns", rcfg.Mesh.IdentityDir)
 	}
+}
+
+// TestInitUnitCapabilities runs meshproxy-init.service's ExecStart,
+// ExecStart again, and ExecStop, as installed, with init.env's flags, with
+// only the capabilities the unit's CapabilityBoundingSet leaves, in a
+// throwaway network namespace: the unit must work with what it grants.
+func TestInitUnitCapabilities(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace and installs rules in it")
+	}
+	needTools(t, "setpriv")
+	dest := filepath.Join(t.TempDir(), "root")
+	makeInstall(t, dest, "install")
+	u := parseUnit(t, filepath.Join(dest, "etc/systemd/system/meshproxy-init.service"))
+	env := readEnvFile(t, filepath.Join(dest, "etc/meshproxy/init.env"))
+
+	var caps []string // setpriv syntax: -all,+net_admin,...
+	for _, c := range strings.Fields(u.one(t, "Service", "CapabilityBoundingSet")) {
+		caps = append(caps, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+	}
+	capList := strings.Join(append([]string{"-all"}, caps...), ",")
+
+	// Every command runs in the same new namespace: the first one creates
+	// it (Cloneflags) and the others enter it through /proc/PID/ns/net of
+	// a sleeper kept alive for the purpose.
+	holder := exec.Command("sleep", "60")
+	holder.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	if err := holder.Start(); err != nil {
+		t.Fatalf("starting a process in a new network namespace: %v", err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	nsPath := "/proc/" + strconv.Itoa(holder.Process.Pid) + "/ns/net"
+
+	run := func(step, line string) {
+		t.Helper()
+		argv := execArgs(t, strings.ReplaceAll(line, "/usr/local/bin/meshproxy", filepath.Join(dest, "usr/local/bin/meshproxy")), env)
+		// nsenter needs CAP_SYS_ADMIN, so it goes first and setpriv drops
+		// to the unit's capabilities before meshproxy runs.
+		args := append([]string{"--net=" + nsPath, "setpriv", "--bounding-set", capList,
+			"--inh-caps", capList, "--ambient-caps", capList, "--"}, argv...)
+		out, err := exec.Command("nsenter", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s with only %s: %v\n%s", step, u.one(t, "Service", "CapabilityBoundingSet"), err, out)
+		}
+	}
+	needTools(t, "nsenter")
+	run("ExecStart", u.one(t, "Service", "ExecStart"))
+	run("ExecStart again", u.one(t, "Service", "ExecStart"))
+	run("ExecStop", u.one(t, "Service", "ExecStop"))
 }
 
 // commentedSetting is an alternative setting in the example config,
