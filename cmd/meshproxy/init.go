@@ -68,7 +68,7 @@ func newInitFlagSet() (*flag.FlagSet, *initFlags) {
 	f.uid = fs.String("proxy-uid", "", "UID the proxy runs as; its own traffic is never captured (this or --proxy-gid is required)")
 	f.gid = fs.String("proxy-gid", "", "GID the proxy runs as; its own traffic is never captured")
 	f.inIgnore = fs.String("inbound-ports-to-ignore", "4190,4191", "inbound destination ports that go straight to the app (list, ranges like 8000-8100)")
-	f.outIgnore = fs.String("outbound-ports-to-ignore", "", "outbound destination ports that bypass the proxy")
+	f.outIgnore = fs.String("outbound-ports-to-ignore", "4190,4191", "outbound destination ports that bypass the proxy (by default other proxies' admin ports, so their callers are seen as remote)")
 	f.subnets = fs.String("subnets-to-ignore", "", "CIDRs (IPv4 and IPv6) whose traffic bypasses the proxy, both directions")
 	f.redirect = fs.String("ports-to-redirect", "", "inbound allow-list of destination ports; empty means all")
 	f.ipv6 = fs.Bool("ipv6", true, "also capture IPv6 traffic")

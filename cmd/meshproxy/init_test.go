@@ -127,8 +127,8 @@ func TestInitApplyCheckRemove(t *testing.T) {
 			t.Errorf("apply output %q lacks a summary", out)
 		}
 		step(0, "--check")
-		if out := step(1, "--check", "--outbound-ports-to-ignore", "25"); !strings.Contains(out, "set outbound-ports-to-ignore is missing") {
-			t.Errorf("check with other settings: %q; want the missing set named", out)
+		if out := step(1, "--check", "--outbound-ports-to-ignore", "25"); !strings.Contains(out, "outbound-ports-to-ignore") {
+			t.Errorf("check with other settings: %q; want the differing set named", out)
 		}
 		step(0, "--remove")
 		if out := step(1, "--check"); !strings.Contains(out, "table inet meshproxy is missing") {

@@ -721,9 +721,10 @@ func initContainer(cfg injectConfig, s podSettings) corev1.Container {
 		"--proxy-uid", strconv.FormatInt(cfg.ProxyUID, 10),
 		"--inbound-ports-to-ignore", strings.Join(inIgnore, ","),
 	}
-	if len(s.skipOutbound) > 0 {
-		args = append(args, "--outbound-ports-to-ignore", strings.Join(dedupePorts(s.skipOutbound), ","))
-	}
+	// Other proxies' admin ports are reached directly, not through the
+	// mesh, as with init's default.
+	outIgnore := dedupePorts(append([]string{"4190", "4191"}, s.skipOutbound...))
+	args = append(args, "--outbound-ports-to-ignore", strings.Join(outIgnore, ","))
 	return corev1.Container{
 		Name:    injectInitName,
 		Image:   cfg.Image,

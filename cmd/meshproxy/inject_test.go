@@ -426,8 +426,8 @@ func TestInjectAnnotations(t *testing.T) {
 	if !strings.Contains(args, "--inbound-ports-to-ignore 4190,4191,25,9000-9010") {
 		t.Errorf("init args %q: want the skipped inbound ports after 4190,4191", args)
 	}
-	if !strings.Contains(args, "--outbound-ports-to-ignore 587,4191") {
-		t.Errorf("init args %q: want --outbound-ports-to-ignore 587,4191", args)
+	if !strings.Contains(args, "--outbound-ports-to-ignore 4190,4191,587") {
+		t.Errorf("init args %q: want --outbound-ports-to-ignore 4190,4191,587 (admin ports, then the annotation's)", args)
 	}
 	proxy := spec.InitContainers[1]
 	var opaque string

@@ -42,6 +42,7 @@ type runConfig struct {
 	OutboundListen []string
 	InboundListen  []string
 	AdminListen    string
+	AdminShutdown  bool
 	IPv6           bool
 	DetectTimeout  time.Duration
 	ConnectTimeout time.Duration
@@ -155,6 +156,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.Var(listValue{&cfg.OutboundListen}, "outbound-listen", "outbound listener addresses, comma-separated")
 	fs.Var(listValue{&cfg.InboundListen}, "inbound-listen", "inbound listener addresses, comma-separated")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "admin server address (metrics, health)")
+	fs.BoolVar(&cfg.AdminShutdown, "admin-shutdown", false, "enable POST /shutdown on the admin port (loopback callers only), e.g. for Jobs with a legacy sidecar")
 	fs.BoolVar(&cfg.IPv6, "ipv6", cfg.IPv6, "also listen on the IPv6 addresses of the listener lists")
 	fs.DurationVar(&cfg.DetectTimeout, "detect-timeout", cfg.DetectTimeout, "how long to wait for a client's first bytes before forwarding as opaque TCP")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "timeout for connecting upstream")
@@ -292,7 +294,26 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	adm := admin.New(reg, log)
+	ctx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	var listeners []boundListener
+	var servers map[proxy.Direction]*proxy.Server
+	var mgr *identity.Manager
+	started := time.Now()
+	opts := admin.Options{
+		Logger:   log,
+		LogLevel: level,
+		Status: func() admin.Status {
+			return statusPage(started, cfg, listeners, servers, mgr)
+		},
+	}
+	if cfg.AdminShutdown {
+		opts.Shutdown = func() {
+			log.Info("shutdown requested on the admin port")
+			stopRun()
+		}
+	}
+	adm := admin.NewWithOptions(reg, opts)
 
 	pcfg := proxy.Config{
 		DetectTimeout:  cfg.DetectTimeout,
@@ -300,7 +321,6 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		IdleTimeout:    cfg.IdleTimeout,
 		OpaquePorts:    cfg.OpaquePorts,
 	}
-	var mgr *identity.Manager
 	if cfg.Mesh.enabled() {
 		mgr, err = newIdentityManager(&cfg.Mesh, reg, log)
 		if err != nil {
@@ -315,14 +335,13 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 			return err
 		}
 	}
-	servers := map[proxy.Direction]*proxy.Server{
+	servers = map[proxy.Direction]*proxy.Server{
 		proxy.Outbound: proxy.NewServer(proxy.Outbound, pcfg, metrics, log),
 		proxy.Inbound:  proxy.NewServer(proxy.Inbound, pcfg, metrics, log),
 	}
 
 	// Bind everything before serving anything, so a bad address fails the
 	// start cleanly.
-	var listeners []boundListener
 	closeAll := func() {
 		for _, b := range listeners {
 			b.l.Close()

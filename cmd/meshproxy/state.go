@@ -3,6 +3,7 @@ package main
 import (
 	"time"
 
+	"meshproxy/admin"
 	"meshproxy/identity"
 	"meshproxy/proxy"
 )
@@ -50,6 +51,26 @@ func debugState(cfg runConfig, ls []boundListener, servers map[proxy.Direction]*
 	if mgr != nil && mgr.Ready() {
 		id, serial, notAfter := mgr.Current()
 		st.Certificate = &stateCert{Identity: id.String(), Serial: serial, NotAfter: notAfter.UTC()}
+	}
+	return st
+}
+
+// statusPage gathers what the admin status page shows.
+func statusPage(started time.Time, cfg runConfig, ls []boundListener, servers map[proxy.Direction]*proxy.Server, mgr *identity.Manager) admin.Status {
+	st := admin.Status{Version: version, Started: started, MTLS: mgr != nil, OpenConnections: map[string]int{}}
+	for _, b := range ls {
+		s := b.l.Stats()
+		st.Listeners = append(st.Listeners, admin.ListenerStatus{
+			Direction: string(b.dir), Addr: b.l.Addr().String(), Mode: string(cfg.Mode),
+			Accepted: s.Accepted, LoopsRefused: s.LoopsRefused,
+		})
+	}
+	for dir, srv := range servers {
+		st.OpenConnections[string(dir)] = srv.OpenConnections()
+	}
+	if mgr != nil && mgr.Ready() {
+		id, serial, notAfter := mgr.Current()
+		st.Certificate = &admin.CertStatus{Identity: id.String(), Serial: serial, NotAfter: notAfter}
 	}
 	return st
 }
