@@ -306,6 +306,12 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := l.clientProxy
+	// SIGHUP (systemctl reload) neither kills the proxy nor its connections.
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, "SIGHUP")
+	if err := echo("after SIGHUP"); err != nil {
+		t.Fatalf("connection after SIGHUP: %v", err)
+	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	// Not ready while draining.
 	deadline := time.Now().Add(5 * time.Second)

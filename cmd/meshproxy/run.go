@@ -277,6 +277,29 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// handleHangups answers SIGHUP (systemctl reload) until ctx ends. Nothing
+// in this version's settings can change without a restart, so a reload
+// only says so; without this handler SIGHUP would kill the proxy.
+func handleHangups(ctx context.Context, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := notifyReloading(); err != nil {
+				log.Warn("telling systemd we reload", "err", err)
+			}
+			log.Info("SIGHUP: nothing to reload; settings change with a restart")
+			if err := notifyReady(); err != nil {
+				log.Warn("telling systemd we are ready", "err", err)
+			}
+		}
+	}
+}
+
 // serve runs the proxy until ctx is cancelled, then drains and returns nil.
 func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 	level := new(slog.LevelVar)
@@ -386,23 +409,32 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
+	adm.HandleState(func() any { return debugState(cfg, listeners, servers, mgr) })
 	errc := make(chan error, len(listeners)+1)
 	go func() { errc <- adm.Serve(adminL) }()
 	for _, b := range listeners {
 		srv := servers[b.dir]
 		go func() { errc <- srv.Serve(b.l) }()
 	}
-	adm.HandleState(func() any { return debugState(cfg, listeners, servers, mgr) })
-	if mgr == nil {
+	markReady := func() {
 		adm.SetReady()
-		log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String(), "mtls", false)
+		log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String(), "mtls", mgr != nil,
+			"startup", time.Since(started).Round(time.Millisecond).String())
+		if err := notifyReady(); err != nil {
+			log.Warn("telling systemd we are ready", "err", err)
+		}
+	}
+	if mgr == nil {
+		markReady()
 	} else {
 		adm.SetNotReady("no certificate yet")
-		go watchIdentity(ctx, mgr, func(bool) {
-			adm.SetReady()
-			log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String(), "mtls", true)
-		}, log)
+		if err := notifyStatus("waiting for a certificate"); err != nil {
+			log.Warn("telling systemd our status", "err", err)
+		}
+		go watchIdentity(ctx, mgr, func(bool) { markReady() }, log)
 	}
+	go runWatchdog(ctx, log)
+	go handleHangups(ctx, log)
 
 	var runErr error
 	select {
@@ -410,6 +442,9 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		log.Info("shutting down: draining open connections", "grace", cfg.ShutdownGrace.String())
 	case runErr = <-errc:
 		log.Error("a listener failed; shutting down", "err", runErr)
+	}
+	if err := notifyStopping(); err != nil {
+		log.Warn("telling systemd we are stopping", "err", err)
 	}
 
 	adm.SetNotReady("draining")
