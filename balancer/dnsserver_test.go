@@ -202,3 +202,10 @@ func newTestResolver(t *testing.T, s *testDNS, extra string, cfg ResolverConfig)
 	}
 	return r
 }
+
+// configure changes the server's behaviour under its lock.
+func (s *testDNS) configure(f func(s *testDNS)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(s)
+}

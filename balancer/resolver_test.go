@@ -167,7 +167,7 @@ func TestTTLClamp(t *testing.T) {
 func TestTruncatedAnswerRetriedOverTCP(t *testing.T) {
 	s := newTestDNS(t)
 	s.set("big.test.", 30, "198.18.0.1")
-	s.truncate["big.test."] = true
+	s.configure(func(s *testDNS) { s.truncate["big.test."] = true })
 	r := newTestResolver(t, s, "", ResolverConfig{Network: "ip4"})
 	ans, err := r.Lookup(context.Background(), "big.test.")
 	if err != nil {
@@ -187,7 +187,7 @@ func TestTruncatedAnswerRetriedOverTCP(t *testing.T) {
 // listening) and a SERVFAILing one are skipped; the third answers.
 func TestServfailAndDeadServerMoveToNextNameserver(t *testing.T) {
 	bad := newTestDNS(t)
-	bad.servfail["svc.test."] = true
+	bad.configure(func(s *testDNS) { s.servfail["svc.test."] = true })
 	dead := newTestDNS(t)
 	dead.stop()
 	good := newTestDNS(t)
@@ -210,7 +210,7 @@ func TestServfailAndDeadServerMoveToNextNameserver(t *testing.T) {
 	}
 
 	// Every server failing is not "not found": a temporary error.
-	good.servfail["svc.test."] = true
+	good.configure(func(s *testDNS) { s.servfail["svc.test."] = true })
 	_, err = r.Lookup(context.Background(), "svc.test.")
 	if err == nil || errors.Is(err, ErrNotFound) {
 		t.Errorf("all servers failing: err = %v; want a non-ErrNotFound error", err)

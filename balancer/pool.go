@@ -1,0 +1,379 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// Pool defaults.
+const (
+	// DefaultPoolIdleTimeout is how long an idle connection is kept.
+	DefaultPoolIdleTimeout = 90 * time.Second
+	// DefaultMaxIdlePerEndpoint bounds idle connections per endpoint.
+	DefaultMaxIdlePerEndpoint = 8
+	// DefaultMaxLifetime is how long a connection is reused at most, so
+	// load spreads again after endpoints change.
+	DefaultMaxLifetime = 10 * time.Minute
+	// DefaultMaxEndpoints bounds how many endpoints the pool tracks.
+	DefaultMaxEndpoints = 1024
+)
+
+// PoolConfig configures a Pool of connections of type C (a net.Conn, a
+// *tls.Conn, an HTTP/2 client connection...).
+type PoolConfig[C io.Closer] struct {
+	// Dial opens a new connection to addr. Required.
+	Dial func(ctx context.Context, addr netip.AddrPort) (C, error)
+	// Usable reports whether an idle connection can be handed out again.
+	// Nil means ConnUsable when C is a net.Conn, otherwise always usable.
+	Usable func(C) bool
+	// IdleTimeout: idle connections older than this are closed. Zero means
+	// DefaultPoolIdleTimeout; negative means no limit.
+	IdleTimeout time.Duration
+	// MaxIdlePerEndpoint: Put closes a connection beyond this many idle
+	// ones for its endpoint. Zero means DefaultMaxIdlePerEndpoint;
+	// negative means keep none (every Get dials).
+	MaxIdlePerEndpoint int
+	// MaxLifetime: connections older than this (since dial) are not
+	// reused. Zero means DefaultMaxLifetime; negative means no limit.
+	MaxLifetime time.Duration
+	// MaxEndpoints bounds the endpoints with idle connections; the least
+	// recently used one is evicted and its idle connections closed. Zero
+	// or negative means DefaultMaxEndpoints.
+	MaxEndpoints int
+	// Metrics, when not nil, counts dials, reuses and stale connections.
+	Metrics *Metrics
+}
+
+// PooledConn is a connection from a Pool. Give it back with Put to reuse
+// it, or close Conn yourself; the pool tracks only idle connections, so
+// either is fine.
+type PooledConn[C io.Closer] struct {
+	Conn C
+	// Addr is the endpoint it is connected to.
+	Addr netip.AddrPort
+	// Created is when it was dialed.
+	Created time.Time
+}
+
+// idleConn is a connection waiting in the pool.
+type idleConn[C io.Closer] struct {
+	pc    PooledConn[C]
+	since time.Time
+}
+
+// Pool keeps idle connections per endpoint for reuse. Get hands out the
+// most recently returned idle connection that is still usable, or dials;
+// Put returns one. It is safe for concurrent use.
+//
+// For HTTP/1.1 upstreams: Get, send one request, read the whole response,
+// Put (or Close the conn if the exchange failed or the response said
+// "Connection: close"). For HTTP/2 between meshed proxies, where one
+// connection carries many requests at once, keep the connection outside
+// the pool while it can take new streams (Get once, share it), and Put it
+// back only if you want it parked; Usable should then also check that the
+// connection can take a new request.
+type Pool[C io.Closer] struct {
+	cfg     PoolConfig[C]
+	usable  func(C) bool
+	metrics *Metrics
+
+	dials, reuses, stale atomic.Uint64
+
+	mu      sync.Mutex
+	lru     *simplelru.LRU[netip.AddrPort, *[]idleConn[C]]
+	evicted []C // closed after mu is released
+	closed  bool
+
+	done chan struct{}
+	once sync.Once
+	wg   sync.WaitGroup
+}
+
+// NewPool returns an empty pool. Close it to close its idle connections.
+func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
+	if cfg.Dial == nil {
+		return nil, errors.New("pool: PoolConfig.Dial is required")
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultPoolIdleTimeout
+	}
+	if cfg.MaxIdlePerEndpoint == 0 {
+		cfg.MaxIdlePerEndpoint = DefaultMaxIdlePerEndpoint
+	}
+	if cfg.MaxLifetime == 0 {
+		cfg.MaxLifetime = DefaultMaxLifetime
+	}
+	if cfg.MaxEndpoints <= 0 {
+		cfg.MaxEndpoints = DefaultMaxEndpoints
+	}
+	p := &Pool[C]{cfg: cfg, usable: cfg.Usable, metrics: cfg.Metrics, done: make(chan struct{})}
+	if p.usable == nil {
+		p.usable = func(c C) bool {
+			if nc, ok := any(c).(net.Conn); ok {
+				return ConnUsable(nc)
+			}
+			return true
+		}
+	}
+	l, err := simplelru.NewLRU(cfg.MaxEndpoints, func(_ netip.AddrPort, idle *[]idleConn[C]) {
+		for _, ic := range *idle {
+			p.evicted = append(p.evicted, ic.pc.Conn)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pool: %w", err)
+	}
+	p.lru = l
+	if iv := p.sweepInterval(); iv > 0 {
+		p.wg.Add(1)
+		go p.sweeper(iv)
+	}
+	return p, nil
+}
+
+// Get returns a connection to addr: an idle one that is within its idle
+// timeout and lifetime and passes Usable (reused is true), or a new one
+// from Dial. Idle connections found closed by the peer are discarded and
+// counted as stale; they are never returned.
+func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C], reused bool, err error) {
+	for {
+		ic, ok, err := p.popIdle(addr)
+		if err != nil {
+			return pc, false, err
+		}
+		if !ok {
+			break
+		}
+		now := time.Now()
+		if p.expired(ic, now) {
+			ic.pc.Conn.Close()
+			continue
+		}
+		if !p.usable(ic.pc.Conn) {
+			p.stale.Add(1)
+			p.metrics.poolStaleConn()
+			ic.pc.Conn.Close()
+			continue
+		}
+		p.reuses.Add(1)
+		p.metrics.poolReuse()
+		return ic.pc, true, nil
+	}
+	c, err := p.cfg.Dial(ctx, addr)
+	if err != nil {
+		return pc, false, fmt.Errorf("pool: dialing %s: %w", addr, err)
+	}
+	p.dials.Add(1)
+	p.metrics.poolDial()
+	return PooledConn[C]{Conn: c, Addr: addr, Created: time.Now()}, false, nil
+}
+
+// popIdle takes the most recently returned idle connection of addr.
+func (p *Pool[C]) popIdle(addr netip.AddrPort) (idleConn[C], bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return idleConn[C]{}, false, ErrClosed
+	}
+	idle, ok := p.lru.Get(addr)
+	if !ok || len(*idle) == 0 {
+		return idleConn[C]{}, false, nil
+	}
+	n := len(*idle) - 1
+	ic := (*idle)[n]
+	(*idle)[n] = idleConn[C]{}
+	*idle = (*idle)[:n]
+	return ic, true, nil
+}
+
+func (p *Pool[C]) expired(ic idleConn[C], now time.Time) bool {
+	if p.cfg.IdleTimeout > 0 && now.Sub(ic.since) >= p.cfg.IdleTimeout {
+		return true
+	}
+	return p.cfg.MaxLifetime > 0 && now.Sub(ic.pc.Created) >= p.cfg.MaxLifetime
+}
+
+// Put returns a connection for reuse. Only Put connections whose last
+// exchange completed cleanly. It closes the connection instead when the
+// pool is closed, the connection is past its lifetime, or its endpoint
+// already has MaxIdlePerEndpoint idle connections.
+func (p *Pool[C]) Put(pc PooledConn[C]) {
+	now := time.Now()
+	ic := idleConn[C]{pc: pc, since: now}
+	p.mu.Lock()
+	keep := !p.closed && !p.expired(ic, now) && p.cfg.MaxIdlePerEndpoint > 0
+	if keep {
+		idle, ok := p.lru.Get(pc.Addr)
+		if !ok {
+			idle = new([]idleConn[C])
+			p.lru.Add(pc.Addr, idle)
+		}
+		if len(*idle) < p.cfg.MaxIdlePerEndpoint {
+			*idle = append(*idle, ic)
+		} else {
+			keep = false
+		}
+	}
+	evicted := p.takeEvictedLocked()
+	p.mu.Unlock()
+	if !keep {
+		pc.Conn.Close()
+	}
+	closeAll(evicted)
+}
+
+func (p *Pool[C]) takeEvictedLocked() []C {
+	e := p.evicted
+	p.evicted = nil
+	return e
+}
+
+func closeAll[C io.Closer](cs []C) {
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// PoolStats counts a pool's work.
+type PoolStats struct {
+	Dials  uint64 `json:"dials"`
+	Reuses uint64 `json:"reuses"`
+	Stale  uint64 `json:"stale"`
+	// Idle is the number of idle connections now; Endpoints the number
+	// of endpoints tracked.
+	Idle      int `json:"idle"`
+	Endpoints int `json:"endpoints"`
+}
+
+// Stats returns the pool's counters and current size, for /debug/state.
+func (p *Pool[C]) Stats() PoolStats {
+	st := PoolStats{Dials: p.dials.Load(), Reuses: p.reuses.Load(), Stale: p.stale.Load()}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, k := range p.lru.Keys() {
+		if idle, ok := p.lru.Peek(k); ok {
+			st.Idle += len(*idle)
+		}
+	}
+	st.Endpoints = p.lru.Len()
+	return st
+}
+
+func (p *Pool[C]) sweepInterval() time.Duration {
+	iv := time.Duration(0)
+	for _, d := range []time.Duration{p.cfg.IdleTimeout, p.cfg.MaxLifetime} {
+		if d > 0 && (iv == 0 || d < iv) {
+			iv = d
+		}
+	}
+	if iv == 0 {
+		return 0
+	}
+	return max(iv/2, 10*time.Millisecond)
+}
+
+// sweeper closes idle connections past their idle timeout or lifetime
+// and forgets endpoints left without idle connections.
+func (p *Pool[C]) sweeper(iv time.Duration) {
+	defer p.wg.Done()
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-t.C:
+		}
+		p.sweep(time.Now())
+	}
+}
+
+func (p *Pool[C]) sweep(now time.Time) {
+	var toClose []C
+	p.mu.Lock()
+	for _, k := range p.lru.Keys() {
+		idle, ok := p.lru.Peek(k)
+		if !ok {
+			continue
+		}
+		kept := (*idle)[:0]
+		for _, ic := range *idle {
+			if p.expired(ic, now) {
+				toClose = append(toClose, ic.pc.Conn)
+			} else {
+				kept = append(kept, ic)
+			}
+		}
+		clear((*idle)[len(kept):])
+		*idle = kept
+		if len(kept) == 0 {
+			p.lru.Remove(k) // calls the evict callback with nothing to close
+		}
+	}
+	p.mu.Unlock()
+	closeAll(toClose)
+}
+
+// Close closes every idle connection; later Gets fail with ErrClosed and
+// Puts close their connection. It is safe to call more than once.
+func (p *Pool[C]) Close() error {
+	p.once.Do(func() {
+		close(p.done)
+		p.wg.Wait()
+		p.mu.Lock()
+		p.closed = true
+		p.lru.Purge()
+		evicted := p.takeEvictedLocked()
+		p.mu.Unlock()
+		closeAll(evicted)
+	})
+	return nil
+}
+
+// ConnUsable reports whether an idle connection can be reused: it peeks
+// one byte without blocking (MSG_PEEK|MSG_DONTWAIT) on the socket under
+// c (unwrapping a *tls.Conn's NetConn). End of file or an error such as
+// a reset means the peer closed it: not usable. Nothing to read (would
+// block) means usable. Pending data also counts as usable (on an HTTP/2
+// or TLS connection it may be a ping or a session ticket); the protocol
+// layer deals with it. A connection without a socket is assumed usable.
+func ConnUsable(c net.Conn) bool {
+	for {
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	usable := false
+	var buf [1]byte
+	err = raw.Read(func(fd uintptr) bool {
+		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case n > 0:
+			usable = true
+		case rerr == syscall.EAGAIN || rerr == syscall.EINTR:
+			usable = true
+		}
+		return true
+	})
+	return err == nil && usable
+}
