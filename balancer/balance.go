@@ -120,7 +120,7 @@ type Service struct {
 	eps atomic.Pointer[[]*Endpoint]
 	rr  atomic.Uint64
 
-	lastUsed atomic.Int64  // unix nanos of the last Pick, for Balancer
+	lastUsed atomic.Int64           // unix nanos of the last Pick, for Balancer
 	answer   atomic.Pointer[Answer] // the DNS answer eps came from, for Balancer
 }
 
