@@ -6,6 +6,7 @@
 #
 #   make demo                 # REDIRECT mode
 #   MODE=tproxy make demo     # TPROXY mode
+#   DEMO_KEEP=1 make demo     # leave the mesh up (status pages) until Ctrl-C
 set -euo pipefail
 
 MODE=${MODE:-redirect}
@@ -34,6 +35,7 @@ cleanup() {
 	for ns in $CLIENT $SERVER; do
 		[ -e /run/netns/$ns ] && "$WORK/meshproxy" init --netns /run/netns/$ns --mode "$MODE" --proxy-uid $PROXY_UID --remove >/dev/null 2>&1
 		ip netns del $ns 2>/dev/null
+		rm -rf /etc/netns/$ns
 	done
 	rm -rf "$WORK"
 }
@@ -59,28 +61,45 @@ cmac=$(ip netns exec $CLIENT cat /sys/class/net/eth0/address)
 smac=$(ip netns exec $SERVER cat /sys/class/net/eth0/address)
 ip -n $CLIENT neigh replace 2001:2::2 lladdr "$smac" dev eth0 nud permanent
 ip -n $SERVER neigh replace 2001:2::1 lladdr "$cmac" dev eth0 nud permanent
-echo "created; veth between them"
+# The client pod's own name lookup (ip netns exec mounts /etc/netns/NAME
+# over /etc): the app resolves my-server-service itself.
+mkdir -p /etc/netns/$CLIENT
+printf '127.0.0.1 localhost\n198.18.0.2 my-server-service\n' >/etc/netns/$CLIENT/hosts
+echo "created; veth between them; my-server-service is 198.18.0.2 for the client"
 
 bold "2. meshproxy init --mode $MODE (native nftables over netlink; first the dry run)"
-# Port 9100 bypasses the mesh on purpose, to show the difference on the wire.
-INIT=(--mode "$MODE" --proxy-uid $PROXY_UID --outbound-ports-to-ignore 9100 --inbound-ports-to-ignore 4190,4191,9100)
+# Port 9100 bypasses the mesh on purpose, to show the difference on the wire;
+# 8443 is the identity service's.
+INIT=(--mode "$MODE" --proxy-uid $PROXY_UID --outbound-ports-to-ignore 4190,4191,9100 --inbound-ports-to-ignore 4190,4191,8443,9100)
 "$WORK/meshproxy" init --dry-run "${INIT[@]}" | sed 's/^/    /'
 for ns in $CLIENT $SERVER; do
 	"$WORK/meshproxy" init --netns /run/netns/$ns "${INIT[@]}"
 done
 
-bold "3. A certificate authority in the box (trust anchor -> issuer -> 24h leaves)"
+bold "3. A certificate authority in the box, and its identity service (in the server pod, :8443)"
 "$WORK/meshproxy" ca init --dir "$WORK/ca"
-chown -R $PROXY_UID:$PROXY_UID "$WORK/ca"
+cp "$WORK/ca/anchor.pem" "$WORK/anchor.pem"
+ip netns exec $SERVER "$WORK/meshproxy" identity serve --dir "$WORK/ca" --listen 198.18.0.2:8443 >"$WORK/identity.log" 2>&1 &
+pids+=($!)
+for ns in $CLIENT $SERVER; do
+	role=${ns#mp-demo-}
+	# A join token bound to exactly this pod's identity; the proxy makes its
+	# key in memory and sends only a CSR with it.
+	"$WORK/meshproxy" ca token --dir "$WORK/ca" --identity "spiffe://cluster.local/ns/demo/sa/$role" >"$WORK/$role.token"
+	chown $PROXY_UID "$WORK/$role.token"
+	chmod 600 "$WORK/$role.token"
+	echo "join token for spiffe://cluster.local/ns/demo/sa/$role written"
+done
 
-bold "4. A proxy in each pod, as UID $PROXY_UID, each with its own SPIFFE identity"
+bold "4. A proxy in each pod, as UID $PROXY_UID, each getting its certificate from the identity service"
 caps=()
 [ "$MODE" = tproxy ] && caps=(--inh-caps=+net_admin --ambient-caps=+net_admin)
 for ns in $CLIENT $SERVER; do
 	role=${ns#mp-demo-}
 	ip netns exec $ns setpriv --reuid=$PROXY_UID --regid=$PROXY_UID --clear-groups "${caps[@]}" \
 		"$WORK/meshproxy" run --mode "$MODE" --log-level debug \
-		--identity-dir "$WORK/ca" --identity "spiffe://cluster.local/ns/demo/sa/$role" >"$WORK/$ns.log" 2>&1 &
+		--identity "spiffe://cluster.local/ns/demo/sa/$role" --identity-addr 198.18.0.2:8443 \
+		--identity-token-file "$WORK/$role.token" --trust-anchors "$WORK/anchor.pem" >"$WORK/$ns.log" 2>&1 &
 	pids+=($!)
 done
 for ns in $CLIENT $SERVER; do
@@ -88,7 +107,7 @@ for ns in $CLIENT $SERVER; do
 		ip netns exec $ns "$WORK/demoapp" get http://127.0.0.1:4191/ready >/dev/null 2>&1 && break
 		sleep 0.1
 	done
-	echo "$ns: proxy ready; its certificate (from /debug/state):"
+	echo "$ns: proxy ready ($(grep -o 'startup=[^ ]*' "$WORK/$ns.log" | head -1)); its certificate (from /debug/state):"
 	ip netns exec $ns "$WORK/demoapp" get http://127.0.0.1:4191/debug/state |
 		sed -n '/"certificate"/,/}/p' | grep -E '"(identity|serial|not_after)"' | sed 's/^ */      /'
 done
@@ -100,8 +119,8 @@ for port in 8080 9100; do
 done
 sleep 0.3
 
-bold "6. The client calls http://198.18.0.2:8080 and http://[2001:2::2]:8080 (it knows nothing of the mesh)"
-ip netns exec $CLIENT "$WORK/demoapp" get http://198.18.0.2:8080/hello | sed 's/^/    /'
+bold "6. The client calls http://my-server-service:8080 and http://[2001:2::2]:8080 (it knows nothing of the mesh)"
+ip netns exec $CLIENT "$WORK/demoapp" get http://my-server-service:8080/hello | sed 's/^/    /'
 ip netns exec $CLIENT "$WORK/demoapp" get 'http://[2001:2::2]:8080/hello-v6' | sed 's/^/    /'
 echo "(the app saw its callers on loopback: the server pod's proxy delivered them, with the caller's identity)"
 
@@ -129,5 +148,14 @@ for ns in $CLIENT $SERVER; do
 		grep -v ' 0$' | sed 's/^/    /'
 done
 
-bold "10. Clean up"
+bold "10. The status page"
+echo "  each proxy serves it on its admin port, e.g. from the client pod:"
+echo "    ip netns exec $CLIENT curl -s http://127.0.0.1:4191/"
+ip netns exec $CLIENT "$WORK/demoapp" get http://127.0.0.1:4191/ | grep -o '<title>[^<]*</title>' | sed 's/^/    /'
+if [ -n "${DEMO_KEEP:-}" ]; then
+	echo "  DEMO_KEEP is set: the mesh stays up until Ctrl-C"
+	while true; do sleep 3600; done
+fi
+
+bold "11. Clean up"
 echo "removing rules and namespaces"
