@@ -268,6 +268,15 @@ func TestIdentityServiceLateStart(t *testing.T) {
 	if !strings.Contains(st, clientID) {
 		t.Errorf("/debug/state lacks the certificate identity:\n%s", st)
 	}
+	// The join token is a secret: never in logs or state. Its signature
+	// part is what would let someone else use it.
+	tok := string(bytes.TrimSpace(tokenOut))
+	secret := tok[strings.LastIndexByte(tok, '.')+1:]
+	for what, text := range map[string]string{"proxy logs": px.logs.String(), "service logs": svcLogs.String(), "/debug/state": st} {
+		if strings.Contains(text, secret) {
+			t.Errorf("%s contain the join token", what)
+		}
+	}
 }
 
 // TestServerProxyRestart: the server proxy dies mid-stream; the client sees
