@@ -1,0 +1,311 @@
+package balancer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// echoServer is a line echo server on loopback. It counts connections
+// and reports each one the client closes.
+type echoServer struct {
+	addr     netip.AddrPort
+	accepted atomic.Int64
+	eofs     chan struct{} // one per connection the client closed
+	// closeAfterReply, when set, makes the server close each connection
+	// right after its first reply; reset makes that close a RST.
+	closeAfterReply, reset bool
+}
+
+func newEchoServer(t *testing.T, configure func(*echoServer)) *echoServer {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	s := &echoServer{addr: netip.MustParseAddrPort(ln.Addr().String()), eofs: make(chan struct{}, 100)}
+	if configure != nil {
+		configure(s)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.accepted.Add(1)
+			go s.serve(c.(*net.TCPConn))
+		}
+	}()
+	return s
+}
+
+func (s *echoServer) serve(c *net.TCPConn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			s.eofs <- struct{}{}
+			return
+		}
+		if _, err := c.Write([]byte(line)); err != nil {
+			return
+		}
+		if s.closeAfterReply {
+			if s.reset {
+				c.SetLinger(0)
+			}
+			return
+		}
+	}
+}
+
+// waitEOFs waits for n client closes.
+func (s *echoServer) waitEOFs(t *testing.T, n int) {
+	t.Helper()
+	for i := range n {
+		select {
+		case <-s.eofs:
+		case <-time.After(2 * time.Second):
+			t.Fatalf("server saw %d client closes; want %d", i, n)
+		}
+	}
+}
+
+func tcpDial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr.String())
+}
+
+func newTestPool(t *testing.T, cfg PoolConfig[net.Conn]) *Pool[net.Conn] {
+	t.Helper()
+	cfg.Dial = tcpDial
+	p, err := NewPool(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// roundTrip sends a line and reads it back.
+func roundTrip(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	buf := make([]byte, 5)
+	if _, err := bufioReadFull(c, buf); err != nil || string(buf) != "ping\n" {
+		t.Fatalf("read = %q, %v; want ping", buf, err)
+	}
+}
+
+func bufioReadFull(c net.Conn, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := c.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func get(t *testing.T, p *Pool[net.Conn], addr netip.AddrPort) (PooledConn[net.Conn], bool) {
+	t.Helper()
+	pc, reused, err := p.Get(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pc, reused
+}
+
+func TestPoolReuse(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	p := newTestPool(t, PoolConfig[net.Conn]{})
+	for i := range 10 {
+		pc, reused := get(t, p, srv.addr)
+		if reused != (i > 0) {
+			t.Errorf("Get %d: reused = %v; want %v", i, reused, i > 0)
+		}
+		roundTrip(t, pc.Conn)
+		p.Put(pc)
+	}
+	if n := srv.accepted.Load(); n != 1 {
+		t.Errorf("server accepted %d connections; want 1", n)
+	}
+	if st := p.Stats(); st.Dials != 1 || st.Reuses != 9 || st.Idle != 1 || st.Endpoints != 1 {
+		t.Errorf("stats = %+v; want 1 dial, 9 reuses, 1 idle, 1 endpoint", st)
+	}
+}
+
+func TestPoolIdleTimeout(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	p := newTestPool(t, PoolConfig[net.Conn]{IdleTimeout: 50 * time.Millisecond})
+	pc, _ := get(t, p, srv.addr)
+	p.Put(pc)
+	// The sweeper closes it once idle too long; the server sees that.
+	srv.waitEOFs(t, 1)
+	if _, reused := get(t, p, srv.addr); reused {
+		t.Error("Get after the idle timeout reused a connection")
+	}
+	if st := p.Stats(); st.Dials != 2 {
+		t.Errorf("dials = %d; want 2", st.Dials)
+	}
+}
+
+func TestPoolMaxIdlePerEndpoint(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	p := newTestPool(t, PoolConfig[net.Conn]{MaxIdlePerEndpoint: 2})
+	var pcs []PooledConn[net.Conn]
+	for range 3 {
+		pc, _ := get(t, p, srv.addr)
+		roundTrip(t, pc.Conn)
+		pcs = append(pcs, pc)
+	}
+	for _, pc := range pcs {
+		p.Put(pc)
+	}
+	srv.waitEOFs(t, 1)
+	if st := p.Stats(); st.Idle != 2 {
+		t.Errorf("idle = %d; want 2", st.Idle)
+	}
+}
+
+func TestPoolMaxLifetime(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	p := newTestPool(t, PoolConfig[net.Conn]{MaxLifetime: 100 * time.Millisecond, IdleTimeout: -1})
+	pc, _ := get(t, p, srv.addr)
+	p.Put(pc)
+	pc, reused := get(t, p, srv.addr)
+	if !reused {
+		t.Fatal("young connection not reused")
+	}
+	time.Sleep(120 * time.Millisecond)
+	p.Put(pc) // past its lifetime: closed, not pooled
+	srv.waitEOFs(t, 1)
+	if _, reused := get(t, p, srv.addr); reused {
+		t.Error("connection past its lifetime reused")
+	}
+}
+
+func TestPoolLRUEvictionClosesConns(t *testing.T) {
+	srvs := []*echoServer{newEchoServer(t, nil), newEchoServer(t, nil), newEchoServer(t, nil)}
+	p := newTestPool(t, PoolConfig[net.Conn]{MaxEndpoints: 2})
+	for _, s := range srvs {
+		pc, _ := get(t, p, s.addr)
+		p.Put(pc)
+	}
+	srvs[0].waitEOFs(t, 1) // least recently used endpoint evicted
+	if st := p.Stats(); st.Endpoints != 2 || st.Idle != 2 {
+		t.Errorf("stats = %+v; want 2 endpoints, 2 idle", st)
+	}
+	if _, reused := get(t, p, srvs[2].addr); !reused {
+		t.Error("connection of a kept endpoint not reused")
+	}
+}
+
+// TestPoolNeverHandsOutConnsThePeerClosed: the server closes (FIN, then
+// RST) each connection after one reply; the pooled connection is found
+// dead before reuse, counted stale, and the caller gets a working one.
+func TestPoolNeverHandsOutConnsThePeerClosed(t *testing.T) {
+	for _, reset := range []bool{false, true} {
+		name := "FIN"
+		if reset {
+			name = "RST"
+		}
+		t.Run(name, func(t *testing.T) {
+			srv := newEchoServer(t, func(s *echoServer) { s.closeAfterReply, s.reset = true, reset })
+			p := newTestPool(t, PoolConfig[net.Conn]{})
+			for i := range 5 {
+				pc, reused := get(t, p, srv.addr)
+				if reused {
+					t.Fatalf("round %d: a connection the server closed was handed out", i)
+				}
+				roundTrip(t, pc.Conn)
+				// Wait until the close has reached us.
+				waitPeerClosed(t, pc.Conn)
+				p.Put(pc)
+			}
+			if st := p.Stats(); st.Stale != 4 || st.Dials != 5 || st.Reuses != 0 {
+				t.Errorf("stats = %+v; want 4 stale, 5 dials, 0 reuses", st)
+			}
+		})
+	}
+}
+
+// waitPeerClosed polls ConnUsable until the peer's close arrived.
+func waitPeerClosed(t *testing.T, c net.Conn) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for ConnUsable(c) {
+		if time.Now().After(deadline) {
+			t.Fatal("peer close never seen")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestConnUsable(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	c, err := tcpDial(context.Background(), srv.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ConnUsable(c) {
+		t.Error("idle live connection: ConnUsable = false; want true")
+	}
+	c.Write([]byte("x\n"))
+	time.Sleep(50 * time.Millisecond)
+	if !ConnUsable(c) {
+		t.Error("connection with unread data: ConnUsable = false; want true")
+	}
+	buf := make([]byte, 2)
+	bufioReadFull(c, buf)
+	if string(buf) != "x\n" {
+		t.Errorf("the peek consumed data: read %q; want x\\n", buf)
+	}
+	c.Close()
+	if ConnUsable(c) {
+		t.Error("closed connection: ConnUsable = true; want false")
+	}
+}
+
+func TestPoolClose(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	p := newTestPool(t, PoolConfig[net.Conn]{})
+	pc1, _ := get(t, p, srv.addr)
+	pc2, _ := get(t, p, srv.addr)
+	p.Put(pc1)
+	p.Close()
+	srv.waitEOFs(t, 1)
+	if _, _, err := p.Get(context.Background(), srv.addr); !errors.Is(err, ErrClosed) {
+		t.Errorf("Get after Close: err = %v; want ErrClosed", err)
+	}
+	p.Put(pc2) // closes it
+	srv.waitEOFs(t, 1)
+	p.Close()
+}
+
+func TestPoolDialError(t *testing.T) {
+	ln, _ := net.Listen("tcp4", "127.0.0.1:0")
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+	p := newTestPool(t, PoolConfig[net.Conn]{})
+	if _, _, err := p.Get(context.Background(), addr); err == nil {
+		t.Error("Get to a closed port: err = nil; want a dial error")
+	}
+	if _, err := NewPool(PoolConfig[net.Conn]{}); err == nil {
+		t.Error("NewPool without Dial: err = nil; want an error")
+	}
+}
