@@ -413,3 +413,23 @@ func TestRunRefusesModeMismatch(t *testing.T) {
 		t.Errorf("output = %q; want the mode mismatch explained", out.String())
 	}
 }
+
+// TestInitUnprivileged: init run by an unprivileged user refuses with one
+// clear line and changes nothing.
+func TestInitUnprivileged(t *testing.T) {
+	bin := meshproxyBinary(t)
+	p := netnstest.NewPod(t, "unpriv")
+	cmd := exec.Command(bin, "init", "--netns", p.Path, "--mode", "redirect", "--proxy-uid", "2102")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("init as nobody succeeded:\n%s", out)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], "needs CAP_NET_ADMIN") {
+		t.Errorf("output = %q; want one line saying CAP_NET_ADMIN is needed", out)
+	}
+	// Nothing was applied: a privileged check finds no table.
+	if out, err := exec.Command(bin, "init", "--netns", p.Path, "--mode", "redirect", "--proxy-uid", "2102", "--check").CombinedOutput(); err == nil || !strings.Contains(string(out), "missing") {
+		t.Errorf("check after the refused init: %v\n%s; want the table missing", err, out)
+	}
+}
