@@ -602,4 +602,3 @@ func TestServiceK8sToken(t *testing.T) {
 		t.Errorf("join token for web, CSR for db: err = %v; want 403 about the join token only", err)
 	}
 }
-
