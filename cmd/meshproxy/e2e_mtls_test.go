@@ -74,6 +74,7 @@ func TestMTLSOnTheWire(t *testing.T) {
 						o.serverArgs = meshArgs(ca, serverID)
 					}
 					l := newLab(t, o)
+					baseClient, baseServer := l.clientProxy.resources(t), l.serverProxy.resources(t)
 					serveXFCC(t, l.server, "0.0.0.0:8080")
 					serveTCP(t, l.server, "0.0.0.0:9000", func(c net.Conn) { io.Copy(c, c) })
 					capture := l.server.Capture(t, "eth0", 64<<20)
@@ -124,6 +125,8 @@ func TestMTLSOnTheWire(t *testing.T) {
 					} else if !onWire {
 						t.Error("the payload is not on the veth with mTLS off: the capture does not work")
 					}
+					l.clientProxy.expectBaseline(t, baseClient)
+					l.serverProxy.expectBaseline(t, baseServer)
 				})
 			}
 		})

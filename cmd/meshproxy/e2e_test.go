@@ -34,6 +34,7 @@ func TestForwarding(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
 			l := newLab(t, labOptions{mode: mode})
+			baseClient, baseServer := l.clientProxy.resources(t), l.serverProxy.resources(t)
 			serveHTTP(t, l.server, "0.0.0.0:8080")
 			serveHTTP(t, l.server, "[::]:8080")
 			// An echo server that, after the client's EOF, sends the
@@ -116,6 +117,10 @@ func TestForwarding(t *testing.T) {
 			if n := l.serverProxy.metric(t, `meshproxy_tcp_open_total{direction="inbound"}`); n != 4 {
 				t.Errorf("server proxy: inbound tcp_open_total = %v; want 4", n)
 			}
+			// Every connection is closed: goroutines and descriptors are
+			// back where they started.
+			l.clientProxy.expectBaseline(t, baseClient)
+			l.serverProxy.expectBaseline(t, baseServer)
 		})
 	}
 }

@@ -436,3 +436,34 @@ func getBody(t *testing.T, p *netnstest.Pod, url string) string {
 	}
 	return string(b)
 }
+
+// resources is a proxy's goroutine and file descriptor count, from its own
+// metrics (the Go and process collectors).
+type resources struct{ goroutines, fds float64 }
+
+func (lp *labProxy) resources(t *testing.T) resources {
+	t.Helper()
+	return resources{lp.metric(t, "go_goroutines"), lp.metric(t, "process_open_fds")}
+}
+
+// expectBaseline waits until the proxy is back to base (within a small
+// slack for the admin request measuring it), and fails the test when
+// goroutines or file descriptors stay above it: a leak.
+func (lp *labProxy) expectBaseline(t *testing.T, base resources) {
+	t.Helper()
+	const slack = 2
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		now := lp.resources(t)
+		if now.goroutines <= base.goroutines+slack && now.fds <= base.fds+slack {
+			return
+		}
+		if time.Now().After(deadline) {
+			_, dump, _ := lp.admin("/debug/pprof/goroutine?debug=1")
+			t.Errorf("%s: %v goroutines and %v fds after the traffic; baseline %v and %v: a leak\n%s",
+				lp.pod.Name, now.goroutines, now.fds, base.goroutines, base.fds, dump)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
