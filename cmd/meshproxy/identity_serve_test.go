@@ -10,12 +10,16 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
 
 	"meshproxy/identity"
 )
@@ -188,5 +192,90 @@ func TestIdentityServeK8s(t *testing.T) {
 	join, _ := ca.IssueToken(db, time.Hour)
 	if _, err := identity.Obtain(context.Background(), &identity.Client{Addr: addr, Anchors: anchors, Token: join}, db, 0, nil); err != nil {
 		t.Errorf("join token with --k8s-jwks set: %v", err)
+	}
+}
+
+// TestIdentityManifestArgs: the identity Deployment in
+// scripts/kubernetes passes flags that "identity serve" really has, in a
+// combination it accepts, with the JWKS ConfigMap mounted where
+// --k8s-jwks points.
+func TestIdentityManifestArgs(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "scripts", "kubernetes", "identity.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d *appsv1.Deployment
+	for _, doc := range splitYAMLDocuments(data) {
+		if x, ok := strictDecode(t, doc).(*appsv1.Deployment); ok {
+			d = x
+		}
+	}
+	if d == nil {
+		t.Fatal("no Deployment in identity.yaml")
+	}
+	spec := d.Spec.Template.Spec
+	args := slices.Clone(spec.Containers[0].Args)
+	if len(args) < 2 || args[0] != "identity" || args[1] != "serve" {
+		t.Fatalf("args = %q; want identity serve ...", args)
+	}
+	flagValue := func(name string) (int, string) {
+		i := slices.Index(args, "--"+name)
+		if i < 0 || i+1 >= len(args) {
+			t.Fatalf("args %q have no --%s VALUE", args, name)
+		}
+		return i + 1, args[i+1]
+	}
+	_, jwksPath := flagValue("k8s-jwks")
+	if _, iss := flagValue("k8s-issuer"); iss != k8sTestIssuer {
+		t.Errorf("--k8s-issuer = %q; want the kubeadm default %q", iss, k8sTestIssuer)
+	}
+	if _, aud := flagValue("k8s-audience"); aud != "meshproxy" {
+		t.Errorf("--k8s-audience = %q; want meshproxy, the audience inject projects", aud)
+	}
+	// The ConfigMap meshproxy-k8s-jwks is mounted as a directory holding
+	// jwks.json, where --k8s-jwks points.
+	mounted := false
+	for _, v := range spec.Volumes {
+		if v.ConfigMap == nil || v.ConfigMap.Name != "meshproxy-k8s-jwks" {
+			continue
+		}
+		for _, m := range spec.Containers[0].VolumeMounts {
+			if m.Name == v.Name && m.SubPath == "" && filepath.Join(m.MountPath, "jwks.json") == jwksPath &&
+				(len(v.ConfigMap.Items) == 0 || v.ConfigMap.Items[0].Key == "jwks.json" && v.ConfigMap.Items[0].Path == "jwks.json") {
+				mounted = true
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("ConfigMap meshproxy-k8s-jwks (key jwks.json) is not mounted as a directory at %s", filepath.Dir(jwksPath))
+	}
+
+	// Run the same arguments with local paths.
+	dir := t.TempDir()
+	if code, _, errs := idRunCmd("ca", "init", "--dir", dir); code != 0 {
+		t.Fatalf("ca init: %q", errs)
+	}
+	c := newK8sTestCluster(t)
+	i, _ := flagValue("dir")
+	args[i] = dir
+	i, _ = flagValue("listen")
+	args[i] = "127.0.0.1:0"
+	i, _ = flagValue("k8s-jwks")
+	args[i] = c.jwks
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	exit := make(chan int, 1)
+	var errb syncBuffer
+	go func() { exit <- identityServe(ctx, args[2:], io.Discard, &errb, ready) }()
+	select {
+	case <-ready:
+	case code := <-exit:
+		t.Fatalf("identity serve with the manifest's flags exited %d: %s", code, errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve not ready in 10s")
+	}
+	cancel()
+	if code := <-exit; code != 0 {
+		t.Errorf("exit = %d; want 0", code)
 	}
 }
