@@ -484,10 +484,10 @@ func TestAnyAuthenticator(t *testing.T) {
 	joinWeb, _ := ca.IssueToken(web, time.Hour)
 	saWeb := f.rs256(t, saClaims("shop", "web", time.Now()))
 	saExpired := f.rs256(t, with(saClaims("shop", "web", time.Now()), "exp", time.Now().Add(-time.Hour).Unix()))
-	any := AnyAuthenticator(ca.TokenAuthenticator(), f.auth)
+	both := AnyAuthenticator(ca.TokenAuthenticator(), f.auth)
 
 	for _, tok := range []string{joinWeb, saWeb} {
-		if err := any.Authenticate(t.Context(), tok, web); err != nil {
+		if err := both.Authenticate(t.Context(), tok, web); err != nil {
 			t.Errorf("refused: %v", err)
 		}
 	}
@@ -506,7 +506,7 @@ func TestAnyAuthenticator(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := any.Authenticate(t.Context(), tt.token, tt.want)
+			err := both.Authenticate(t.Context(), tt.token, tt.want)
 			if !errors.Is(err, tt.err) || !strings.Contains(err.Error(), tt.contains) ||
 				(tt.notContains != "" && strings.Contains(err.Error(), tt.notContains)) {
 				t.Fatalf("err = %v; want %q containing %q and not %q", err, tt.err, tt.contains, tt.notContains)
