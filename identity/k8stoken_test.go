@@ -302,6 +302,12 @@ func TestK8sToken(t *testing.T) {
 			t.Logf("refused: %v", err)
 		})
 	}
+
+	// A key verifies only its own algorithm, even when its signature is good.
+	lying := signJWT(t, map[string]any{"alg": "ES256", "kid": f.rsaKid}, good, k.rsa)
+	if err := f.auth.Authenticate(t.Context(), lying, web); !errors.Is(err, ErrTokenSignature) || !strings.Contains(err.Error(), "is RS256") {
+		t.Errorf("RS256 signature under an ES256 header: err = %v; want ErrTokenSignature saying the key is RS256", err)
+	}
 }
 
 func TestK8sTokenSettings(t *testing.T) {
