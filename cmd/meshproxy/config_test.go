@@ -128,3 +128,45 @@ func TestCheckConfig(t *testing.T) {
 		t.Errorf("bad config: exit %d, %q; want failure naming inbound-policy", code, errb.String())
 	}
 }
+
+// FuzzConfigFile: any config file is refused with an error or gives
+// settings that, printed by --check-config and read back, are the same.
+func FuzzConfigFile(f *testing.F) {
+	for _, s := range []string{
+		"mode: tproxy\nopaque-ports: [25, 3306]\n",
+		"detect-timeout: 2s\nidle-timeout: -1s\n",
+		"inbound-authz: ['8080=spiffe://cluster.local/ns/a/sa/b']\n",
+		"mode: [a, b]\n",
+		"bogus: 1\n",
+		"- a\n",
+		"",
+		"mode: !!binary aGVsbG8=\n",
+		"identity-dir: /x\nidentity: spiffe://cluster.local/ns/a/sa/b\n",
+	} {
+		f.Add(s)
+	}
+	none := func(string) string { return "" }
+	f.Fuzz(func(t *testing.T, body string) {
+		file := filepath.Join(t.TempDir(), "c.yaml")
+		os.WriteFile(file, []byte(body), 0o644)
+		cfg, err := loadRunConfig([]string{"--config", file}, io.Discard, none)
+		if err != nil {
+			return
+		}
+		var out strings.Builder
+		if err := printEffective(&out, cfg.effective); err != nil {
+			t.Fatalf("printing %+v: %v", cfg.effective, err)
+		}
+		again := filepath.Join(t.TempDir(), "again.yaml")
+		os.WriteFile(again, []byte(out.String()), 0o644)
+		cfg2, err := loadRunConfig([]string{"--config", again}, io.Discard, none)
+		if err != nil {
+			t.Fatalf("printed config does not load: %v\n%s", err, out.String())
+		}
+		for k, v := range cfg.effective {
+			if cfg2.effective[k] != v {
+				t.Fatalf("setting %s: %q became %q after a round trip", k, v, cfg2.effective[k])
+			}
+		}
+	})
+}
