@@ -21,6 +21,12 @@ const (
 	ProtocolTLS Protocol = "tls"
 	// ProtocolOpaque is bytes that are none of the above.
 	ProtocolOpaque Protocol = "opaque"
+	// ProtocolMeshH2 is never detected: it is the transport header's
+	// protocol for a mesh connection on which the client proxy speaks
+	// HTTP/2, one stream per application request, whatever the
+	// application spoke (the meshproxy-app-protocol request header says
+	// which).
+	ProtocolMeshH2 Protocol = "mesh-h2"
 	// ProtocolNone means the client sent nothing before the timeout (or
 	// closed without sending): likely a server-speaks-first protocol.
 	ProtocolNone Protocol = "none"

@@ -17,7 +17,7 @@ import (
 //	2      1    version (1)
 //	3      2    body length L (at most MaxHeaderSize-5)
 //	5      2    target port (not 0)
-//	7      1    protocol (1 opaque, 2 http/1, 3 h2)
+//	7      1    protocol (1 opaque, 2 http/1, 3 h2, 4 mesh-h2)
 //	8      1    service name length N
 //	9      N    service name (printable ASCII, no spaces; may be empty)
 //
@@ -41,15 +41,18 @@ type Header struct {
 	// Port is the port on the server's host the stream is for. Never 0.
 	Port uint16
 	// Protocol is what the client proxy detected: ProtocolOpaque,
-	// ProtocolHTTP1 or ProtocolH2. The server proxy treats http/1 as
-	// HTTP (and adds x-forwarded-client-cert); anything else as bytes.
+	// ProtocolHTTP1 or ProtocolH2, or ProtocolMeshH2 when the client
+	// proxy itself speaks HTTP/2 on the connection (HTTP-aware outbound).
+	// The server proxy treats http/1 as HTTP (and adds
+	// x-forwarded-client-cert), mesh-h2 as HTTP/2 streams to deliver one
+	// by one, and anything else as bytes.
 	Protocol Protocol
 	// Name is the service the client addressed, when known ("" if not).
 	Name string
 }
 
 // headerProtocols maps wire codes to protocols.
-var headerProtocols = map[byte]Protocol{1: ProtocolOpaque, 2: ProtocolHTTP1, 3: ProtocolH2}
+var headerProtocols = map[byte]Protocol{1: ProtocolOpaque, 2: ProtocolHTTP1, 3: ProtocolH2, 4: ProtocolMeshH2}
 
 func protocolCode(p Protocol) (byte, bool) {
 	for code, q := range headerProtocols {
@@ -65,7 +68,7 @@ func protocolCode(p Protocol) (byte, bool) {
 // opaque.
 func headerProtocol(p Protocol) Protocol {
 	switch p {
-	case ProtocolHTTP1, ProtocolH2:
+	case ProtocolHTTP1, ProtocolH2, ProtocolMeshH2:
 		return p
 	}
 	return ProtocolOpaque
@@ -77,7 +80,7 @@ func (h Header) validate() error {
 		return fmt.Errorf("%w: target port 0", ErrHeaderInvalid)
 	}
 	if _, ok := protocolCode(h.Protocol); !ok {
-		return fmt.Errorf("%w: protocol %q (want opaque, http/1 or h2)", ErrHeaderInvalid, h.Protocol)
+		return fmt.Errorf("%w: protocol %q (want opaque, http/1, h2 or mesh-h2)", ErrHeaderInvalid, h.Protocol)
 	}
 	if len(h.Name) > MaxServiceNameLen {
 		return fmt.Errorf("%w: service name is %d bytes, more than %d", ErrHeaderInvalid, len(h.Name), MaxServiceNameLen)

@@ -117,6 +117,7 @@ type httpConn struct {
 	k      *conn
 	once   sync.Once
 	closed chan struct{}
+	frames *frameChecker // nil: framing not followed
 }
 
 func (c *httpConn) Read(b []byte) (int, error) {
@@ -131,6 +132,9 @@ func (c *httpConn) Read(b []byte) (int, error) {
 	if n > 0 {
 		c.k.m.readBytes.Add(float64(n))
 		c.k.bytesIn.Add(int64(n))
+		if c.frames != nil {
+			c.frames.observe(b[:n])
+		}
 	}
 	return n, err
 }

@@ -55,6 +55,15 @@ func (s *Server) handleMeshInbound(k *conn) error {
 	}
 	s.m.authzAllow.WithLabelValues(client, portLabel).Inc()
 	target := s.target(netip.AddrPortFrom(k.orig.Addr(), hdr.Port))
+	xfcc := "URI=" + client
+	if s.mesh.localID != "" {
+		xfcc = "By=" + s.mesh.localID + ";" + xfcc
+	}
+	if hdr.Protocol == ProtocolMeshH2 {
+		s.log.Debug("connection opened", "src", k.src, "dst", k.orig.String(), "target", target.String(),
+			"protocol", string(hdr.Protocol), "tls", TLSTrue, "client_id", client)
+		return s.serveMeshH2(k, tc, target, xfcc)
+	}
 	up, err := s.dial(k.ctx, target)
 	if err != nil {
 		s.connectFailed(k, target, &connectError{err})
@@ -64,10 +73,6 @@ func (s *Server) handleMeshInbound(k *conn) error {
 	s.log.Debug("connection opened", "src", k.src, "dst", k.orig.String(), "target", target.String(),
 		"protocol", string(hdr.Protocol), "tls", TLSTrue, "client_id", client)
 	if hdr.Protocol == ProtocolHTTP1 {
-		xfcc := "URI=" + client
-		if s.mesh.localID != "" {
-			xfcc = "By=" + s.mesh.localID + ";" + xfcc
-		}
 		return s.serveHTTP1(k, tc, nil, up, target, xfcc)
 	}
 	return s.forwardBuffered(k, tc, up)

@@ -78,6 +78,7 @@ type meshOpts struct {
 	outMesh, inMesh func(*Mesh) // adjust the configs
 	clientCA        *identity.CA
 	noInbound       bool // leave the mesh port closed
+	outHTTP         *HTTPConfig
 }
 
 func newMeshEnv(t testing.TB, o meshOpts) *meshEnv {
@@ -117,6 +118,7 @@ func newMeshEnv(t testing.TB, o meshOpts) *meshEnv {
 	base := Config{OpaquePorts: noOpaque, DetectTimeout: 100 * time.Millisecond}
 	oc, ic := base, base
 	oc.Mesh, ic.Mesh = om, im
+	oc.HTTP = o.outHTTP
 	e.out = NewServer(Outbound, oc, e.outM, logger(e.outLog))
 	e.in = NewServer(Inbound, ic, e.inM, logger(e.inLog))
 	if ln != nil {

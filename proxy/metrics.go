@@ -39,7 +39,16 @@ type Metrics struct {
 	authzDeny     *prometheus.CounterVec
 	refused       *prometheus.CounterVec
 	meshErrors    *prometheus.CounterVec
+	requests      *prometheus.CounterVec
+	responses     *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
 }
+
+// Values of the classification label of the HTTP response metrics.
+const (
+	classSuccess = "success"
+	classFailure = "failure" // a 5xx, or an error the proxy produced
+)
 
 // NewMetrics creates the proxy metrics and registers them on reg. A nil reg
 // creates working but unregistered collectors (for tests and benchmarks).
@@ -96,6 +105,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: "meshproxy", Name: "outbound_mesh_errors_total",
 			Help: "Outbound connections closed because the mesh transport failed (never sent in plaintext instead), by reason.",
 		}, []string{"reason"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshproxy", Name: "requests_total",
+			Help: "Total HTTP requests the proxy received, by authority (host:port as the client wrote it).",
+		}, []string{"direction", "authority"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshproxy", Name: "responses_total",
+			Help: "Total HTTP responses the proxy sent, counted when the response ends; classification failure is a 5xx or an error the proxy produced.",
+		}, []string{"direction", "authority", "status_code", "classification"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "meshproxy", Name: "response_latency_seconds",
+			Help: "Time from receiving an HTTP request's headers to sending the response's headers.",
+			// 1ms .. ~65s.
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 17),
+		}, []string{"direction", "authority", "status_code", "classification"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -112,7 +135,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.open, m.close, m.openConns, m.readBytes,
 		m.writeBytes, m.duration, m.connectErrors, m.detect,
-		m.authzAllow, m.authzDeny, m.refused, m.meshErrors}
+		m.authzAllow, m.authzDeny, m.refused, m.meshErrors,
+		m.requests, m.responses, m.latency}
 }
 
 // dirMetrics are a Metrics for one direction.

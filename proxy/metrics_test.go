@@ -25,6 +25,9 @@ func TestMetricsLint(t *testing.T) {
 	m.authzDeny.WithLabelValues("spiffe://cluster.local/ns/a/sa/b", "*").Inc()
 	m.refused.WithLabelValues(reasonBadHeader).Inc()
 	m.meshErrors.WithLabelValues(reasonHandshake).Inc()
+	m.requests.WithLabelValues(string(Outbound), "web:8080").Inc()
+	m.responses.WithLabelValues(string(Outbound), "web:8080", "200", classSuccess).Inc()
+	m.latency.WithLabelValues(string(Outbound), "web:8080", "200", classSuccess).Observe(0.01)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +39,8 @@ func TestMetricsLint(t *testing.T) {
 		"meshproxy_tcp_connect_errors_total": true, "meshproxy_protocol_detect_total": true,
 		"meshproxy_inbound_authz_allow_total": true, "meshproxy_inbound_authz_deny_total": true,
 		"meshproxy_inbound_refused_total": true, "meshproxy_outbound_mesh_errors_total": true,
+		"meshproxy_requests_total": true, "meshproxy_responses_total": true,
+		"meshproxy_response_latency_seconds": true,
 	}
 	for _, mf := range mfs {
 		delete(want, mf.GetName())

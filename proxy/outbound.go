@@ -54,7 +54,10 @@ func (s *Server) handleOutboundMesh(k *conn) error {
 		proto = ProtocolOpaque
 		peek  []byte
 	)
-	if slices.Contains(s.cfg.OpaquePorts, k.orig.Port()) {
+	if d := k.detected; d != nil {
+		proto, peek = d.proto, d.peek
+		md = <-dialc
+	} else if slices.Contains(s.cfg.OpaquePorts, k.orig.Port()) {
 		md = <-dialc
 	} else {
 		var err error

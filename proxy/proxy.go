@@ -70,6 +70,13 @@ type Config struct {
 	// Mesh turns on the mesh transport (mutual TLS between proxies). Nil
 	// means the mesh is off: plaintext everywhere, tls="disabled".
 	Mesh *Mesh
+	// HTTP turns on HTTP-aware outbound proxying (see HTTPConfig): HTTP
+	// requests are balanced per request over the endpoints of their
+	// authority, on pooled connections. Nil means off: outbound HTTP is
+	// forwarded opaquely to the original destination. It has no effect on
+	// an inbound Server, which always serves the mesh-h2 connections such
+	// an outbound proxy sends.
+	HTTP *HTTPConfig
 }
 
 func (c *Config) detectTimeout() time.Duration {
@@ -110,6 +117,8 @@ type Server struct {
 	dir  Direction
 	cfg  Config
 	mesh *meshRuntime // nil: mesh off
+	http *httpRuntime // nil: HTTP-aware outbound off
+	in   inboundHTTP  // transports to the local application for mesh-h2
 	m    *dirMetrics
 	log  *slog.Logger
 
@@ -140,7 +149,7 @@ func NewServer(dir Direction, cfg Config, m *Metrics, log *slog.Logger) *Server 
 	if cfg.Mesh != nil {
 		mesh = newMeshRuntime(*cfg.Mesh)
 	}
-	return &Server{
+	s := &Server{
 		dir:        dir,
 		cfg:        cfg,
 		mesh:       mesh,
@@ -150,6 +159,10 @@ func NewServer(dir Direction, cfg Config, m *Metrics, log *slog.Logger) *Server 
 		hardCancel: cancel,
 		listeners:  make(map[*listener.Listener]struct{}),
 	}
+	if cfg.HTTP != nil && dir == Outbound {
+		s.http = newHTTPRuntime(s, *cfg.HTTP)
+	}
+	return s
 }
 
 // OpenConnections returns the number of connections being handled.
@@ -209,11 +222,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		if s.active.Load() == 0 {
+			s.closeIdleHTTP()
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			s.hardCancel()
+			s.closeIdleHTTP()
 			return ctx.Err()
 		case <-t.C:
 			poll = min(2*poll, 200*time.Millisecond)
@@ -276,6 +291,8 @@ func (s *Server) Handle(ctx context.Context, c *net.TCPConn, orig netip.AddrPort
 	defer context.AfterFunc(stopCtx, k.abort)()
 
 	switch {
+	case s.http != nil:
+		k.err = s.handleOutboundHTTP(k)
 	case s.mesh == nil:
 		k.err = s.handlePlain(k, TLSDisabled)
 	case s.dir == Outbound:
@@ -297,6 +314,10 @@ type conn struct {
 	ctx   context.Context // ends when the connection must close
 	m     *connMetrics    // set by begin
 	err   error           // what ended the connection, for the log
+	// detected is set when detection already ran (HTTP-aware outbound
+	// saw something other than HTTP): the handlers then dial without
+	// detecting again and forward these bytes first.
+	detected *detected
 
 	bytesIn, bytesOut atomic.Int64
 
@@ -398,7 +419,10 @@ func (s *Server) handlePlain(k *conn, tlsLabel string) error {
 		peek, banner []byte
 		err          error
 	)
-	if slices.Contains(s.cfg.OpaquePorts, k.orig.Port()) {
+	if d := k.detected; d != nil || slices.Contains(s.cfg.OpaquePorts, k.orig.Port()) {
+		if d != nil {
+			proto, peek = d.proto, d.peek
+		}
 		up, err = s.dial(k.ctx, target)
 		if err != nil {
 			err = &connectError{err}

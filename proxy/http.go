@@ -1,0 +1,716 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"meshproxy/balancer"
+)
+
+// HTTP-aware outbound defaults.
+const (
+	// DefaultMaxHeaderBytes bounds a request's header block (431 beyond).
+	DefaultMaxHeaderBytes = 64 << 10
+	// DefaultResponseHeaderTimeout bounds the wait for an upstream's
+	// response headers (504 beyond).
+	DefaultResponseHeaderTimeout = 30 * time.Second
+	// DefaultHTTPRetries is how many more attempts, on other picks, an
+	// idempotent request gets after a failed one.
+	DefaultHTTPRetries = 2
+	// DefaultMaxIdleConns bounds the idle upstream HTTP/1.1 connections of
+	// all endpoints together; the least recently used goes first.
+	DefaultMaxIdleConns = 1024
+)
+
+// headerProxyError names the reason of a response the proxy made itself.
+const headerProxyError = "Meshproxy-Error"
+
+// headerAppProtocol tells the server proxy, on a mesh-h2 stream, which
+// protocol the application speaks: "http/1.1" or "h2". The server proxy
+// removes it before delivery.
+const headerAppProtocol = "Meshproxy-App-Protocol"
+
+// HTTPConfig turns on HTTP-aware outbound proxying (Config.HTTP). An
+// outbound connection whose first bytes are HTTP/1.x or the HTTP/2
+// prior-knowledge preface (h2c) is served as HTTP: each request goes to an
+// endpoint Balancer picks for its authority (Host), or to the connection's
+// original destination when the host is an IP literal or not in DNS.
+// Meshed endpoints get HTTP/2 over one multiplexed mutual-TLS connection
+// each; others get HTTP/1.1 (or h2c when the application spoke h2c) over
+// pooled connections. Other protocols are forwarded as without HTTP.
+//
+// Detection then waits for the client's first bytes without dialing, so
+// a server-speaks-first protocol on a port that is not opaque starts after
+// DetectTimeout (list such ports in OpaquePorts).
+type HTTPConfig struct {
+	// Balancer discovers and picks endpoints. Required.
+	Balancer *balancer.Balancer
+	// ResponseHeaderTimeout bounds the wait for an upstream's response
+	// headers once the request is sent (504 "timeout"). Zero means
+	// DefaultResponseHeaderTimeout; negative means no limit.
+	ResponseHeaderTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header block; a larger one gets
+	// 431. net/http allows 4 KiB of slack on HTTP/1. Zero or negative
+	// means DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// Retries is how many more attempts an idempotent request (GET, HEAD,
+	// OPTIONS, TRACE, PUT, DELETE without a body) gets, each on a new
+	// pick, after an attempt that failed without a response. Other
+	// requests are retried only when the upstream could not be reached
+	// at all (nothing was sent). Zero means DefaultHTTPRetries; negative
+	// means none.
+	Retries int
+	// IdleTimeout closes pooled upstream connections idle this long. Zero
+	// means balancer.DefaultPoolIdleTimeout; negative means no limit.
+	IdleTimeout time.Duration
+	// MaxIdlePerEndpoint bounds idle HTTP/1.1 connections per endpoint.
+	// Zero means balancer.DefaultMaxIdlePerEndpoint; negative keeps none.
+	MaxIdlePerEndpoint int
+	// MaxIdleConns bounds idle HTTP/1.1 connections over all endpoints,
+	// least recently used closed first. Zero or negative means
+	// DefaultMaxIdleConns.
+	MaxIdleConns int
+	// MaxLifetime stops reusing upstream connections (HTTP/1.1, h2c and
+	// mesh HTTP/2) after about this long, so load spreads again and new
+	// certificates are used. Zero means balancer.DefaultMaxLifetime;
+	// negative means no limit.
+	MaxLifetime time.Duration
+}
+
+func (c HTTPConfig) withDefaults() HTTPConfig {
+	if c.ResponseHeaderTimeout == 0 {
+		c.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	switch {
+	case c.Retries == 0:
+		c.Retries = DefaultHTTPRetries
+	case c.Retries < 0:
+		c.Retries = 0
+	}
+	switch {
+	case c.IdleTimeout == 0:
+		c.IdleTimeout = balancer.DefaultPoolIdleTimeout
+	case c.IdleTimeout < 0:
+		c.IdleTimeout = 0
+	}
+	switch {
+	case c.MaxIdlePerEndpoint == 0:
+		c.MaxIdlePerEndpoint = balancer.DefaultMaxIdlePerEndpoint
+	case c.MaxIdlePerEndpoint < 0:
+		c.MaxIdlePerEndpoint = 0
+	}
+	if c.MaxIdleConns <= 0 {
+		c.MaxIdleConns = DefaultMaxIdleConns
+	}
+	if c.MaxLifetime == 0 {
+		c.MaxLifetime = balancer.DefaultMaxLifetime
+	}
+	return c
+}
+
+// Errors of the HTTP path, mapped to the responses the proxy makes.
+var (
+	errNoEndpoints  = errors.New("no endpoints")
+	errRespTimeout  = errors.New("no response headers before the response header timeout")
+	errNotMeshed    = errors.New("destination is not meshed")
+	errMeshRequired = errors.New("destination is not meshed and outbound TLS is required")
+	errNoBalancer   = errors.New("HTTPConfig.Balancer is nil")
+)
+
+// httpRuntime is the shared state of HTTP-aware outbound: the transports
+// (and so the connection pools) of every client connection of a Server.
+type httpRuntime struct {
+	s   *Server
+	cfg HTTPConfig
+	rp  *httputil.ReverseProxy
+
+	h1      *rotating[*http.Transport]  // unmeshed HTTP/1.1
+	h2c     *rotating[*http2.Transport] // unmeshed h2c
+	mesh    *rotating[*http2.Transport] // meshed: mesh-h2 over mTLS
+	upgrade *http.Transport             // upgrades: a fresh connection each
+}
+
+func newHTTPRuntime(s *Server, cfg HTTPConfig) *httpRuntime {
+	h := &httpRuntime{s: s, cfg: cfg.withDefaults()}
+	life := h.cfg.MaxLifetime
+	h.h1 = newRotating(life, h.newH1, func(t *http.Transport) { t.CloseIdleConnections() })
+	h.h2c = newRotating(life, func() *http2.Transport { return h.newH2(h.dialPlain) }, func(t *http2.Transport) { t.CloseIdleConnections() })
+	h.mesh = newRotating(life, func() *http2.Transport { return h.newH2(h.dialMeshH2) }, func(t *http2.Transport) { t.CloseIdleConnections() })
+	h.upgrade = &http.Transport{
+		DialContext:        h.dialUpgrade,
+		DisableKeepAlives:  true,
+		DisableCompression: true,
+		Proxy:              nil,
+	}
+	h.rp = &httputil.ReverseProxy{
+		Rewrite:       rewriteTransparent,
+		Transport:     h,
+		FlushInterval: -1,
+		BufferPool:    bytePool{},
+		ErrorLog:      log.New(io.Discard, "", 0),
+		ErrorHandler:  h.errorResponse,
+	}
+	return h
+}
+
+func (h *httpRuntime) newH1() *http.Transport {
+	return &http.Transport{
+		DialContext:         h.dialPlain,
+		MaxIdleConns:        h.cfg.MaxIdleConns,
+		MaxIdleConnsPerHost: h.cfg.MaxIdlePerEndpoint,
+		IdleConnTimeout:     h.cfg.IdleTimeout,
+		DisableCompression:  true,
+		Proxy:               nil,
+	}
+}
+
+func (h *httpRuntime) newH2(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http2.Transport {
+	return &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return dial(ctx, network, addr)
+		},
+		DisableCompression:         true,
+		StrictMaxConcurrentStreams: true,
+		IdleConnTimeout:            h.cfg.IdleTimeout,
+		ReadIdleTimeout:            30 * time.Second,
+		PingTimeout:                15 * time.Second,
+		MaxHeaderListSize:          uint32(h.cfg.MaxHeaderBytes) + 4096,
+	}
+}
+
+// closeIdleHTTP closes the idle upstream connections of the HTTP path.
+func (s *Server) closeIdleHTTP() {
+	if h := s.http; h != nil {
+		h.h1.closeAll()
+		h.h2c.closeAll()
+		h.mesh.closeAll()
+		h.upgrade.CloseIdleConnections()
+	}
+	s.in.closeIdle()
+}
+
+// reqInfo is what the request handler knows of the client connection.
+type reqInfo struct {
+	k        *conn
+	appProto string // "http/1.1" or "h2": what the client speaks
+}
+
+type reqInfoKey struct{}
+
+// handleOutboundHTTP detects the protocol (without dialing) and serves
+// HTTP/1 and h2c as HTTP; anything else goes on as without HTTP, with the
+// detected bytes.
+func (s *Server) handleOutboundHTTP(k *conn) error {
+	opaque := slices.Contains(s.cfg.OpaquePorts, k.orig.Port())
+	if !opaque {
+		buf := make([]byte, detectBufSize)
+		proto, n, err := Detect(k.c, s.cfg.detectTimeout(), buf)
+		s.m.detect.WithLabelValues(s.m.dir, string(proto)).Inc()
+		if err != nil && n == 0 && !errors.Is(err, io.EOF) {
+			k.begin(connLabels{tls: s.plainLabel()})
+			k.abort()
+			return fmt.Errorf("reading from client: %w", err)
+		}
+		switch proto {
+		case ProtocolHTTP1, ProtocolH2:
+			k.begin(connLabels{tls: s.plainLabel()})
+			return s.serveOutboundHTTP(k, proto, buf[:n])
+		}
+		k.detected = &detected{proto: proto, peek: buf[:n]}
+	}
+	if s.mesh == nil {
+		return s.handlePlain(k, TLSDisabled)
+	}
+	return s.handleOutboundMesh(k)
+}
+
+// detected is the outcome of a detection that already ran.
+type detected struct {
+	proto Protocol
+	peek  []byte
+}
+
+// plainLabel is the tls label of a plaintext client connection.
+func (s *Server) plainLabel() string {
+	if s.mesh == nil {
+		return TLSDisabled
+	}
+	return TLSNoIdentity
+}
+
+// serveOutboundHTTP serves the client connection as HTTP/1.x (net/http)
+// or h2c (x/net/http2), after the peeked bytes, until the client is done.
+func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
+	h := s.http
+	k.c.SetDeadline(time.Time{})
+	hc := &httpConn{Conn: k.c, peek: peek, k: k, closed: make(chan struct{})}
+	info := &reqInfo{k: k, appProto: "http/1.1"}
+	if proto == ProtocolH2 {
+		info.appProto = "h2"
+	}
+	base := context.WithValue(k.ctx, reqInfoKey{}, info)
+	idle := s.cfg.idleTimeout()
+	handler := s.instrument(h.rp)
+	srv := &http.Server{
+		Handler:                      handler,
+		IdleTimeout:                  idle,
+		ReadHeaderTimeout:            idle,
+		MaxHeaderBytes:               h.cfg.MaxHeaderBytes,
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     log.New(io.Discard, "", 0),
+		BaseContext:                  func(net.Listener) context.Context { return base },
+	}
+	if proto == ProtocolH2 {
+		h2s := &http2.Server{IdleTimeout: idle, MaxConcurrentStreams: 1000}
+		h2s.ServeConn(hc, &http2.ServeConnOpts{Context: base, BaseConfig: srv, Handler: handler})
+		hc.Close()
+		return k.ctx.Err()
+	}
+	// HTTP/1: frame checks (smuggling shapes) on the raw bytes.
+	hc.frames = newFrameChecker(h.cfg.MaxHeaderBytes + 4096)
+	srv.Handler = s.instrument(rejectAmbiguous(hc.frames, h.rp))
+	l := &oneConnListener{c: hc, done: make(chan struct{})}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(l)
+	}()
+	select {
+	case <-hc.closed:
+	case <-k.ctx.Done():
+	}
+	l.Close()
+	srv.Close()
+	<-served
+	k.c.Close()
+	return k.ctx.Err()
+}
+
+// rewriteTransparent keeps the request as the client sent it (Host,
+// X-Forwarded-*), minus hop-by-hop headers, which ReverseProxy removed.
+func rewriteTransparent(pr *httputil.ProxyRequest) {
+	for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		if v, ok := pr.In.Header[h]; ok {
+			pr.Out.Header[h] = v
+		}
+	}
+	pr.Out.Header.Del(headerAppProtocol)
+	pr.Out.URL.Scheme = "http"
+	if pr.Out.URL.Host == "" {
+		pr.Out.URL.Host = pr.In.Host
+	}
+}
+
+// httpError is an error the proxy answers itself, with its status and
+// meshproxy-error reason.
+type httpError struct {
+	status int
+	reason string
+	err    error
+}
+
+func (e *httpError) Error() string { return e.reason + ": " + e.err.Error() }
+func (e *httpError) Unwrap() error { return e.err }
+
+// errorResponse writes the response for a request that got no upstream
+// response.
+func (h *httpRuntime) errorResponse(w http.ResponseWriter, r *http.Request, err error) {
+	status, reason := http.StatusBadGateway, "upstream"
+	var he *httpError
+	var ce *connectError
+	switch {
+	case errors.As(err, &he):
+		status, reason = he.status, he.reason
+	case errors.Is(err, errRespTimeout), errors.Is(err, context.DeadlineExceeded):
+		status, reason = http.StatusGatewayTimeout, "timeout"
+	case errors.Is(err, errMeshRequired):
+		reason = "not-meshed"
+	case errors.As(err, &ce):
+		reason = "connect"
+	}
+	if r.Context().Err() == nil {
+		h.s.log.Debug("http request failed", "src", infoOf(r).k.src, "authority", r.Host,
+			"status", status, "reason", reason, "error", err)
+	}
+	w.Header().Set(headerProxyError, reason)
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(status)
+}
+
+func infoOf(r *http.Request) *reqInfo {
+	info, _ := r.Context().Value(reqInfoKey{}).(*reqInfo)
+	if info == nil {
+		info = &reqInfo{k: &conn{}, appProto: "http/1.1"}
+	}
+	return info
+}
+
+// splitAuthority returns the host and port of an authority, the port
+// defaulting to def.
+func splitAuthority(authority string, def uint16) (string, uint16) {
+	host, ps, err := net.SplitHostPort(authority)
+	if err != nil {
+		return strings.Trim(authority, "[]"), def
+	}
+	p, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil || p == 0 {
+		return host, def
+	}
+	return host, uint16(p)
+}
+
+// route chooses where one attempt of a request goes: the original
+// destination (IP literal, name not in DNS, discovery unavailable) or a
+// picked endpoint, which the caller must Release.
+func (h *httpRuntime) route(ctx context.Context, host string, port uint16, orig netip.AddrPort) (netip.AddrPort, *balancer.Endpoint, error) {
+	if _, err := netip.ParseAddr(host); err == nil || host == "" {
+		return orig, nil, nil
+	}
+	if h.cfg.Balancer == nil {
+		return netip.AddrPort{}, nil, &httpError{http.StatusInternalServerError, "no-balancer", errNoBalancer}
+	}
+	ep, err := h.cfg.Balancer.Pick(ctx, host, port)
+	switch {
+	case err == nil:
+		return ep.Addr(), ep, nil
+	case errors.Is(err, balancer.ErrNotFound):
+		return orig, nil, nil
+	case errors.Is(err, balancer.ErrNoEndpoints):
+		return netip.AddrPort{}, nil, &httpError{http.StatusServiceUnavailable, "no-endpoints", err}
+	case ctx.Err() != nil:
+		return netip.AddrPort{}, nil, ctx.Err()
+	}
+	// Discovery is unavailable (DNS down, nothing cached) or closed:
+	// the application's own addressing still works.
+	h.s.log.Debug("discovery failed; sending to the original destination", "host", host, "error", err)
+	return orig, nil, nil
+}
+
+// routeAvoiding is route, picking again (a few times) when the pick is
+// an endpoint the request already failed on: a dead endpoint answers
+// fast, so P2C likes it until failure accrual ejects it.
+func (h *httpRuntime) routeAvoiding(ctx context.Context, host string, port uint16, orig netip.AddrPort, failed []netip.AddrPort) (netip.AddrPort, *balancer.Endpoint, error) {
+	for try := 0; ; try++ {
+		dst, ep, err := h.route(ctx, host, port, orig)
+		if err != nil || ep == nil || try == 4 || !slices.Contains(failed, dst) {
+			return dst, ep, err
+		}
+		ep.Release(context.Canceled, 0) // not used: counts nothing but in-flight
+	}
+}
+
+// idempotent reports whether a request may be sent again after an attempt
+// that may have reached the upstream: an idempotent method and no body.
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+	default:
+		return false
+	}
+	// ReverseProxy sends a nil Body for a request without one.
+	return r.Body == nil || r.Body == http.NoBody
+}
+
+// RoundTrip sends one request (the ReverseProxy's outgoing request) to a
+// picked endpoint, retrying on other picks as HTTPConfig.Retries says.
+func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
+	info := infoOf(req)
+	orig := info.k.orig
+	host, port := splitAuthority(req.Host, orig.Port())
+	attempts := 1 + h.cfg.Retries
+	canReplay := idempotent(req)
+	var err error
+	var failed []netip.AddrPort // endpoints this request failed on
+	for i := range attempts {
+		var (
+			dst netip.AddrPort
+			ep  *balancer.Endpoint
+		)
+		dst, ep, err = h.routeAvoiding(req.Context(), host, port, orig, failed)
+		if err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		var resp *http.Response
+		resp, err = h.attempt(req, dst, host, info.appProto)
+		if err == nil {
+			if ep != nil {
+				resp.Body = releaseOnEnd(resp, ep, start)
+			}
+			return resp, nil
+		}
+		if ep != nil {
+			ep.Release(err, time.Since(start))
+		}
+		failed = append(failed, dst)
+		if req.Context().Err() != nil || errors.Is(err, errRespTimeout) || errors.Is(err, errMeshRequired) {
+			return nil, err
+		}
+		var ce *connectError
+		if !canReplay && !errors.As(err, &ce) {
+			return nil, err
+		}
+		if i+1 < attempts {
+			h.s.log.Debug("retrying http request", "authority", req.Host, "endpoint", dst.String(), "attempt", i+1, "error", err)
+		}
+	}
+	return nil, err
+}
+
+// attempt sends req to dst once, over the transport dst calls for.
+func (h *httpRuntime) attempt(req *http.Request, dst netip.AddrPort, host, appProto string) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(req.Context())
+	out := req.WithContext(ctx)
+	u := *req.URL
+	u.Scheme, u.Host = "http", dst.String()
+	out.URL = &u
+	var timer *time.Timer
+	if d := h.cfg.ResponseHeaderTimeout; d > 0 {
+		timer = time.AfterFunc(d, func() { cancel(errRespTimeout) })
+	}
+	resp, err := h.send(out, dst, host, appProto)
+	if timer != nil && !timer.Stop() {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		cancel(nil)
+		return nil, errRespTimeout
+	}
+	if err != nil {
+		cancel(nil)
+		if c := context.Cause(ctx); errors.Is(c, errRespTimeout) {
+			return nil, errRespTimeout
+		}
+		return nil, err
+	}
+	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+		// The body is the tunnel; ReverseProxy needs it writable.
+		resp.Body = &tunnelCancelOnClose{ReadWriteCloser: rwc, cancel: func() { cancel(nil) }}
+		return resp, nil
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: func() { cancel(nil) }}
+	return resp, nil
+}
+
+// send picks the transport: an upgrade gets a fresh connection; a meshed
+// destination mesh-h2; others HTTP/1.1 or h2c as the client spoke.
+func (h *httpRuntime) send(out *http.Request, dst netip.AddrPort, host, appProto string) (*http.Response, error) {
+	meshed := false
+	if m := h.s.mesh; m != nil {
+		state, _ := m.meshState(dst.Addr())
+		switch {
+		case state != balancer.Unmeshed:
+			meshed = true
+		case m.cfg.RequireOutboundTLS:
+			return nil, errMeshRequired
+		}
+	}
+	if isUpgrade(out) {
+		return h.upgrade.RoundTrip(out.WithContext(context.WithValue(out.Context(), dialNameKey{}, host)))
+	}
+	if meshed {
+		mo := out.WithContext(context.WithValue(out.Context(), dialNameKey{}, host))
+		mo.Header = out.Header.Clone()
+		mo.Header.Set(headerAppProtocol, appProto)
+		resp, err := h.mesh.get().RoundTrip(mo)
+		if !errors.Is(err, errNotMeshed) {
+			return resp, err
+		}
+		if h.s.mesh.cfg.RequireOutboundTLS {
+			return nil, errMeshRequired
+		}
+	}
+	if appProto == "h2" {
+		return h.h2c.get().RoundTrip(out)
+	}
+	return h.h1.get().RoundTrip(out)
+}
+
+// isUpgrade reports a protocol upgrade request (WebSocket and the like).
+func isUpgrade(r *http.Request) bool {
+	return r.Header.Get("Upgrade") != "" && headerHasToken(r.Header, "Connection", "upgrade")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+type dialNameKey struct{}
+
+// dialPlain dials addr (an endpoint or original destination) in
+// plaintext.
+func (h *httpRuntime) dialPlain(ctx context.Context, _, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dialing %q: %w", addr, err)
+	}
+	c, err := h.s.dial(ctx, ap)
+	if err != nil {
+		return nil, &connectError{err}
+	}
+	return c, nil
+}
+
+// dialMeshConn dials addr's mesh port and sends a transport header for
+// addr's port with protocol proto. A destination found not meshed gives
+// errNotMeshed.
+func (h *httpRuntime) dialMeshConn(ctx context.Context, addr string, proto Protocol) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dialing %q: %w", addr, err)
+	}
+	state, forced := h.s.mesh.meshState(ap.Addr())
+	md := h.s.dialMesh(ctx, ap.Addr(), state == balancer.Meshed, forced)
+	switch {
+	case md.plain:
+		return nil, errNotMeshed
+	case md.err != nil:
+		h.s.m.meshErrors.WithLabelValues(md.reason).Inc()
+		if md.reason == reasonConnect {
+			return nil, &connectError{md.err}
+		}
+		return nil, md.err
+	}
+	name, _ := ctx.Value(dialNameKey{}).(string)
+	hdr, err := EncodeHeader(Header{Port: ap.Port(), Protocol: proto, Name: name})
+	if err != nil { // a name the header cannot carry: send none
+		hdr, err = EncodeHeader(Header{Port: ap.Port(), Protocol: proto})
+	}
+	if err != nil {
+		md.tc.Close()
+		return nil, err
+	}
+	md.tc.SetWriteDeadline(time.Now().Add(h.s.mesh.hsTimeout))
+	if _, err := md.tc.Write(hdr); err != nil {
+		md.tc.Close()
+		h.s.m.meshErrors.WithLabelValues(reasonHeaderWrite).Inc()
+		return nil, &connectError{fmt.Errorf("sending the transport header to %s: %w", md.tc.RemoteAddr(), err)}
+	}
+	md.tc.SetWriteDeadline(time.Time{})
+	return md.tc, nil
+}
+
+func (h *httpRuntime) dialMeshH2(ctx context.Context, _, addr string) (net.Conn, error) {
+	return h.dialMeshConn(ctx, addr, ProtocolMeshH2)
+}
+
+// dialUpgrade opens the connection of an upgrade request: mesh with
+// protocol http/1 (the server proxy's HTTP/1 path tunnels upgrades) when
+// the destination is meshed, plaintext otherwise.
+func (h *httpRuntime) dialUpgrade(ctx context.Context, network, addr string) (net.Conn, error) {
+	if h.s.mesh != nil {
+		ap, err := netip.ParseAddrPort(addr)
+		if err == nil {
+			if state, _ := h.s.mesh.meshState(ap.Addr()); state != balancer.Unmeshed {
+				c, err := h.dialMeshConn(ctx, addr, ProtocolHTTP1)
+				if !errors.Is(err, errNotMeshed) {
+					return c, err
+				}
+				if h.s.mesh.cfg.RequireOutboundTLS {
+					return nil, errMeshRequired
+				}
+			}
+		}
+	}
+	return h.dialPlain(ctx, network, addr)
+}
+
+// cancelOnClose ends a response's attempt context with its body.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel func()
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
+// tunnelCancelOnClose is cancelOnClose for an upgraded connection.
+type tunnelCancelOnClose struct {
+	io.ReadWriteCloser
+	cancel func()
+}
+
+func (c *tunnelCancelOnClose) Close() error {
+	err := c.ReadWriteCloser.Close()
+	c.cancel()
+	return err
+}
+
+// releaseOnEnd reports a response's outcome to its endpoint once, when its
+// body ends (EOF, error or Close): a 5xx or a body that broke is a
+// failure. The latency is the time to the response headers. A 101's body
+// is the tunnel: it is released at once.
+func releaseOnEnd(resp *http.Response, ep *balancer.Endpoint, start time.Time) io.ReadCloser {
+	latency := time.Since(start)
+	var status error
+	if resp.StatusCode >= 500 {
+		status = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		ep.Release(status, latency)
+		return resp.Body
+	}
+	return &releaseBody{ReadCloser: resp.Body, release: func(err error) {
+		if status != nil {
+			err = status
+		}
+		ep.Release(err, latency)
+	}}
+}
+
+// releaseBody calls release once when the body ends.
+type releaseBody struct {
+	io.ReadCloser
+	release func(error)
+	done    bool
+}
+
+func (b *releaseBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && !b.done {
+		b.done = true
+		if errors.Is(err, io.EOF) {
+			b.release(nil)
+		} else {
+			b.release(err)
+		}
+	}
+	return n, err
+}
+
+func (b *releaseBody) Close() error {
+	err := b.ReadCloser.Close()
+	if !b.done {
+		b.done = true
+		b.release(context.Canceled) // abandoned before its end: not the endpoint's fault
+	}
+	return err
+}

@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// inboundHTTP holds the transports that deliver mesh-h2 streams to the
+// local application: HTTP/1.1 with keep-alive, or h2c. They are made on
+// first use. The zero value is ready.
+type inboundHTTP struct {
+	once sync.Once
+	h1   *http.Transport
+	h2c  *http2.Transport
+}
+
+func (in *inboundHTTP) init(s *Server) {
+	in.once.Do(func() {
+		dial := func(ctx context.Context, _, addr string) (net.Conn, error) {
+			ap, err := netip.ParseAddrPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			c, err := s.dial(ctx, ap)
+			if err != nil {
+				return nil, &connectError{err}
+			}
+			return c, nil
+		}
+		idle := s.cfg.idleTimeout()
+		if idle == 0 || idle > 90*time.Second {
+			idle = 90 * time.Second
+		}
+		in.h1 = &http.Transport{
+			DialContext:         dial,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     idle,
+			DisableCompression:  true,
+			Proxy:               nil,
+		}
+		in.h2c = &http2.Transport{
+			AllowHTTP: true,
+			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+				return dial(ctx, network, addr)
+			},
+			DisableCompression: true,
+			IdleConnTimeout:    idle,
+		}
+	})
+}
+
+// closeIdle closes the idle connections to the application, if any.
+func (in *inboundHTTP) closeIdle() {
+	if in.h1 != nil {
+		in.h1.CloseIdleConnections()
+		in.h2c.CloseIdleConnections()
+	}
+}
+
+// serveMeshH2 serves an inbound mesh connection on which the client
+// proxy speaks HTTP/2 (transport header protocol mesh-h2): every stream is
+// one request, delivered to target in the protocol its
+// meshproxy-app-protocol header names (HTTP/1.1 unless "h2"), with
+// x-forwarded-client-cert set to xfcc. Trailers pass both ways. It
+// returns when the connection ends.
+func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc string) error {
+	s.in.init(s)
+	tr := roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		if r.Header.Get(headerAppProtocol) == "h2" {
+			r.Header.Del(headerAppProtocol)
+			return s.in.h2c.RoundTrip(r)
+		}
+		r.Header.Del(headerAppProtocol)
+		return s.in.h1.RoundTrip(r)
+	})
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+				if v, ok := pr.In.Header[h]; ok {
+					pr.Out.Header[h] = v
+				}
+			}
+			if v := pr.In.Header.Get(headerAppProtocol); v != "" {
+				pr.Out.Header.Set(headerAppProtocol, v) // read and removed by tr
+			}
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = target.String()
+			pr.Out.Header.Del(headerXFCC)
+			if xfcc != "" {
+				pr.Out.Header.Set(headerXFCC, xfcc)
+			}
+		},
+		Transport:     tr,
+		FlushInterval: -1,
+		BufferPool:    bytePool{},
+		ErrorLog:      log.New(io.Discard, "", 0),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			s.log.Debug("http delivery failed", "src", k.src, "target", target.String(), "error", err)
+			w.Header().Set(headerProxyError, "upstream")
+			w.Header().Set("Content-Length", "0")
+			w.WriteHeader(http.StatusBadGateway)
+		},
+	}
+	idle := s.cfg.idleTimeout()
+	base := &http.Server{ErrorLog: log.New(io.Discard, "", 0), MaxHeaderBytes: DefaultMaxHeaderBytes}
+	h2s := &http2.Server{IdleTimeout: idle, MaxConcurrentStreams: 1000}
+	h2s.ServeConn(tc, &http2.ServeConnOpts{Context: k.ctx, BaseConfig: base, Handler: s.instrument(rp)})
+	tc.Close()
+	return k.ctx.Err()
+}
+
+// roundTripperFunc is a function as an http.RoundTripper.
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -1,0 +1,141 @@
+package proxy
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// instrument counts next's requests and responses in the HTTP metrics
+// of s's direction: requests_total when a request arrives;
+// response_latency_seconds when its response headers go out;
+// responses_total when the handler is done. The authority label is the
+// request's Host as the client wrote it.
+func (s *Server) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		authority := r.Host
+		s.m.requests.WithLabelValues(s.m.dir, authority).Inc()
+		sw := &statusWriter{ResponseWriter: w, start: time.Now(), s: s, authority: authority}
+		next.ServeHTTP(sw, r)
+		if sw.status == 0 {
+			sw.status = http.StatusOK
+			sw.observe()
+		}
+		s.m.responses.WithLabelValues(s.m.dir, authority, strconv.Itoa(sw.status), sw.class()).Inc()
+	})
+}
+
+// statusWriter records the status a handler writes.
+type statusWriter struct {
+	http.ResponseWriter
+	s         *Server
+	authority string
+	start     time.Time
+	status    int
+	proxyErr  bool
+}
+
+func (w *statusWriter) class() string {
+	if w.status >= 500 || w.proxyErr {
+		return classFailure
+	}
+	return classSuccess
+}
+
+func (w *statusWriter) observe() {
+	w.s.m.latency.WithLabelValues(w.s.m.dir, w.authority, strconv.Itoa(w.status), w.class()).
+		Observe(time.Since(w.start).Seconds())
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		w.status = code
+		w.proxyErr = w.Header().Get(headerProxyError) != ""
+		w.observe()
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Flush passes flushes on (ReverseProxy flushes streamed responses).
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Hijack lets upgrades take the connection over.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// Unwrap gives http.ResponseController the underlying writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// rotating hands out a transport, replaced by a new one every half
+// lifetime; the one before is told to close its idle connections then
+// and at the next turn. A connection is so reused for at most about
+// lifetime after it was dialed (plus the requests in flight on it).
+// http.Transport and http2.Transport have no per-connection lifetime;
+// rotation gives one without reimplementing their pools.
+type rotating[T any] struct {
+	half  time.Duration // 0: never rotate
+	mk    func() T
+	close func(T)
+
+	mu        sync.Mutex
+	cur, prev T
+	hasPrev   bool
+	next      time.Time
+}
+
+func newRotating[T any](lifetime time.Duration, mk func() T, close func(T)) *rotating[T] {
+	r := &rotating[T]{mk: mk, close: close, cur: mk()}
+	if lifetime > 0 {
+		r.half = lifetime / 2
+		r.next = time.Now().Add(r.half)
+	}
+	return r
+}
+
+// get returns the current transport.
+func (r *rotating[T]) get() T {
+	r.mu.Lock()
+	if r.half <= 0 || time.Now().Before(r.next) {
+		t := r.cur
+		r.mu.Unlock()
+		return t
+	}
+	old, hadOld := r.prev, r.hasPrev
+	r.prev, r.hasPrev = r.cur, true
+	r.cur = r.mk()
+	r.next = time.Now().Add(r.half)
+	t, prev := r.cur, r.prev
+	r.mu.Unlock()
+	if hadOld {
+		r.close(old)
+	}
+	r.close(prev)
+	return t
+}
+
+// closeAll closes the idle connections of the current and previous
+// transports.
+func (r *rotating[T]) closeAll() {
+	r.mu.Lock()
+	cur, prev, hasPrev := r.cur, r.prev, r.hasPrev
+	r.mu.Unlock()
+	r.close(cur)
+	if hasPrev {
+		r.close(prev)
+	}
+}
