@@ -204,7 +204,7 @@ func (s *Server) closeIdleHTTP() {
 		h.mesh.closeAll()
 		h.upgrade.CloseIdleConnections()
 	}
-	s.in.closeIdle()
+	s.in.closeIdle(s)
 }
 
 // reqInfo is what the request handler knows of the client connection.
@@ -312,6 +312,9 @@ func rewriteTransparent(pr *httputil.ProxyRequest) {
 			pr.Out.Header[h] = v
 		}
 	}
+	// Request trailers arrive in In.Trailer when the body ends (Out
+	// has a copy made before): share the map so they are sent on.
+	pr.Out.Trailer = pr.In.Trailer
 	pr.Out.Header.Del(headerAppProtocol)
 	pr.Out.URL.Scheme = "http"
 	if pr.Out.URL.Host == "" {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -320,22 +321,7 @@ func TestHTTPUpgradeTunnels(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n", e.authory)
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != 101 {
-		t.Fatalf("status = %d; want 101", resp.StatusCode)
-	}
-	msg := []byte("ping over the tunnel")
-	c.Write(msg)
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(br, got); err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("tunnel echo = %q, %v; want %q", got, err, msg)
-	}
+	upgradeEcho(t, c, e.authory)
 }
 
 func TestHTTPTimeoutAnd502(t *testing.T) {
@@ -409,4 +395,26 @@ func TestHTTPOffKeepsOpaqueForwarding(t *testing.T) {
 		t.Errorf("GET = %d from %q, %v; want 200 from the original destination", code, be, err)
 	}
 	_ = netip.AddrPort{}
+}
+
+// upgradeEcho sends an "Upgrade: echo" request on c and checks that
+// bytes echo through the tunnel.
+func upgradeEcho(t *testing.T, c net.Conn, authority string) {
+	t.Helper()
+	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n", authority)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 {
+		t.Fatalf("status = %d; want 101", resp.StatusCode)
+	}
+	msg := []byte("ping over the tunnel")
+	c.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(br, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("tunnel echo = %q, %v; want %q", got, err, msg)
+	}
 }

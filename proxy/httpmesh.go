@@ -22,6 +22,10 @@ type inboundHTTP struct {
 	once sync.Once
 	h1   *http.Transport
 	h2c  *http2.Transport
+	// h2 serves mesh-h2 connections; base carries its settings, and its
+	// Shutdown sends every such connection a GOAWAY.
+	h2   *http2.Server
+	base *http.Server
 }
 
 func (in *inboundHTTP) init(s *Server) {
@@ -56,15 +60,26 @@ func (in *inboundHTTP) init(s *Server) {
 			DisableCompression: true,
 			IdleConnTimeout:    idle,
 		}
+		in.base = &http.Server{ErrorLog: log.New(io.Discard, "", 0), MaxHeaderBytes: DefaultMaxHeaderBytes}
+		in.h2 = &http2.Server{IdleTimeout: s.cfg.idleTimeout(), MaxConcurrentStreams: 1000}
+		http2.ConfigureServer(in.base, in.h2) // registers GOAWAY on base.Shutdown
 	})
 }
 
+// shutdown asks every mesh-h2 connection to finish (GOAWAY): the peer
+// sends no new streams and the connection closes once its streams end.
+func (in *inboundHTTP) shutdown(s *Server) {
+	in.init(s)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // nothing to wait for: the connections are not base's
+	in.base.Shutdown(ctx)
+}
+
 // closeIdle closes the idle connections to the application, if any.
-func (in *inboundHTTP) closeIdle() {
-	if in.h1 != nil {
-		in.h1.CloseIdleConnections()
-		in.h2c.CloseIdleConnections()
-	}
+func (in *inboundHTTP) closeIdle(s *Server) {
+	in.init(s)
+	in.h1.CloseIdleConnections()
+	in.h2c.CloseIdleConnections()
 }
 
 // serveMeshH2 serves an inbound mesh connection on which the client
@@ -93,6 +108,9 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 			if v := pr.In.Header.Get(headerAppProtocol); v != "" {
 				pr.Out.Header.Set(headerAppProtocol, v) // read and removed by tr
 			}
+			// Request trailers arrive in In.Trailer when the body ends (Out
+			// has a copy made before): share the map so they are sent on.
+			pr.Out.Trailer = pr.In.Trailer
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = target.String()
 			pr.Out.Header.Del(headerXFCC)
@@ -111,10 +129,7 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 			w.WriteHeader(http.StatusBadGateway)
 		},
 	}
-	idle := s.cfg.idleTimeout()
-	base := &http.Server{ErrorLog: log.New(io.Discard, "", 0), MaxHeaderBytes: DefaultMaxHeaderBytes}
-	h2s := &http2.Server{IdleTimeout: idle, MaxConcurrentStreams: 1000}
-	h2s.ServeConn(tc, &http2.ServeConnOpts{Context: k.ctx, BaseConfig: base, Handler: s.instrument(rp)})
+	s.in.h2.ServeConn(tc, &http2.ServeConnOpts{Context: k.ctx, BaseConfig: s.in.base, Handler: s.instrument(rp)})
 	tc.Close()
 	return k.ctx.Err()
 }

@@ -217,6 +217,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, l := range ls {
 		l.Close()
 	}
+	s.in.shutdown(s)
 	poll := time.Millisecond
 	t := time.NewTimer(poll)
 	defer t.Stop()

@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// meshHTTPEnv is an HTTP-aware outbound proxy and an inbound proxy
+// (meshEnv) in front of an app on 127.0.0.1 that speaks HTTP/1.1 and h2c,
+// named web.test in DNS.
+func meshHTTPEnv(t testing.TB, h http.Handler) (*meshEnv, *proxyDialer, string) {
+	t.Helper()
+	z := newZoneDNS(t)
+	z.set("web.test.", "127.0.0.1")
+	e := newMeshEnv(t, meshOpts{outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &http.Server{Handler: h, Protocols: new(http.Protocols)}
+	app.Protocols.SetHTTP1(true)
+	app.Protocols.SetUnencryptedHTTP2(true)
+	go app.Serve(ln)
+	t.Cleanup(func() { app.Close() })
+	appAddr := netip.MustParseAddrPort(ln.Addr().String())
+	d := newProxyDialer(t, e.out, appAddr)
+	return e, d, fmt.Sprintf("web.test:%d", appAddr.Port())
+}
+
+func TestHTTPMeshOneMultiplexedConnection(t *testing.T) {
+	e, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(headerAppProtocol) != "" {
+			t.Errorf("app saw %s: %q; the server proxy must remove it", headerAppProtocol, r.Header.Get(headerAppProtocol))
+		}
+		fmt.Fprintf(w, "%s|%s", r.Proto, r.Header.Get(headerXFCC))
+	}))
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for range 4 {
+		c := d.client() // each its own client connection to the proxy
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 16 {
+				code, _, body, err := get(t, c, "http://"+authority+"/", authority)
+				want := fmt.Sprintf("HTTP/1.1|By=%s;URI=%s", serverID, clientID)
+				if err != nil || code != 200 || body != want {
+					errs <- fmt.Errorf("GET = %d %q, %v; want 200 %q", code, body, err, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// 64 requests over 4 client connections: one mesh connection.
+	if got := testutil.ToFloat64(e.inM.open.WithLabelValues("inbound", TLSTrue, clientID.String(), "")); got != 1 {
+		t.Errorf("mesh connections accepted = %v; want 1 (one multiplexed HTTP/2 connection per endpoint)", got)
+	}
+	if got := testutil.ToFloat64(e.inM.requests.WithLabelValues("inbound", authority)); got != 64 {
+		t.Errorf("inbound requests_total = %v; want 64", got)
+	}
+}
+
+func TestHTTPMeshH2CAndTrailers(t *testing.T) {
+	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Trailer", "X-Echo-Trailer")
+		fmt.Fprintf(w, "%s|%s", r.Proto, b)
+		w.Header().Set("X-Echo-Trailer", r.Trailer.Get("X-Req-Trailer"))
+	}))
+	c := d.h2cClient()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+authority+"/", io.NopCloser(strings.NewReader("body")))
+	req.Host = authority
+	req.Trailer = http.Header{"X-Req-Trailer": {"from-client"}}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "HTTP/2.0|body" {
+		t.Errorf("app saw %q; want HTTP/2.0|body (h2c delivery)", b)
+	}
+	if got := resp.Trailer.Get("X-Echo-Trailer"); got != "from-client" {
+		t.Errorf("response trailer = %q; want from-client (request trailer in, response trailer out)", got)
+	}
+}
+
+func TestHTTPMeshUpgrade(t *testing.T) {
+	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" || r.Header.Get(headerXFCC) == "" {
+			http.Error(w, "want Upgrade: echo and XFCC", 400)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		io.Copy(c, brw)
+	}))
+	c, err := d.dial(t.Context(), "tcp", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	upgradeEcho(t, c, authority)
+}
