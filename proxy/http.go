@@ -162,7 +162,7 @@ func newHTTPRuntime(s *Server, cfg HTTPConfig) *httpRuntime {
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:       rewriteTransparent,
 		Transport:     h,
-		FlushInterval: -1,
+		FlushInterval: 0, // ReverseProxy still flushes at once for streamed (unknown length, event-stream) responses
 		BufferPool:    bytePool{},
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler:  h.errorResponse,

@@ -119,7 +119,7 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 			}
 		},
 		Transport:     tr,
-		FlushInterval: -1,
+		FlushInterval: 0, // ReverseProxy still flushes at once for streamed (unknown length, event-stream) responses
 		BufferPool:    bytePool{},
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
