@@ -1,144 +1,372 @@
 #!/usr/bin/env bash
-# meshproxy benchmarks: throughput through the proxies against a direct
-# connection, measured in the same run on the same machine.
+# meshproxy benchmarks, side by side with the usual peers, in one run on one
+# machine: two network namespaces ("pods": client 198.18.0.1, server
+# 198.18.0.2, one veth) and, between the client and the server apps, each of
 #
-#   1. go test -bench Forward ./proxy/  (one proxied hop on loopback vs direct)
-#   2. iperf3 between two namespaces: direct, and through a client proxy and a
-#      server proxy (REDIRECT and TPROXY), single stream and 8 streams.
-#   3. The same with mutual TLS between the proxies, against a pair of
-#      stunnel processes doing the same job (TLS 1.3, ECDSA P-256 both ways).
+#   direct          no proxy (ports the interception rules ignore)
+#   meshproxy       meshproxy pair, plaintext (REDIRECT, or MODE=tproxy)
+#   meshproxy-mtls  meshproxy pair with mutual TLS (--identity-dir)
+#   haproxy-tcp     HAProxy pair, mode tcp (client-side 127.0.0.1 -> server-side -> app)
+#   haproxy-http    HAProxy pair, mode http
+#   stunnel         stunnel pair, TLS 1.3 both ways, P-256 certs from `meshproxy ca issue`
 #
-# Needs root for parts 2 and 3 (installs iperf3 and stunnel4 from Debian when
-# absent).
-# SECONDS_PER_RUN (default 5) sets each iperf3 run's length.
+# Every pair has the same two-hop shape: a proxy in the client pod, one in the
+# server pod, the app on 127.0.0.1 behind it. HAProxy runs nbthread 2, as
+# meshproxy runs GOMAXPROCS=2 on this 2-core box; stunnel has a thread per
+# connection. Figures: iperf3 throughput (1 and 8 streams), HTTP/1.1
+# keep-alive with wrk (fixed concurrency) and with scripts/bench/loadgen (a
+# fixed rate, open loop), new connections per second (scripts/bench/connrate),
+# RSS idle and with HOLD_CONNS idle connections (scripts/bench/holdconns),
+# CPU seconds per GB moved. Results: docs/bench.md, docs/bench.json,
+# docs/bench-latency.svg (written by scripts/bench/report), the table also
+# printed.
+#
+# meshproxy forwards HTTP as opaque TCP here: `meshproxy run` does not turn
+# on the proxy's HTTP-aware path yet, so its HTTP rows measure TCP
+# forwarding of HTTP bytes (the HAProxy http pair parses every request).
+#
+# Needs root; installs iperf3, stunnel4, haproxy and wrk from Debian when
+# absent. Settings (environment):
+#   SECONDS_PER_RUN  iperf3 run length (default 5)
+#   LOAD_SECONDS     wrk, loadgen and connrate run length (default 5)
+#   RATE             loadgen's fixed rate, requests/s (default 1000)
+#   CONCURRENCY      wrk connections (default 32; 2 threads)
+#   HOLD_CONNS       idle connections for the memory figure (default 9000:
+#                    a process may open 20,000 files here and a proxy holds
+#                    two per connection)
+#   MODE             meshproxy interception: redirect (default) or tproxy
+#   BENCH_OUT        where the results go (default docs/ of the checkout)
+#   BENCH_GO=1       also run go test -bench Forward ./proxy/ first
+#   BENCH_KEEP=1     keep the raw results and the logs (printed: where)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/bin
 T=${SECONDS_PER_RUN:-5}
+D=${LOAD_SECONDS:-5}
+RATE=${RATE:-1000}
+CONC=${CONCURRENCY:-32}
+HOLD=${HOLD_CONNS:-9000}
+HOLD_SECONDS=5
+MODE=${MODE:-redirect}
+OUT=${BENCH_OUT:-$ROOT/docs}
 PROXY_UID=2102
 CLIENT=mp-bench-client
 SERVER=mp-bench-server
+C_IP=198.18.0.1
+S_IP=198.18.0.2
+# Ports: 5201/8080 are captured (through meshproxy); 5202/8082 are ignored by
+# the rules (direct, and the peers' backends on 127.0.0.1); 15443-15446 are
+# the peers' own pod-to-pod ports, ignored too.
+IGNORE=5202,8082,15443,15444,15445,15446
 
-echo "== go test -bench Forward ./proxy/ (loopback, one proxied hop vs direct)"
-(cd "$ROOT" && go test -run '^$' -bench 'Forward' -benchtime 3s ./proxy/)
+case $MODE in redirect | tproxy) ;; *)
+	echo "bench: MODE must be redirect or tproxy, not '$MODE'"
+	exit 2
+	;;
+esac
 
-[ "$(id -u)" = 0 ] || { echo "bench: skipping the namespace benchmarks: needs root"; exit 0; }
+if [ "${BENCH_GO:-}" = 1 ]; then
+	echo "== go test -bench Forward ./proxy/ (loopback, one proxied hop vs direct)"
+	(cd "$ROOT" && go test -run '^$' -bench 'Forward' -benchtime 3s ./proxy/)
+fi
+
+[ "$(id -u)" = 0 ] || {
+	echo "bench: needs root (network namespaces, nftables): run it as root, e.g. sudo make bench"
+	exit 1
+}
+[ -x "$BIN/meshproxy" ] || {
+	echo "bench: $BIN/meshproxy is missing: run make build first (or use make bench)"
+	exit 1
+}
 pkgs=()
 command -v iperf3 >/dev/null || pkgs+=(iperf3)
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || pkgs+=(stunnel4)
-if [ ${#pkgs[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${pkgs[@]}" >/dev/null; fi
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || pkgs+=(haproxy)
+command -v wrk >/dev/null || pkgs+=(wrk)
+if [ ${#pkgs[@]} -gt 0 ]; then
+	echo "bench: installing ${pkgs[*]} from Debian"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
 STUNNEL=$(command -v stunnel4 || command -v stunnel)
-[ -x "$BIN/meshproxy" ] || { echo "bench: run make build first (or use make bench)"; exit 1; }
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
 WORK=$(mktemp -d /tmp/meshproxy-bench.XXXXXX)
 chmod 755 "$WORK"
+RES=$WORK/results
+mkdir -p "$RES"
 install -m 0755 "$BIN/meshproxy" "$WORK/"
+echo "bench: building the helper programs"
+for p in httpserver loadgen connrate holdconns report; do
+	(cd "$ROOT" && go build -o "$WORK/$p" "./scripts/bench/$p")
+done
 
-pids=()
+apps=()    # app servers, for the whole run
+proxies=() # the pair being measured
 cleanup() {
 	set +e
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${proxies[@]}" "${apps[@]}"; do kill "$p" 2>/dev/null; done
 	wait 2>/dev/null
-	for ns in $CLIENT $SERVER; do ip netns del $ns 2>/dev/null; done
-	rm -rf "$WORK"
+	# Anything else still running in the pods was started by this script.
+	for ns in $CLIENT $SERVER; do
+		for p in $(ip netns pids $ns 2>/dev/null); do kill "$p" 2>/dev/null; done
+		ip netns del $ns 2>/dev/null
+	done
+	if [ "${BENCH_KEEP:-}" = 1 ]; then echo "bench: raw results and logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-setup() {
-	local mode=$1 mtls=${2:-}
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-	wait 2>/dev/null || true
-	pids=()
-	for ns in $CLIENT $SERVER; do
-		ip netns del $ns 2>/dev/null || true
-		ip netns add $ns
-		ip -n $ns link set lo up
-	done
-	ip -n $CLIENT link add eth0 type veth peer name eth0 netns $SERVER
-	ip -n $CLIENT addr add 198.18.0.1/24 dev eth0
-	ip -n $SERVER addr add 198.18.0.2/24 dev eth0
-	ip -n $CLIENT link set eth0 up
-	ip -n $SERVER link set eth0 up
-	local caps=()
-	[ "$mode" = tproxy ] && caps=(--inh-caps=+net_admin --ambient-caps=+net_admin)
-	for ns in $CLIENT $SERVER; do
-		# Port 5202 bypasses the proxies: the direct baseline on the same link.
-		"$WORK/meshproxy" init --netns /run/netns/$ns --mode "$mode" --proxy-uid $PROXY_UID \
-			--outbound-ports-to-ignore 5202,15443 --inbound-ports-to-ignore 4190,4191,5202,15443 >/dev/null
-		local mesh=()
-		[ -n "$mtls" ] && mesh=(--identity-dir "$WORK/ca" --identity "spiffe://cluster.local/ns/bench/sa/$ns")
-		ip netns exec $ns setpriv --reuid=$PROXY_UID --regid=$PROXY_UID --clear-groups "${caps[@]}" \
-			"$WORK/meshproxy" run --mode "$mode" --log-level warn --ipv6=false "${mesh[@]}" >"$WORK/$ns.log" 2>&1 &
-		pids+=($!)
-	done
-	for port in 5201 5202 5203; do
-		ip netns exec $SERVER iperf3 -s -p $port >/dev/null 2>&1 &
-		pids+=($!)
-	done
-	sleep 1
+# inns NS CMD...: run a command inside a pod, in the foreground. (Background
+# commands use ip netns exec directly so that $! is the process itself, not
+# a subshell: the figures read its /proc entries and kill it by that PID.)
+inns() {
+	local ns=$1
+	shift
+	ip netns exec "$ns" "$@"
 }
 
-# gbits PORT STREAMS [HOST]: receiver throughput in Gbit/s.
-gbits() {
-	ip netns exec $CLIENT iperf3 -c "${3:-198.18.0.2}" -p "$1" -P "$2" -t "$T" -f g |
-		awk '/receiver/ {v=$(NF-2)} END {print v}'
-}
+# --- the pods, the rules and the apps (once) ---
+for ns in $CLIENT $SERVER; do
+	ip netns del $ns 2>/dev/null || true
+	ip netns add $ns
+	ip -n $ns link set lo up
+	# Many short connections (connrate) and 9,000 held ones: a wide port
+	# range, and TIME_WAIT ports reused for new outgoing connections.
+	inns $ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+done
+ip -n $CLIENT link add eth0 type veth peer name eth0 netns $SERVER
+ip -n $CLIENT addr add $C_IP/24 dev eth0
+ip -n $SERVER addr add $S_IP/24 dev eth0
+ip -n $CLIENT link set eth0 up
+ip -n $SERVER link set eth0 up
+for ns in $CLIENT $SERVER; do
+	"$WORK/meshproxy" init --netns /run/netns/$ns --mode "$MODE" --proxy-uid $PROXY_UID --ipv6=false \
+		--outbound-ports-to-ignore $IGNORE --inbound-ports-to-ignore 4190,4191,$IGNORE >/dev/null
+done
+for port in 5201 5202; do
+	ip netns exec $SERVER iperf3 -s -p $port >/dev/null 2>&1 &
+	apps+=($!)
+done
+ip netns exec $SERVER "$WORK/httpserver" -listen 0.0.0.0:8080,0.0.0.0:8082 >"$WORK/httpserver.log" 2>&1 &
+apps+=($!)
 
-# A CA for the mTLS runs, readable by the proxy UID, and leaf certificates
-# from it for stunnel, so both do the same cryptography.
+# A CA for meshproxy's mTLS, readable by the proxy UID, and leaf
+# certificates from it for stunnel, so both do the same cryptography.
 "$WORK/meshproxy" ca init --dir "$WORK/ca" >/dev/null
-"$WORK/meshproxy" ca issue --dir "$WORK/ca" --identity spiffe://cluster.local/ns/bench/sa/stunnel-client --out "$WORK/st-client" >/dev/null
-"$WORK/meshproxy" ca issue --dir "$WORK/ca" --identity spiffe://cluster.local/ns/bench/sa/stunnel-server --out "$WORK/st-server" >/dev/null
+for side in client server; do
+	"$WORK/meshproxy" ca issue --dir "$WORK/ca" --identity spiffe://cluster.local/ns/bench/sa/stunnel-$side --out "$WORK/st-$side" >/dev/null
+done
 chown -R $PROXY_UID:$PROXY_UID "$WORK/ca"
 
-# stunnel_pair: a client stunnel in the client pod (127.0.0.1:15201 -> TLS to
-# 198.18.0.2:15443) and a server stunnel in the server pod (15443 -> iperf3 on
-# 127.0.0.1:5203), mutual TLS 1.3 with the CA above.
-stunnel_pair() {
+# wait_port NS HOST PORT: until something accepts there (at most 10 s).
+wait_port() {
+	for _ in $(seq 100); do
+		inns "$1" bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "bench: nothing listens on $2:$3 in $1 after 10 s" >&2
+	return 1
+}
+wait_port $SERVER 127.0.0.1 8080
+wait_port $SERVER 127.0.0.1 5201
+wait_port $SERVER 127.0.0.1 5202
+
+stop_proxies() {
+	for p in "${proxies[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${proxies[@]}"; do wait "$p" 2>/dev/null || true; done
+	proxies=()
+}
+
+# start_meshproxy [mtls]: the meshproxy pair, as the exempt UID.
+start_meshproxy() {
+	local caps=() mesh=()
+	[ "$MODE" = tproxy ] && caps=(--inh-caps=+net_admin --ambient-caps=+net_admin)
+	for ns in $CLIENT $SERVER; do
+		[ -n "${1:-}" ] && mesh=(--identity-dir "$WORK/ca" --identity "spiffe://cluster.local/ns/bench/sa/$ns")
+		ip netns exec $ns setpriv --reuid=$PROXY_UID --regid=$PROXY_UID --clear-groups "${caps[@]}" \
+			env GOMAXPROCS=2 "$WORK/meshproxy" run --mode "$MODE" --log-level warn --ipv6=false --shutdown-grace 1s "${mesh[@]}" \
+			>"$WORK/meshproxy-$ns.log" 2>&1 &
+		proxies+=($!)
+	done
+	for ns in $CLIENT $SERVER; do
+		for _ in $(seq 100); do
+			inns $ns curl -fs -o /dev/null http://127.0.0.1:4191/ready && continue 2
+			sleep 0.1
+		done
+		echo "bench: meshproxy in $ns not ready after 10 s:" >&2
+		cat "$WORK/meshproxy-$ns.log" >&2
+		return 1
+	done
+}
+
+# start_haproxy tcp|http: the HAProxy pair. nbthread 2 to match meshproxy's
+# GOMAXPROCS=2; maxconn sized for HOLD_CONNS.
+start_haproxy() {
+	local mode=$1
 	for side in client server; do
-		local ns=$CLIENT accept=127.0.0.1:15201 connect=198.18.0.2:15443 mode="client = yes"
-		if [ $side = server ]; then ns=$SERVER accept=198.18.0.2:15443 connect=127.0.0.1:5203 mode="client = no"; fi
-		cat >"$WORK/stunnel-$side.conf" <<CONF
+		local ns=$CLIENT conf=$WORK/haproxy-$side.cfg
+		[ $side = server ] && ns=$SERVER
+		cat >"$conf" <<CONF
+global
+	nbthread 2
+	maxconn $((HOLD + 200))
+defaults
+	mode $mode
+	maxconn $((HOLD + 200))
+	timeout connect 5s
+	timeout client 60s
+	timeout server 60s
+	timeout http-keep-alive 60s
+CONF
+		if [ $side = client ]; then
+			[ "$mode" = tcp ] && printf 'listen iperf\n\tbind 127.0.0.1:25201\n\tserver s %s:15444\n' $S_IP >>"$conf"
+			printf 'listen web\n\tbind 127.0.0.1:28080\n\tserver s %s:15445\n' $S_IP >>"$conf"
+		else
+			[ "$mode" = tcp ] && printf 'listen iperf\n\tbind %s:15444\n\tserver s 127.0.0.1:5202\n' $S_IP >>"$conf"
+			printf 'listen web\n\tbind %s:15445\n\tserver s 127.0.0.1:8082\n' $S_IP >>"$conf"
+		fi
+		ip netns exec $ns "$HAPROXY" -db -f "$conf" >"$WORK/haproxy-$side.log" 2>&1 &
+		proxies+=($!)
+	done
+	wait_port $SERVER $S_IP 15445
+	wait_port $CLIENT 127.0.0.1 28080
+}
+
+# start_stunnel: the stunnel pair, mutual TLS 1.3 with the CA above, one
+# service for iperf3 and one for HTTP.
+start_stunnel() {
+	for side in client server; do
+		local ns=$CLIENT mode="client = yes" conf=$WORK/stunnel-$side.conf
+		[ $side = server ] && ns=$SERVER mode="client = no"
+		cat >"$conf" <<CONF
 foreground = yes
 pid =
 debug = 3
-[bench]
 $mode
-accept = $accept
-connect = $connect
 cert = $WORK/st-$side.crt
 key = $WORK/st-$side.key
 CAfile = $WORK/ca/anchor.pem
 verifyChain = yes
 sslVersionMin = TLSv1.3
 CONF
-		ip netns exec $ns "$STUNNEL" "$WORK/stunnel-$side.conf" >"$WORK/stunnel-$side.log" 2>&1 &
-		pids+=($!)
+		if [ $side = client ]; then
+			printf '[iperf]\naccept = 127.0.0.1:15201\nconnect = %s:15443\n' $S_IP >>"$conf"
+			printf '[web]\naccept = 127.0.0.1:18080\nconnect = %s:15446\n' $S_IP >>"$conf"
+		else
+			printf '[iperf]\naccept = %s:15443\nconnect = 127.0.0.1:5202\n' $S_IP >>"$conf"
+			printf '[web]\naccept = %s:15446\nconnect = 127.0.0.1:8082\n' $S_IP >>"$conf"
+		fi
+		ip netns exec $ns "$STUNNEL" "$conf" >"$WORK/stunnel-$side.log" 2>&1 &
+		proxies+=($!)
 	done
-	sleep 1
+	wait_port $SERVER $S_IP 15446
+	wait_port $CLIENT 127.0.0.1 18080
 }
 
-printf '\n== iperf3 between namespaces, %ss per run\n' "$T"
-printf '| mode | streams | direct Gbit/s | through 2 proxies Gbit/s | ratio |\n|---|---|---|---|---|\n'
-for mode in redirect tproxy; do
-	setup "$mode"
-	for streams in 1 8; do
-		d=$(gbits 5202 "$streams")
-		p=$(gbits 5201 "$streams")
-		r=$(awk -v p="$p" -v d="$d" 'BEGIN { if (d > 0) printf "%.2f", p / d; else print "n/a" }')
-		printf '| %s | %s | %s | %s | %s |\n' "$mode" "$streams" "$d" "$p" "$r"
-	done
-done
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# cpu_ticks PID...: user+system clock ticks of the processes (all threads).
+cpu_ticks() {
+	local sum=0 p
+	for p in "$@"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+	echo $sum
+}
+# jlist A B...: a JSON array of numbers.
+jlist() {
+	local IFS=,
+	echo "[$*]"
+}
 
-printf '\n== mutual TLS between two namespaces, %ss per run (redirect mode)\n' "$T"
-printf '| streams | direct Gbit/s | meshproxy mTLS pair Gbit/s | stunnel pair Gbit/s | meshproxy / stunnel |\n|---|---|---|---|---|\n'
-setup redirect mtls
-stunnel_pair
-for streams in 1 8; do
-	d=$(gbits 5202 "$streams")
-	m=$(gbits 5203 "$streams")
-	s=$(gbits 15201 "$streams" 127.0.0.1)
-	r=$(awk -v m="$m" -v s="$s" 'BEGIN { if (s > 0) printf "%.2f", m / s; else print "n/a" }')
-	printf '| %s | %s | %s | %s | %s |\n' "$streams" "$d" "$m" "$s" "$r"
-done
+# measure KEY IPERF_ADDR HTTP_ADDR: every figure for one setup, from the
+# client pod, with the current pair in proxies (empty: direct). An empty
+# IPERF_ADDR skips iperf3 (HTTP-only setups).
+measure() {
+	local key=$1 ip=$2 web=$3 dir=$RES/$1
+	mkdir -p "$dir"
+	echo "bench: $key"
+	if [ ${#proxies[@]} -gt 0 ]; then
+		for p in "${proxies[@]}"; do
+			[ -d /proc/$p ] || {
+				echo "bench: a $key process ($p) exited; its log:" >&2
+				tail -n 20 "$WORK"/*.log >&2
+				return 1
+			}
+			cat /proc/$p/comm >>"$dir/processes"
+		done
+		sleep 1
+		local idle=() loaded=()
+		for p in "${proxies[@]}"; do idle+=($(rss_kb $p)); done
+		ip netns exec $CLIENT timeout $((HOLD_SECONDS + 90)) "$WORK/holdconns" -addr "$web" -n "$HOLD" -hold ${HOLD_SECONDS}s \
+			>"$dir/hold.out" 2>"$dir/hold.err" &
+		local holder=$!
+		for _ in $(seq 600); do
+			grep -q '^ready' "$dir/hold.out" 2>/dev/null && break
+			[ -d /proc/$holder ] || break
+			sleep 0.1
+		done
+		sleep 1
+		for p in "${proxies[@]}"; do loaded+=($(rss_kb $p)); done
+		wait $holder || true
+		local held
+		held=$(awk '/^ready/ {print $2}' "$dir/hold.out")
+		printf '{"idle_kb":%s,"loaded_kb":%s,"asked":%s,"held":%s}\n' \
+			"$(jlist "${idle[@]}")" "$(jlist "${loaded[@]}")" "$HOLD" "${held:-0}" >"$dir/mem.json"
+		sleep 1
+	fi
+	if [ -n "$ip" ]; then
+		local streams before after
+		for streams in 1 8; do
+			[ ${#proxies[@]} -gt 0 ] && before=$(cpu_ticks "${proxies[@]}")
+			inns $CLIENT timeout $((T + 30)) iperf3 -c "${ip%:*}" -p "${ip##*:}" -P $streams -t "$T" -J \
+				>"$dir/iperf$streams.json" || echo "bench: iperf3 $key -P $streams failed" >&2
+			if [ ${#proxies[@]} -gt 0 ]; then
+				after=$(cpu_ticks "${proxies[@]}")
+				printf '{"ticks":%s,"clk_tck":%s}\n' $((after - before)) "$(getconf CLK_TCK)" >"$dir/cpu$streams.json"
+			fi
+		done
+	fi
+	inns $CLIENT timeout 20 wrk -c "$CONC" -t 2 -d 1s "http://$web/" >/dev/null # warm-up
+	inns $CLIENT timeout $((D + 30)) wrk -c "$CONC" -t 2 -d "${D}s" --latency -s "$ROOT/scripts/bench/wrk-report.lua" "http://$web/" \
+		>"$dir/wrk.out" || echo "bench: wrk $key failed" >&2
+	grep '^{' "$dir/wrk.out" | tail -1 >"$dir/wrk.json" || true
+	inns $CLIENT timeout $((D + 30)) "$WORK/loadgen" -addr "$web" -rate "$RATE" -duration "${D}s" -conns "$CONC" \
+		>"$dir/rate.json" || echo "bench: loadgen $key failed" >&2
+	inns $CLIENT timeout $((D + 30)) "$WORK/connrate" -addr "$web" -duration "${D}s" -workers 8 \
+		>"$dir/connrate.json" || echo "bench: connrate $key failed" >&2
+}
+
+started=$(date +%s)
+measure direct $S_IP:5202 $S_IP:8082
+
+start_meshproxy
+measure meshproxy $S_IP:5201 $S_IP:8080
+stop_proxies
+
+start_meshproxy mtls
+measure meshproxy-mtls $S_IP:5201 $S_IP:8080
+stop_proxies
+
+start_haproxy tcp
+measure haproxy-tcp 127.0.0.1:25201 127.0.0.1:28080
+stop_proxies
+
+start_haproxy http
+measure haproxy-http "" 127.0.0.1:28080
+stop_proxies
+
+start_stunnel
+measure stunnel 127.0.0.1:15201 127.0.0.1:18080
+stop_proxies
+
+cat >"$RES/settings.json" <<JSON
+{"iperf_seconds":$T,"load_seconds":$D,"rate":$RATE,"concurrency":$CONC,"hold_conns":$HOLD,
+ "hold_seconds":$HOLD_SECONDS,"mode":"$MODE","connrate_workers":8,
+ "meshproxy_version":"$("$WORK/meshproxy" version 2>/dev/null | head -1)",
+ "haproxy_version":"$("$HAPROXY" -v | awk 'NR==1 {print $3}')",
+ "stunnel_version":"$("$STUNNEL" -version 2>&1 | awk '/^stunnel/ {print $2; exit}')",
+ "iperf3_version":"$(iperf3 --version | awk 'NR==1 {print $2}')",
+ "wrk_version":"$(wrk -v 2>&1 | awk 'NR==1 {print $2}')",
+ "elapsed_s":$(($(date +%s) - started))}
+JSON
+mkdir -p "$OUT"
+"$WORK/report" -results "$RES" -md "$OUT/bench.md" -json "$OUT/bench.json" -svg "$OUT/bench-latency.svg"

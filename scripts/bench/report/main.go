@@ -1,0 +1,393 @@
+// Command report turns the raw results of scripts/bench.sh into the
+// published benchmark: a markdown page (printed, and written to -md), the
+// same figures as JSON with ratios against the direct path and against the
+// peer proxies (-json), and an SVG plot of the fixed-rate latency
+// percentiles per setup (-svg).
+//
+//	report -results DIR -md docs/bench.md -json docs/bench.json -svg docs/bench-latency.svg
+//
+// DIR holds settings.json and one directory per setup (direct, meshproxy,
+// meshproxy-mtls, haproxy-tcp, haproxy-http, stunnel) with the files the
+// script writes: iperf1.json and iperf8.json (iperf3 -J), cpu1.json and
+// cpu8.json, wrk.json, rate.json (loadgen), connrate.json, mem.json. A
+// missing file leaves its figures empty ("n/a"), never zero.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// setup is one column of the table: a way for the client to reach the server.
+type setup struct {
+	Key   string `json:"key"`
+	Label string `json:"label"`
+}
+
+var setups = []setup{
+	{"direct", "direct"},
+	{"meshproxy", "meshproxy plaintext"},
+	{"meshproxy-mtls", "meshproxy mTLS"},
+	{"haproxy-tcp", "HAProxy TCP pair"},
+	{"haproxy-http", "HAProxy HTTP pair"},
+	{"stunnel", "stunnel pair"},
+}
+
+// comparison is a ratio column: A's value divided by B's.
+type comparison struct {
+	Key  string `json:"key"`
+	A, B string
+	// HTTPOnly limits the comparison to the HTTP figures.
+	HTTPOnly bool
+}
+
+var comparisons = []comparison{
+	{Key: "meshproxy/direct", A: "meshproxy", B: "direct"},
+	{Key: "meshproxy/haproxy-tcp", A: "meshproxy", B: "haproxy-tcp"},
+	{Key: "meshproxy/haproxy-http", A: "meshproxy", B: "haproxy-http", HTTPOnly: true},
+	{Key: "meshproxy-mtls/direct", A: "meshproxy-mtls", B: "direct"},
+	{Key: "meshproxy-mtls/stunnel", A: "meshproxy-mtls", B: "stunnel"},
+}
+
+// figure is one row: a measured quantity for every setup.
+type figure struct {
+	Key    string              `json:"key"`
+	Label  string              `json:"label"`
+	Unit   string              `json:"unit"`
+	Better string              `json:"better"` // "higher" or "lower"
+	HTTP   bool                `json:"http"`
+	Values map[string]*float64 `json:"values"` // nil: not measured
+	// VsDirect is each setup's value divided by the direct one.
+	VsDirect map[string]*float64 `json:"vs_direct,omitempty"`
+	// VsPeer holds the comparisons (meshproxy/haproxy-tcp, ...).
+	VsPeer map[string]*float64 `json:"vs_peer,omitempty"`
+}
+
+// output is docs/bench.json.
+type output struct {
+	Date     string                                `json:"date"`
+	Kernel   string                                `json:"kernel"`
+	CPU      string                                `json:"cpu"`
+	Cores    int                                   `json:"cores"`
+	Settings map[string]any                        `json:"settings"`
+	Setups   []setup                               `json:"setups"`
+	Figures  []*figure                             `json:"figures"`
+	Curves   map[string][]curvePoint               `json:"fixed_rate_latency_curves"`
+	Checks   map[string]map[string]any             `json:"checks"`
+	Notes    []string                              `json:"notes"`
+	Raw      map[string]map[string]json.RawMessage `json:"raw"`
+}
+
+// curvePoint is one percentile of a fixed-rate latency curve (loadgen).
+type curvePoint struct {
+	Percentile float64 `json:"percentile"`
+	Micros     float64 `json:"us"`
+}
+
+func main() {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	fs.SetOutput(os.Stderr)
+	results := fs.String("results", "", "directory of raw results from scripts/bench.sh (required)")
+	md := fs.String("md", "", "markdown file to write (also printed)")
+	js := fs.String("json", "", "JSON file to write")
+	svg := fs.String("svg", "", "SVG latency plot to write")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	if *results == "" {
+		fmt.Fprintln(os.Stderr, "report: -results DIR is required (the directory scripts/bench.sh fills)")
+		os.Exit(2)
+	}
+	out, err := build(*results)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "report: %v\n", err)
+		os.Exit(1)
+	}
+	page := markdown(out)
+	fmt.Print(page)
+	write := func(path string, data []byte) {
+		if path == "" {
+			return
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "report: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	write(*md, []byte(page))
+	if *js != "" {
+		data, err := json.MarshalIndent(out, "", "  ")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "report: encoding JSON: %v\n", err)
+			os.Exit(1)
+		}
+		write(*js, append(data, '\n'))
+	}
+	if *svg != "" {
+		write(*svg, []byte(plot(out)))
+	}
+}
+
+// Raw result shapes (only the fields used).
+type iperfResult struct {
+	End struct {
+		SumReceived struct {
+			Bytes         float64 `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+	Error string `json:"error"`
+}
+
+type cpuResult struct {
+	Ticks  float64 `json:"ticks"`
+	ClkTck float64 `json:"clk_tck"`
+}
+
+type wrkResult struct {
+	Requests   float64 `json:"requests"`
+	DurationUS float64 `json:"duration_us"`
+	Errors     float64 `json:"errors"`
+	Non2xx     float64 `json:"non2xx"`
+	P50        float64 `json:"p50_us"`
+	P99        float64 `json:"p99_us"`
+	P999       float64 `json:"p999_us"`
+}
+
+type latency struct {
+	P50   float64      `json:"p50_us"`
+	P99   float64      `json:"p99_us"`
+	P999  float64      `json:"p999_us"`
+	Max   float64      `json:"max_us"`
+	Curve []curvePoint `json:"curve"`
+}
+
+type rateResult struct {
+	TargetRate   float64 `json:"target_rate"`
+	Scheduled    float64 `json:"scheduled"`
+	OK           float64 `json:"ok"`
+	Errors       float64 `json:"errors"`
+	Unfinished   float64 `json:"unfinished"`
+	AchievedRate float64 `json:"achieved_rate"`
+	FirstError   string  `json:"first_error"`
+	Latency      latency `json:"latency"`
+}
+
+type connrateResult struct {
+	OK          float64 `json:"ok"`
+	Errors      float64 `json:"errors"`
+	ConnsPerSec float64 `json:"conns_per_s"`
+	FirstError  string  `json:"first_error"`
+}
+
+type memResult struct {
+	IdleKB   []float64 `json:"idle_kb"`
+	LoadedKB []float64 `json:"loaded_kb"`
+	Asked    float64   `json:"asked"`
+	Held     float64   `json:"held"`
+}
+
+// readJSON decodes dir/name into v; false when the file is missing or bad
+// (the reason goes to notes).
+func readJSON(dir, name string, v any, raw map[string]json.RawMessage, notes *[]string) bool {
+	data, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return false
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		*notes = append(*notes, fmt.Sprintf("%s/%s: unreadable (%v)", filepath.Base(dir), name, err))
+		return false
+	}
+	raw[strings.TrimSuffix(name, ".json")] = json.RawMessage(data)
+	return true
+}
+
+func num(v float64) *float64 { return &v }
+
+func build(dir string) (*output, error) {
+	out := &output{
+		Date:   time.Now().UTC().Format("2006-01-02 15:04 UTC"),
+		Kernel: kernel(),
+		CPU:    cpuModel(),
+		Cores:  cores(),
+		Setups: setups,
+		Curves: map[string][]curvePoint{},
+		Checks: map[string]map[string]any{},
+		Raw:    map[string]map[string]json.RawMessage{},
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "settings.json"))
+	if err != nil {
+		return nil, fmt.Errorf("reading the run's settings: %w (is %s a scripts/bench.sh results directory?)", err, dir)
+	}
+	if err := json.Unmarshal(data, &out.Settings); err != nil {
+		return nil, fmt.Errorf("reading %s/settings.json: %w", dir, err)
+	}
+	holdN := fmt.Sprint(out.Settings["hold_conns"])
+	rate := fmt.Sprint(out.Settings["rate"])
+	conc := fmt.Sprint(out.Settings["concurrency"])
+
+	figs := []*figure{
+		{Key: "iperf_1_gbps", Label: "iperf3, 1 stream", Unit: "Gbit/s", Better: "higher"},
+		{Key: "iperf_8_gbps", Label: "iperf3, 8 streams", Unit: "Gbit/s", Better: "higher"},
+		{Key: "wrk_rps", Label: "wrk -c " + conc + " -t 2: requests/s", Unit: "req/s", Better: "higher", HTTP: true},
+		{Key: "wrk_p50_ms", Label: "wrk latency p50", Unit: "ms", Better: "lower", HTTP: true},
+		{Key: "wrk_p99_ms", Label: "wrk latency p99", Unit: "ms", Better: "lower", HTTP: true},
+		{Key: "wrk_p999_ms", Label: "wrk latency p99.9", Unit: "ms", Better: "lower", HTTP: true},
+		{Key: "rate_p50_ms", Label: "at " + rate + " req/s: p50", Unit: "ms", Better: "lower", HTTP: true},
+		{Key: "rate_p99_ms", Label: "at " + rate + " req/s: p99", Unit: "ms", Better: "lower", HTTP: true},
+		{Key: "rate_p999_ms", Label: "at " + rate + " req/s: p99.9", Unit: "ms", Better: "lower", HTTP: true},
+		{Key: "rate_max_ms", Label: "at " + rate + " req/s: max", Unit: "ms", Better: "lower", HTTP: true},
+		{Key: "conns_per_s", Label: "new connections/s (1 request each)", Unit: "conn/s", Better: "higher", HTTP: true},
+		{Key: "rss_idle_client_mib", Label: "RSS idle, client-side proxy", Unit: "MiB", Better: "lower"},
+		{Key: "rss_idle_server_mib", Label: "RSS idle, server-side proxy", Unit: "MiB", Better: "lower"},
+		{Key: "rss_loaded_client_mib", Label: "RSS with " + holdN + " idle conns, client-side", Unit: "MiB", Better: "lower"},
+		{Key: "rss_loaded_server_mib", Label: "RSS with " + holdN + " idle conns, server-side", Unit: "MiB", Better: "lower"},
+		{Key: "kb_per_conn_client", Label: "memory per connection, client-side", Unit: "KiB", Better: "lower"},
+		{Key: "kb_per_conn_server", Label: "memory per connection, server-side", Unit: "KiB", Better: "lower"},
+		{Key: "cpu_s_per_gb_1", Label: "CPU per GB moved, both proxies, 1 stream", Unit: "CPU s/GB", Better: "lower"},
+		{Key: "cpu_s_per_gb_8", Label: "CPU per GB moved, both proxies, 8 streams", Unit: "CPU s/GB", Better: "lower"},
+	}
+	byKey := map[string]*figure{}
+	for _, f := range figs {
+		f.Values = map[string]*float64{}
+		byKey[f.Key] = f
+	}
+	set := func(fig, s string, v float64) { byKey[fig].Values[s] = num(v) }
+
+	for _, s := range setups {
+		sd := filepath.Join(dir, s.Key)
+		if _, err := os.Stat(sd); err != nil {
+			out.Notes = append(out.Notes, s.Label+": not measured in this run")
+			continue
+		}
+		raw := map[string]json.RawMessage{}
+		out.Raw[s.Key] = raw
+		checks := map[string]any{}
+		out.Checks[s.Key] = checks
+		for _, streams := range []string{"1", "8"} {
+			var ip iperfResult
+			if !readJSON(sd, "iperf"+streams+".json", &ip, raw, &out.Notes) {
+				continue
+			}
+			if ip.Error != "" {
+				out.Notes = append(out.Notes, fmt.Sprintf("%s: iperf3 -P %s failed: %s", s.Label, streams, ip.Error))
+				continue
+			}
+			set("iperf_"+streams+"_gbps", s.Key, ip.End.SumReceived.BitsPerSecond/1e9)
+			var cpu cpuResult
+			if readJSON(sd, "cpu"+streams+".json", &cpu, raw, &out.Notes) && cpu.ClkTck > 0 && ip.End.SumReceived.Bytes > 0 {
+				set("cpu_s_per_gb_"+streams, s.Key, cpu.Ticks/cpu.ClkTck/(ip.End.SumReceived.Bytes/1e9))
+			}
+		}
+		var w wrkResult
+		if readJSON(sd, "wrk.json", &w, raw, &out.Notes) && w.DurationUS > 0 {
+			set("wrk_rps", s.Key, w.Requests/(w.DurationUS/1e6))
+			set("wrk_p50_ms", s.Key, w.P50/1e3)
+			set("wrk_p99_ms", s.Key, w.P99/1e3)
+			set("wrk_p999_ms", s.Key, w.P999/1e3)
+			checks["wrk_errors"] = w.Errors + w.Non2xx
+			if w.Errors+w.Non2xx > 0 {
+				out.Notes = append(out.Notes, fmt.Sprintf("%s: wrk saw %.0f socket errors and %.0f non-2xx responses", s.Label, w.Errors, w.Non2xx))
+			}
+		}
+		var r rateResult
+		if readJSON(sd, "rate.json", &r, raw, &out.Notes) {
+			set("rate_p50_ms", s.Key, r.Latency.P50/1e3)
+			set("rate_p99_ms", s.Key, r.Latency.P99/1e3)
+			set("rate_p999_ms", s.Key, r.Latency.P999/1e3)
+			set("rate_max_ms", s.Key, r.Latency.Max/1e3)
+			out.Curves[s.Key] = r.Latency.Curve
+			checks["rate_achieved"] = r.AchievedRate
+			checks["rate_errors"] = r.Errors + r.Unfinished
+			if r.Errors+r.Unfinished > 0 {
+				out.Notes = append(out.Notes, fmt.Sprintf("%s: at the fixed rate %.0f of %.0f requests failed or did not finish (first error: %s)", s.Label, r.Errors+r.Unfinished, r.Scheduled, r.FirstError))
+			}
+		}
+		var c connrateResult
+		if readJSON(sd, "connrate.json", &c, raw, &out.Notes) {
+			set("conns_per_s", s.Key, c.ConnsPerSec)
+			checks["connrate_errors"] = c.Errors
+			if c.Errors > 0 {
+				out.Notes = append(out.Notes, fmt.Sprintf("%s: %.0f of %.0f new connections failed (first error: %s)", s.Label, c.Errors, c.OK+c.Errors, c.FirstError))
+			}
+		}
+		var m memResult
+		if readJSON(sd, "mem.json", &m, raw, &out.Notes) && len(m.IdleKB) == 2 && len(m.LoadedKB) == 2 {
+			set("rss_idle_client_mib", s.Key, m.IdleKB[0]/1024)
+			set("rss_idle_server_mib", s.Key, m.IdleKB[1]/1024)
+			set("rss_loaded_client_mib", s.Key, m.LoadedKB[0]/1024)
+			set("rss_loaded_server_mib", s.Key, m.LoadedKB[1]/1024)
+			if m.Held > 0 {
+				set("kb_per_conn_client", s.Key, (m.LoadedKB[0]-m.IdleKB[0])/m.Held)
+				set("kb_per_conn_server", s.Key, (m.LoadedKB[1]-m.IdleKB[1])/m.Held)
+			}
+			checks["held_conns"] = m.Held
+			if m.Held < m.Asked {
+				out.Notes = append(out.Notes, fmt.Sprintf("%s: held %.0f of %.0f idle connections (per-connection memory divides by those held)", s.Label, m.Held, m.Asked))
+			}
+		}
+	}
+
+	for _, f := range figs {
+		f.VsDirect = map[string]*float64{}
+		for _, s := range setups[1:] {
+			f.VsDirect[s.Key] = ratio(f.Values[s.Key], f.Values["direct"])
+		}
+		f.VsPeer = map[string]*float64{}
+		for _, c := range comparisons {
+			if c.HTTPOnly && !f.HTTP {
+				continue
+			}
+			f.VsPeer[c.Key] = ratio(f.Values[c.A], f.Values[c.B])
+		}
+	}
+	out.Figures = figs
+	return out, nil
+}
+
+func ratio(a, b *float64) *float64 {
+	if a == nil || b == nil || *b == 0 {
+		return nil
+	}
+	return num(*a / *b)
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		return "unknown"
+	}
+	str := func(b [65]int8) string {
+		var s []byte
+		for _, c := range b {
+			if c == 0 {
+				break
+			}
+			s = append(s, byte(c))
+		}
+		return string(s)
+	}
+	return str(u.Sysname) + " " + str(u.Release) + " " + str(u.Machine)
+}
+
+func cpuModel() string {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+func cores() int { return runtime.NumCPU() }

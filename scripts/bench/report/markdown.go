@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// markdown renders the page written to docs/bench.md.
+func markdown(o *output) string {
+	var b strings.Builder
+	st := o.Settings
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	p("# meshproxy benchmarks\n\n")
+	p("Written by `make bench` (scripts/bench.sh) on %s: %s, %s, %d cores. ", o.Date, o.Kernel, o.CPU, o.Cores)
+	p("All setups ran one after another in the same run on the same machine; numbers move by several %% between runs on this shared box, so read ratios, not digits.\n\n")
+	p("Two network namespaces (client 198.18.0.1, server 198.18.0.2, one veth). Every proxied setup is a pair with the same two-hop shape: ")
+	p("a proxy in the client namespace, one in the server namespace, the app on 127.0.0.1 behind it. ")
+	p("meshproxy (%v) captures with %s rules and runs with GOMAXPROCS=2; HAProxy %v runs `nbthread 2`; stunnel %v uses a thread per connection. ", st["meshproxy_version"], st["mode"], st["haproxy_version"], st["stunnel_version"])
+	p("mTLS and stunnel: TLS 1.3, both sides present ECDSA P-256 certificates from the same `meshproxy ca` CA.\n\n")
+	p("**HTTP through meshproxy is forwarded as opaque TCP**: `meshproxy run` does not turn on the proxy's HTTP-aware path yet, ")
+	p("so the meshproxy HTTP figures are TCP forwarding of HTTP/1.1 bytes, like the HAProxy TCP pair; the HAProxy HTTP pair parses every request.\n\n")
+
+	p("| figure | unit |")
+	for _, s := range o.Setups {
+		p(" %s |", s.Label)
+	}
+	p("\n|---|---|")
+	for range o.Setups {
+		p("---:|")
+	}
+	p("\n")
+	for _, f := range o.Figures {
+		arrow := "↑"
+		if f.Better == "lower" {
+			arrow = "↓"
+		}
+		p("| %s %s | %s |", f.Label, arrow, f.Unit)
+		for _, s := range o.Setups {
+			p(" %s |", format(f.Values[s.Key]))
+		}
+		p("\n")
+	}
+	p("\n↑ higher is better, ↓ lower is better; n/a: does not apply (no proxy, or iperf3 through an HTTP proxy).\n\n")
+
+	p("## Ratios\n\nEach cell is the first setup's figure divided by the second's (for ↓ figures, below 1 means meshproxy does better).\n\n")
+	p("| figure |")
+	for _, c := range comparisons {
+		p(" %s |", c.Key)
+	}
+	p("\n|---|")
+	for range comparisons {
+		p("---:|")
+	}
+	p("\n")
+	for _, f := range o.Figures {
+		arrow := "↑"
+		if f.Better == "lower" {
+			arrow = "↓"
+		}
+		p("| %s %s |", f.Label, arrow)
+		for _, c := range comparisons {
+			r, ok := f.VsPeer[c.Key]
+			if !ok {
+				p(" |")
+				continue
+			}
+			p(" %s |", formatRatio(r))
+		}
+		p("\n")
+	}
+
+	p("\n## How each figure is measured\n\n")
+	p("- **iperf3**: `iperf3 -c ... -t %v -P 1|8` from the client namespace, receiver throughput.\n", st["iperf_seconds"])
+	p("- **wrk**: `wrk -c %v -t 2 -d %vs --latency` (after a 1 s warm-up) against a small static response (13 bytes) from scripts/bench/httpserver; HTTP/1.1 keep-alive. wrk is closed-loop: its latencies hide queueing.\n", st["concurrency"], st["load_seconds"])
+	p("- **fixed rate**: scripts/bench/loadgen sends %v req/s open-loop for %vs over %v keep-alive connections and measures each request from the time it was scheduled, so stalls count (no coordinated omission). Percentiles from a log-linear histogram (within 0.8%%). Plot: [bench-latency.svg](bench-latency.svg).\n", st["rate"], st["load_seconds"], st["concurrency"])
+	p("- **new connections/s**: scripts/bench/connrate, %v workers for %vs, each connect + one request with `Connection: close` + close (so every hop connects upstream).\n", st["connrate_workers"], st["load_seconds"])
+	p("- **RSS**: VmRSS from /proc/PID/status, of each proxy 1 s after it was ready (idle), and with %v idle keep-alive connections held open for %vs by scripts/bench/holdconns (each made one request first so every hop is connected). A process may open at most 20,000 files here and a proxy holds two per connection, hence %v. Per connection = (loaded − idle) / connections held.\n", st["hold_conns"], st["hold_seconds"], st["hold_conns"])
+	p("- **CPU per GB**: user+system time (/proc/PID/stat, all threads) of both proxies across the iperf3 run, divided by the GB the receiver got.\n")
+	if len(o.Notes) > 0 {
+		p("\n## Notes from this run\n\n")
+		for _, n := range o.Notes {
+			p("- %s\n", n)
+		}
+	}
+	p("\nRaw figures, ratios against direct and against the peers: [bench.json](bench.json). Run took %vs.\n", st["elapsed_s"])
+	return b.String()
+}
+
+// format prints a figure with three significant digits or so.
+func format(v *float64) string {
+	if v == nil {
+		return "n/a"
+	}
+	x := *v
+	switch {
+	case x >= 1000:
+		return fmt.Sprintf("%.0f", x)
+	case x >= 100:
+		return fmt.Sprintf("%.0f", x)
+	case x >= 10:
+		return fmt.Sprintf("%.1f", x)
+	case x >= 1:
+		return fmt.Sprintf("%.2f", x)
+	default:
+		return fmt.Sprintf("%.3f", x)
+	}
+}
+
+func formatRatio(v *float64) string {
+	if v == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f×", *v)
+}
