@@ -214,7 +214,9 @@ func startProxy(t *testing.T, p *netnstest.Pod, mode string, extra ...string) *l
 // startProxyNotReady starts the proxy and waits only for its admin server.
 func startProxyNotReady(t *testing.T, p *netnstest.Pod, mode string, extra ...string) *labProxy {
 	t.Helper()
-	args := append([]string{"run", "--mode", mode, "--log-level", "debug", "--shutdown-grace", "3s"}, extra...)
+	// Pooled upstream connections close after a second idle, so the leak
+	// check (expectBaseline) sees the proxy return to its baseline.
+	args := append([]string{"run", "--mode", mode, "--log-level", "debug", "--shutdown-grace", "3s", "--pool-idle-timeout", "1s"}, extra...)
 	cmd := exec.Command(meshproxyBinary(t), args...)
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs

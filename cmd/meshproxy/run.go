@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"meshproxy/admin"
+	"meshproxy/balancer"
 	"meshproxy/identity"
 	"meshproxy/listener"
 	"meshproxy/proxy"
@@ -52,6 +53,7 @@ type runConfig struct {
 	LogLevel       string
 	LogFormat      string
 	Mesh           meshSettings
+	HTTP           httpSettings
 	// effective is every setting's final value as text, keyed by name;
 	// shown by /debug/state and --check-config.
 	effective map[string]string
@@ -147,6 +149,14 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 			MeshPort:      4143,
 			InboundPolicy: string(proxy.Permissive),
 		},
+		HTTP: httpSettings{
+			Enabled:         true,
+			ResolvConf:      balancer.DefaultResolvConf,
+			LBPolicy:        "p2c",
+			ResponseTimeout: proxy.DefaultResponseHeaderTimeout,
+			PoolIdleTimeout: balancer.DefaultPoolIdleTimeout,
+			PoolMaxLifetime: balancer.DefaultMaxLifetime,
+		},
 	}
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -178,6 +188,13 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.Var(listValue{&m.MeshedCIDRs}, "meshed-cidrs", "destinations always treated as meshed (mTLS, never plaintext)")
 	fs.Var(listValue{&m.UnmeshedCIDRs}, "unmeshed-cidrs", "destinations always sent plain TCP without probing for a proxy")
 	fs.BoolVar(&m.RequireTLS, "outbound-require-tls", false, "refuse outbound connections to destinations that are not meshed")
+	h := &cfg.HTTP
+	fs.BoolVar(&h.Enabled, "http", h.Enabled, "HTTP-aware outbound: read each request's authority, discover its endpoints in DNS and balance over them (off: HTTP is forwarded as opaque TCP)")
+	fs.StringVar(&h.ResolvConf, "resolv-conf", h.ResolvConf, "resolv.conf whose nameservers, search domains and ndots discovery uses")
+	fs.StringVar(&h.LBPolicy, "lb-policy", h.LBPolicy, "endpoint choice: p2c (power of two choices over peak-EWMA latency) or round-robin")
+	fs.DurationVar(&h.ResponseTimeout, "response-timeout", h.ResponseTimeout, "how long to wait for an upstream's response headers before 504")
+	fs.DurationVar(&h.PoolIdleTimeout, "pool-idle-timeout", h.PoolIdleTimeout, "close pooled upstream HTTP connections idle this long")
+	fs.DurationVar(&h.PoolMaxLifetime, "pool-max-lifetime", h.PoolMaxLifetime, "stop reusing an upstream HTTP connection after this long, so load spreads again")
 	return fs, configPath
 }
 
@@ -232,6 +249,9 @@ func (c *runConfig) validate() error {
 	}
 	if c.ShutdownGrace < 0 {
 		return errors.New("shutdown-grace must not be negative")
+	}
+	if err := c.HTTP.validate(); err != nil {
+		return err
 	}
 	return c.Mesh.validate()
 }
@@ -322,12 +342,13 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 	var listeners []boundListener
 	var servers map[proxy.Direction]*proxy.Server
 	var mgr *identity.Manager
+	var bal *balancer.Balancer
 	started := time.Now()
 	opts := admin.Options{
 		Logger:   log,
 		LogLevel: level,
 		Status: func() admin.Status {
-			return statusPage(started, cfg, listeners, servers, mgr)
+			return statusPage(started, cfg, listeners, servers, mgr, bal)
 		},
 	}
 	if cfg.AdminShutdown {
@@ -343,6 +364,20 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		ConnectTimeout: cfg.ConnectTimeout,
 		IdleTimeout:    cfg.IdleTimeout,
 		OpaquePorts:    cfg.OpaquePorts,
+	}
+	if cfg.HTTP.Enabled {
+		var stop func()
+		bal, stop, err = newBalancer(&cfg.HTTP, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		pcfg.HTTP = &proxy.HTTPConfig{
+			Balancer:              bal,
+			ResponseHeaderTimeout: cfg.HTTP.ResponseTimeout,
+			IdleTimeout:           cfg.HTTP.PoolIdleTimeout,
+			MaxLifetime:           cfg.HTTP.PoolMaxLifetime,
+		}
 	}
 	if cfg.Mesh.enabled() {
 		mgr, err = newIdentityManager(&cfg.Mesh, reg, log)
@@ -409,7 +444,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
-	adm.HandleState(func() any { return debugState(cfg, listeners, servers, mgr) })
+	adm.HandleState(func() any { return debugState(cfg, listeners, servers, mgr, bal) })
 	errc := make(chan error, len(listeners)+1)
 	go func() { errc <- adm.Serve(adminL) }()
 	for _, b := range listeners {

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"meshproxy/admin"
+	"meshproxy/balancer"
 	"meshproxy/identity"
 	"meshproxy/proxy"
 )
@@ -27,15 +28,16 @@ type stateCert struct {
 
 // state is the JSON document of /debug/state.
 type state struct {
-	Version         string            `json:"version"`
-	Config          map[string]string `json:"config"`
-	Listeners       []stateListener   `json:"listeners"`
-	OpenConnections map[string]int    `json:"open_connections"`
-	MTLS            bool              `json:"mtls"`
-	Certificate     *stateCert        `json:"certificate,omitempty"`
+	Version         string                  `json:"version"`
+	Config          map[string]string       `json:"config"`
+	Listeners       []stateListener         `json:"listeners"`
+	OpenConnections map[string]int          `json:"open_connections"`
+	MTLS            bool                    `json:"mtls"`
+	Certificate     *stateCert              `json:"certificate,omitempty"`
+	Services        []balancer.ServiceState `json:"services"`
 }
 
-func debugState(cfg runConfig, ls []boundListener, servers map[proxy.Direction]*proxy.Server, mgr *identity.Manager) any {
+func debugState(cfg runConfig, ls []boundListener, servers map[proxy.Direction]*proxy.Server, mgr *identity.Manager, bal *balancer.Balancer) any {
 	st := state{Version: version, Config: cfg.effective, OpenConnections: map[string]int{}, MTLS: mgr != nil}
 	// The token file's path is shown; its content is never read here.
 	for _, b := range ls {
@@ -52,11 +54,14 @@ func debugState(cfg runConfig, ls []boundListener, servers map[proxy.Direction]*
 		id, serial, notAfter := mgr.Current()
 		st.Certificate = &stateCert{Identity: id.String(), Serial: serial, NotAfter: notAfter.UTC()}
 	}
+	if bal != nil {
+		st.Services = bal.Snapshot()
+	}
 	return st
 }
 
 // statusPage gathers what the admin status page shows.
-func statusPage(started time.Time, cfg runConfig, ls []boundListener, servers map[proxy.Direction]*proxy.Server, mgr *identity.Manager) admin.Status {
+func statusPage(started time.Time, cfg runConfig, ls []boundListener, servers map[proxy.Direction]*proxy.Server, mgr *identity.Manager, bal *balancer.Balancer) admin.Status {
 	st := admin.Status{Version: version, Started: started, MTLS: mgr != nil, OpenConnections: map[string]int{}}
 	for _, b := range ls {
 		s := b.l.Stats()
@@ -71,6 +76,18 @@ func statusPage(started time.Time, cfg runConfig, ls []boundListener, servers ma
 	if mgr != nil && mgr.Ready() {
 		id, serial, notAfter := mgr.Current()
 		st.Certificate = &admin.CertStatus{Identity: id.String(), Serial: serial, NotAfter: notAfter}
+	}
+	if bal != nil {
+		for _, svc := range bal.Snapshot() {
+			ss := admin.ServiceStatus{Name: svc.Service}
+			for _, ep := range svc.Endpoints {
+				ss.Endpoints = append(ss.Endpoints, admin.EndpointStatus{
+					Addr: ep.Addr, State: ep.State, InFlight: int(ep.InFlight),
+					EWMA: time.Duration(ep.EWMAMillis * float64(time.Millisecond)),
+				})
+			}
+			st.Services = append(st.Services, ss)
+		}
 	}
 	return st
 }

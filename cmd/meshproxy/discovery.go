@@ -1,0 +1,56 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"meshproxy/balancer"
+)
+
+// httpSettings are the HTTP-aware outbound settings of "meshproxy run".
+type httpSettings struct {
+	Enabled         bool
+	ResolvConf      string
+	LBPolicy        string
+	ResponseTimeout time.Duration
+	PoolIdleTimeout time.Duration
+	PoolMaxLifetime time.Duration
+}
+
+func (h *httpSettings) validate() error {
+	if h.LBPolicy != "p2c" && h.LBPolicy != "round-robin" {
+		return fmt.Errorf("lb-policy %q is neither p2c nor round-robin", h.LBPolicy)
+	}
+	if h.PoolIdleTimeout <= 0 || h.PoolMaxLifetime <= 0 {
+		return fmt.Errorf("pool-idle-timeout and pool-max-lifetime must be positive")
+	}
+	if h.Enabled {
+		if _, err := balancer.ReadResolvConf(h.ResolvConf); err != nil {
+			return fmt.Errorf("resolv-conf: %w (or set http to false)", err)
+		}
+	}
+	return nil
+}
+
+// newBalancer builds discovery and balancing from the settings; stop
+// releases them.
+func newBalancer(h *httpSettings, reg prometheus.Registerer, log *slog.Logger) (*balancer.Balancer, func(), error) {
+	m, err := balancer.NewMetrics(reg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("balancer metrics: %w", err)
+	}
+	r, err := balancer.NewResolver(balancer.ResolverConfig{ResolvConf: h.ResolvConf, Metrics: m})
+	if err != nil {
+		return nil, nil, err
+	}
+	d := balancer.NewDiscovery(r, balancer.DiscoveryConfig{Logger: log})
+	policy := balancer.P2C
+	if h.LBPolicy == "round-robin" {
+		policy = balancer.RoundRobin
+	}
+	b := balancer.New(d, balancer.BalancerConfig{Metrics: m, Service: balancer.ServiceConfig{Policy: policy}})
+	return b, func() { b.Close(); d.Close() }, nil
+}
