@@ -21,9 +21,9 @@
 # docs/bench-latency.svg (written by scripts/bench/report), the table also
 # printed.
 #
-# meshproxy forwards HTTP as opaque TCP here: `meshproxy run` does not turn
-# on the proxy's HTTP-aware path yet, so its HTTP rows measure TCP
-# forwarding of HTTP bytes (the HAProxy http pair parses every request).
+# meshproxy runs with its defaults: the report says whether its HTTP went
+# through the HTTP-aware path (the client proxy counted requests in
+# meshproxy_requests_total) or was forwarded as opaque TCP.
 #
 # Needs root; installs iperf3, stunnel4, haproxy and wrk from Debian when
 # absent. Settings (environment):
@@ -333,6 +333,12 @@ measure() {
 		>"$dir/rate.json" || echo "bench: loadgen $key failed" >&2
 	inns $CLIENT timeout $((D + 30)) "$WORK/connrate" -addr "$web" -duration "${D}s" -workers 8 \
 		>"$dir/connrate.json" || echo "bench: connrate $key failed" >&2
+	if [[ $key == meshproxy* ]]; then
+		# Which path carried the HTTP: the HTTP-aware one counts requests.
+		local reqs
+		reqs=$(inns $CLIENT curl -fs http://127.0.0.1:4191/metrics | awk '/^meshproxy_requests_total/ {s += $NF} END {print s + 0}')
+		printf '{"requests_total":%s}\n' "${reqs:-0}" >"$dir/http.json"
+	fi
 }
 
 started=$(date +%s)

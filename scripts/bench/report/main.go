@@ -72,17 +72,20 @@ type figure struct {
 
 // output is docs/bench.json.
 type output struct {
-	Date     string                                `json:"date"`
-	Kernel   string                                `json:"kernel"`
-	CPU      string                                `json:"cpu"`
-	Cores    int                                   `json:"cores"`
-	Settings map[string]any                        `json:"settings"`
-	Setups   []setup                               `json:"setups"`
-	Figures  []*figure                             `json:"figures"`
-	Curves   map[string][]curvePoint               `json:"fixed_rate_latency_curves"`
-	Checks   map[string]map[string]any             `json:"checks"`
-	Notes    []string                              `json:"notes"`
-	Raw      map[string]map[string]json.RawMessage `json:"raw"`
+	Date     string                    `json:"date"`
+	Kernel   string                    `json:"kernel"`
+	CPU      string                    `json:"cpu"`
+	Cores    int                       `json:"cores"`
+	Settings map[string]any            `json:"settings"`
+	Setups   []setup                   `json:"setups"`
+	Figures  []*figure                 `json:"figures"`
+	Curves   map[string][]curvePoint   `json:"fixed_rate_latency_curves"`
+	Checks   map[string]map[string]any `json:"checks"`
+	// MeshproxyHTTP says how meshproxy carried the HTTP runs: "http-aware"
+	// (requests counted by the client proxy) or "opaque" (forwarded as TCP).
+	MeshproxyHTTP string                                `json:"meshproxy_http"`
+	Notes         []string                              `json:"notes"`
+	Raw           map[string]map[string]json.RawMessage `json:"raw"`
 }
 
 // curvePoint is one percentile of a fixed-rate latency curve (loadgen).
@@ -317,6 +320,20 @@ func build(dir string) (*output, error) {
 			if c.Errors > 0 {
 				out.Notes = append(out.Notes, fmt.Sprintf("%s: %.0f of %.0f new connections failed (first error: %s)", s.Label, c.Errors, c.OK+c.Errors, c.FirstError))
 			}
+		}
+		var h struct {
+			RequestsTotal float64 `json:"requests_total"`
+		}
+		if readJSON(sd, "http.json", &h, raw, &out.Notes) {
+			mode := "opaque"
+			if h.RequestsTotal > 0 {
+				mode = "http-aware"
+			}
+			checks["http_requests_counted"] = h.RequestsTotal
+			if out.MeshproxyHTTP != "" && out.MeshproxyHTTP != mode {
+				mode = "mixed"
+			}
+			out.MeshproxyHTTP = mode
 		}
 		var m memResult
 		if readJSON(sd, "mem.json", &m, raw, &out.Notes) && len(m.IdleKB) == 2 && len(m.LoadedKB) == 2 {

@@ -17,8 +17,16 @@ func markdown(o *output) string {
 	p("a proxy in the client namespace, one in the server namespace, the app on 127.0.0.1 behind it. ")
 	p("meshproxy (%v) captures with %s rules and runs with GOMAXPROCS=2; HAProxy %v runs `nbthread 2`; stunnel %v uses a thread per connection. ", st["meshproxy_version"], st["mode"], st["haproxy_version"], st["stunnel_version"])
 	p("mTLS and stunnel: TLS 1.3, both sides present ECDSA P-256 certificates from the same `meshproxy ca` CA.\n\n")
-	p("**HTTP through meshproxy is forwarded as opaque TCP**: `meshproxy run` does not turn on the proxy's HTTP-aware path yet, ")
-	p("so the meshproxy HTTP figures are TCP forwarding of HTTP/1.1 bytes, like the HAProxy TCP pair; the HAProxy HTTP pair parses every request.\n\n")
+	switch o.MeshproxyHTTP {
+	case "http-aware":
+		p("**HTTP through meshproxy took its HTTP-aware path** (the client-side proxy counted the requests in `meshproxy_requests_total`): ")
+		p("it parses each request and sends it over pooled upstream connections (plaintext: HTTP/1.1 to the server pod; mTLS: HTTP/2 over one multiplexed mTLS connection), as the HAProxy HTTP pair parses each request and reuses server connections. ")
+		p("The HAProxy TCP and stunnel pairs forward the bytes of each client connection on a connection of its own.\n\n")
+	case "opaque":
+		p("**HTTP through meshproxy was forwarded as opaque TCP** (its client-side proxy counted no HTTP requests): the meshproxy HTTP figures are TCP forwarding of HTTP/1.1 bytes, like the HAProxy TCP pair; the HAProxy HTTP pair parses every request.\n\n")
+	default:
+		p("How meshproxy carried the HTTP runs was not recorded (%q).\n\n", o.MeshproxyHTTP)
+	}
 
 	p("| figure | unit |")
 	for _, s := range o.Setups {
@@ -75,6 +83,7 @@ func markdown(o *output) string {
 	p("- **fixed rate**: scripts/bench/loadgen sends %v req/s open-loop for %vs over %v keep-alive connections and measures each request from the time it was scheduled, so stalls count (no coordinated omission). Percentiles from a log-linear histogram (within 0.8%%). Plot: [bench-latency.svg](bench-latency.svg).\n", st["rate"], st["load_seconds"], st["concurrency"])
 	p("- **new connections/s**: scripts/bench/connrate, %v workers for %vs, each connect + one request with `Connection: close` + close (so every hop connects upstream).\n", st["connrate_workers"], st["load_seconds"])
 	p("- **RSS**: VmRSS from /proc/PID/status, of each proxy 1 s after it was ready (idle), and with %v idle keep-alive connections held open for %vs by scripts/bench/holdconns (each made one request first so every hop is connected). A process may open at most 20,000 files here and a proxy holds two per connection, hence %v. Per connection = (loaded − idle) / connections held.\n", st["hold_conns"], st["hold_seconds"], st["hold_conns"])
+	p("  The connections are HTTP keep-alive connections to the HTTP port, so a proxy that pools upstream HTTP connections (HAProxy HTTP; meshproxy when HTTP-aware) holds %v client connections on its client side but only a few upstream, and its server side sees only those few: its server-side per-connection figure is not a per-connection cost.\n", st["hold_conns"])
 	p("- **CPU per GB**: user+system time (/proc/PID/stat, all threads) of both proxies across the iperf3 run, divided by the GB the receiver got.\n")
 	if len(o.Notes) > 0 {
 		p("\n## Notes from this run\n\n")

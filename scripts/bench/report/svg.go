@@ -66,7 +66,7 @@ func plot(o *output) string {
 	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
 	title := fmt.Sprintf("HTTP/1.1 latency at a fixed %v req/s (open loop, %v keep-alive connections, %vs)", o.Settings["rate"], o.Settings["concurrency"], o.Settings["load_seconds"])
 	p(`<text x="%d" y="30" font-size="18" font-weight="bold">%s</text>`+"\n", padL, html.EscapeString(title))
-	p(`<text x="%d" y="52" font-size="13" fill="#444">%s</text>`+"\n", padL, html.EscapeString("latency from each request's scheduled send time; meshproxy forwards HTTP as opaque TCP; "+o.Date))
+	p(`<text x="%d" y="52" font-size="13" fill="#444">%s</text>`+"\n", padL, html.EscapeString("latency from each request's scheduled send time; meshproxy's HTTP path: "+o.MeshproxyHTTP+"; "+o.Date))
 
 	// Grid and axes.
 	for _, t := range yTicks(yLo, yHi) {
