@@ -182,6 +182,13 @@ func (p *Pod) Start(cmd *exec.Cmd) error {
 // usable at once) and brings both ends up.
 func Link(t testing.TB, a, b *Pod, aAddrs, bAddrs []netip.Prefix) {
 	t.Helper()
+	LinkNamed(t, a, b, "eth0", "eth0", aAddrs, bAddrs)
+}
+
+// LinkNamed is Link with the interface names chosen, so one pod can have
+// several links (eth0, eth1, ...).
+func LinkNamed(t testing.TB, a, b *Pod, aName, bName string, aAddrs, bAddrs []netip.Prefix) {
+	t.Helper()
 	ha, err := a.netlink()
 	if err != nil {
 		t.Fatal(err)
@@ -193,24 +200,25 @@ func Link(t testing.TB, a, b *Pod, aAddrs, bAddrs []netip.Prefix) {
 	}
 	defer hb.Close()
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: "eth0"},
-		PeerName:      "eth0",
+		LinkAttrs:     netlink.LinkAttrs{Name: aName},
+		PeerName:      bName,
 		PeerNamespace: netlink.NsFd(b.ns),
 	}
 	if err := ha.LinkAdd(veth); err != nil {
-		t.Fatalf("netnstest: veth %s<->%s: %v", a.Name, b.Name, err)
+		t.Fatalf("netnstest: veth %s:%s<->%s:%s: %v", a.Name, aName, b.Name, bName, err)
 	}
 	type side struct {
 		h     *netlink.Handle
 		addrs []netip.Prefix
 		pod   *Pod
+		name  string
 		link  netlink.Link
 	}
-	sides := []*side{{h: ha, addrs: aAddrs, pod: a}, {h: hb, addrs: bAddrs, pod: b}}
+	sides := []*side{{h: ha, addrs: aAddrs, pod: a, name: aName}, {h: hb, addrs: bAddrs, pod: b, name: bName}}
 	for _, side := range sides {
-		link, err := side.h.LinkByName("eth0")
+		link, err := side.h.LinkByName(side.name)
 		if err != nil {
-			t.Fatalf("netnstest: %s: eth0: %v", side.pod.Name, err)
+			t.Fatalf("netnstest: %s: %s: %v", side.pod.Name, side.name, err)
 		}
 		side.link = link
 		for _, pfx := range side.addrs {
@@ -223,7 +231,7 @@ func Link(t testing.TB, a, b *Pod, aAddrs, bAddrs []netip.Prefix) {
 			}
 		}
 		if err := side.h.LinkSetUp(link); err != nil {
-			t.Fatalf("netnstest: %s: eth0 up: %v", side.pod.Name, err)
+			t.Fatalf("netnstest: %s: %s up: %v", side.pod.Name, side.name, err)
 		}
 	}
 	// Permanent neighbour entries for the peer's addresses: the first
@@ -276,4 +284,15 @@ func randHex(n int) string {
 		panic(err)
 	}
 	return hex.EncodeToString(b)
+}
+
+// ListenPacket opens a packet listener (UDP) inside the pod.
+func (p *Pod) ListenPacket(network, addr string) (net.PacketConn, error) {
+	var c net.PacketConn
+	err := p.Do(func() error {
+		var err error
+		c, err = net.ListenPacket(network, addr)
+		return err
+	})
+	return c, err
 }
