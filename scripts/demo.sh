@@ -61,11 +61,15 @@ cmac=$(ip netns exec $CLIENT cat /sys/class/net/eth0/address)
 smac=$(ip netns exec $SERVER cat /sys/class/net/eth0/address)
 ip -n $CLIENT neigh replace 2001:2::2 lladdr "$smac" dev eth0 nud permanent
 ip -n $SERVER neigh replace 2001:2::1 lladdr "$cmac" dev eth0 nud permanent
-# The client pod's own name lookup (ip netns exec mounts /etc/netns/NAME
-# over /etc): the app resolves my-server-service itself.
+# The client pod's DNS, as in a Kubernetes pod of namespace "demo" (ip
+# netns exec mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf, for
+# the app and its proxy alike). The DNS server itself runs in the server pod.
 mkdir -p /etc/netns/$CLIENT
-printf '127.0.0.1 localhost\n198.18.0.2 my-server-service\n' >/etc/netns/$CLIENT/hosts
-echo "created; veth between them; my-server-service is 198.18.0.2 for the client"
+printf 'nameserver 198.18.0.2\nsearch demo.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n' >/etc/netns/$CLIENT/resolv.conf
+ip netns exec $SERVER "$WORK/demoapp" dns -listen 198.18.0.2:53 \
+	-record my-server-service.demo.svc.cluster.local=198.18.0.2 >"$WORK/dns.log" 2>&1 &
+pids+=($!)
+echo "created; veth between them; DNS in the server pod answers my-server-service.demo.svc.cluster.local"
 
 bold "2. meshproxy init --mode $MODE (native nftables over netlink; first the dry run)"
 # Port 9100 bypasses the mesh on purpose, to show the difference on the wire;
@@ -123,6 +127,9 @@ bold "6. The client calls http://my-server-service:8080 and http://[2001:2::2]:8
 ip netns exec $CLIENT "$WORK/demoapp" get http://my-server-service:8080/hello | sed 's/^/    /'
 ip netns exec $CLIENT "$WORK/demoapp" get 'http://[2001:2::2]:8080/hello-v6' | sed 's/^/    /'
 echo "(the app saw its callers on loopback: the server pod's proxy delivered them, with the caller's identity)"
+echo "the client proxy resolved the name itself and balanced over its endpoints (from /debug/state):"
+ip netns exec $CLIENT "$WORK/demoapp" get http://127.0.0.1:4191/debug/state |
+	sed -n '/"services"/,$p' | grep -E '"(service|addr|state|ewma_ms)"' | sed 's/^ */      /'
 
 bold "7. On the wire: a secret sent through the mesh, then the same through the bypassed port 9100"
 for port in 8080 9100; do
@@ -144,7 +151,7 @@ bold "9. Metrics: connections by TLS state and peer identity, certificate expiry
 for ns in $CLIENT $SERVER; do
 	echo "  $ns:"
 	ip netns exec $ns "$WORK/demoapp" get http://127.0.0.1:4191/metrics |
-		grep -E '^meshproxy_(tcp_open_total|identity_cert_expiration_timestamp_seconds|inbound_authz_allow_total)' |
+		grep -E '^meshproxy_(tcp_open_total|requests_total|identity_cert_expiration_timestamp_seconds|inbound_authz_allow_total|balancer_endpoints)' |
 		grep -v ' 0$' | sed 's/^/    /'
 done
 

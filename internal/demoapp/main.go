@@ -3,11 +3,13 @@
 // caller which address it saw the request come from (and the client
 // identity the mesh vouched for, if any); "get" fetches a URL and prints the
 // status and body; "sniff" watches an interface, like a packet capture, and
-// says whether a marker crossed it in the clear.
+// says whether a marker crossed it in the clear; "dns" is a tiny
+// authoritative DNS server for the demo's cluster names.
 //
 //	demoapp serve -listen 0.0.0.0:8080 -name server
 //	demoapp get http://198.18.0.2:8080/hello
 //	demoapp sniff -i eth0 -marker SECRET -for 3s
+//	demoapp dns -listen 198.18.0.2:53 -record my-server-service.demo.svc.cluster.local=198.18.0.2
 package main
 
 import (
@@ -21,6 +23,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 func main() {
@@ -35,6 +39,8 @@ func main() {
 		os.Exit(get(os.Args[2:]))
 	case "sniff":
 		os.Exit(sniff(os.Args[2:]))
+	case "dns":
+		os.Exit(serveDNS(os.Args[2:]))
 	}
 	fmt.Fprintf(os.Stderr, "demoapp: unknown command %q\n", os.Args[1])
 	os.Exit(2)
@@ -61,6 +67,52 @@ func serve(args []string) int {
 	})
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	if err := srv.Serve(l); err != nil {
+		fmt.Fprintln(os.Stderr, "demoapp:", err)
+		return 1
+	}
+	return 0
+}
+
+// records is a repeatable -record name=ip flag.
+type records map[string][]net.IP
+
+func (r records) String() string { return fmt.Sprint(map[string][]net.IP(r)) }
+
+func (r records) Set(v string) error {
+	name, ip, ok := strings.Cut(v, "=")
+	addr := net.ParseIP(ip)
+	if !ok || addr == nil || addr.To4() == nil {
+		return fmt.Errorf("want name=IPv4, got %q", v)
+	}
+	r[dns.Fqdn(name)] = append(r[dns.Fqdn(name)], addr)
+	return nil
+}
+
+// serveDNS answers A queries for the given records (TTL 5s) and NXDOMAIN
+// for every other name, over UDP, until killed.
+func serveDNS(args []string) int {
+	fs := flag.NewFlagSet("dns", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:53", "UDP address to serve on")
+	recs := records{}
+	fs.Var(recs, "record", "name=IPv4 (repeatable)")
+	fs.Parse(args)
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Authoritative = true
+		name := q.Question[0].Name
+		ips, ok := recs[name]
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+		} else if q.Question[0].Qtype == dns.TypeA {
+			for _, ip := range ips {
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: ip})
+			}
+		}
+		w.WriteMsg(m)
+	})
+	fmt.Printf("demoapp dns on %s serving %v\n", *listen, recs)
+	if err := (&dns.Server{Addr: *listen, Net: "udp", Handler: h}).ListenAndServe(); err != nil {
 		fmt.Fprintln(os.Stderr, "demoapp:", err)
 		return 1
 	}
