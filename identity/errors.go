@@ -29,6 +29,17 @@ var (
 	ErrTrustDomain = errors.New("identity is in another trust domain")
 	// ErrUnexpectedPeer means a peer's identity is not the expected one.
 	ErrUnexpectedPeer = errors.New("peer is not the expected identity")
+
+	// The errors below only ServiceAccount tokens produce; their other
+	// refusals wrap the join-token sentinels above.
+
+	// ErrTokenIssuer means a token was issued by another issuer than the
+	// configured one (another cluster, or a misconfigured --k8s-issuer).
+	ErrTokenIssuer = errors.New("token is from another issuer")
+	// ErrTokenAudience means a token is not meant for this service.
+	ErrTokenAudience = errors.New("token is not for this audience")
+	// ErrTokenNotYetValid means a token's nbf or iat is in the future.
+	ErrTokenNotYetValid = errors.New("token is not valid yet")
 )
 
 // ServiceError is a refusal from the identity service, as seen by a Client.

@@ -42,19 +42,6 @@ const DefaultK8sLeeway = 30 * time.Second
 // maxTokenLen bounds the credential size; Kubernetes tokens are ~1 KiB.
 const maxTokenLen = 16 << 10
 
-// Errors only ServiceAccount tokens produce; the other refusals wrap the
-// join-token sentinels (ErrTokenMalformed, ErrTokenSignature,
-// ErrTokenExpired, ErrTokenIdentity).
-var (
-	// ErrTokenIssuer means a token was issued by another issuer than the
-	// configured one (another cluster, or a misconfigured --k8s-issuer).
-	ErrTokenIssuer = errors.New("token is from another issuer")
-	// ErrTokenAudience means a token is not meant for this service.
-	ErrTokenAudience = errors.New("token is not for this audience")
-	// ErrTokenNotYetValid means a token's nbf or iat is in the future.
-	ErrTokenNotYetValid = errors.New("token is not valid yet")
-)
-
 // k8sTokenError is a refusal of a ServiceAccount token: a clear message
 // of its own, matching a sentinel with errors.Is.
 type k8sTokenError struct {
