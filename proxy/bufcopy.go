@@ -34,37 +34,13 @@ func (s *Server) forwardBuffered(k *conn, a, b halfCloser) error {
 	a.SetDeadline(time.Time{})
 	b.SetDeadline(time.Time{})
 	idle := s.cfg.idleTimeout()
-	var in, out halfState
-	now := time.Now().UnixNano()
-	in.last.Store(now)
-	out.last.Store(now)
-	var once sync.Once
-	var firstErr error
-	fail := func(err error) {
-		once.Do(func() {
-			firstErr = err
-			k.abort()
+	return k.pump(a, b,
+		func(self, other *halfState) error {
+			return bufferedCopy(b, a, self, other, idle, k.m.readBytes, &k.bytesIn)
+		},
+		func(self, other *halfState) error {
+			return bufferedCopy(a, b, self, other, idle, k.m.writeBytes, &k.bytesOut)
 		})
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := bufferedCopy(b, a, &in, &out, idle, k.m.readBytes, &k.bytesIn); err != nil {
-			fail(err)
-			return
-		}
-		b.CloseWrite()
-	}()
-	if err := bufferedCopy(a, b, &out, &in, idle, k.m.writeBytes, &k.bytesOut); err != nil {
-		fail(err)
-	} else {
-		a.CloseWrite()
-	}
-	<-done
-	a.Close()
-	b.Close()
-	once.Do(func() {})
-	return firstErr
 }
 
 // bufferedCopy moves bytes from src to dst through a pooled buffer until

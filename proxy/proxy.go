@@ -488,11 +488,27 @@ func (s *Server) forward(k *conn, up *net.TCPConn, peek, banner []byte) error {
 		}
 	}
 	idle := s.cfg.idleTimeout()
+	return k.pump(c, up,
+		func(self, other *halfState) error {
+			return proxyCopy(up, c, self, other, idle, k.m.readBytes, &k.bytesIn)
+		},
+		func(self, other *halfState) error {
+			return proxyCopy(c, up, self, other, idle, k.m.writeBytes, &k.bytesOut)
+		})
+}
+
+// pump runs the two directions of a connection, client a and upstream b:
+// toB copies a to b and toA copies b to a, each given its own and the other
+// direction's state (for the shared idle check). A direction that ends
+// cleanly half-closes its destination; one that fails aborts the whole
+// connection. When both have ended it closes both conns and returns the
+// error that ended the connection, not the "use of closed connection" the
+// other copier saw afterwards.
+func (k *conn) pump(a, b halfCloser, toB, toA func(self, other *halfState) error) error {
 	var in, out halfState
 	now := time.Now().UnixNano()
 	in.last.Store(now)
 	out.last.Store(now)
-
 	var once sync.Once
 	var firstErr error
 	fail := func(err error) {
@@ -504,22 +520,20 @@ func (s *Server) forward(k *conn, up *net.TCPConn, peek, banner []byte) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := proxyCopy(up, c, &in, &out, idle, k.m.readBytes, &k.bytesIn); err != nil {
+		if err := toB(&in, &out); err != nil {
 			fail(err)
 			return
 		}
-		up.CloseWrite()
+		b.CloseWrite()
 	}()
-	if err := proxyCopy(c, up, &out, &in, idle, k.m.writeBytes, &k.bytesOut); err != nil {
+	if err := toA(&out, &in); err != nil {
 		fail(err)
 	} else {
-		c.CloseWrite()
+		a.CloseWrite()
 	}
 	<-done
-	c.Close()
-	up.Close()
-	// Report the error that ended the connection, not the "use of
-	// closed connection" the other copier saw afterwards.
+	a.Close()
+	b.Close()
 	once.Do(func() {})
 	return firstErr
 }
