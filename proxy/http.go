@@ -1,24 +1,29 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
 
 	"meshproxy/balancer"
+	"meshproxy/identity"
 )
 
 // HTTP-aware outbound defaults.
@@ -89,6 +94,50 @@ type HTTPConfig struct {
 	// certificates are used. Zero means balancer.DefaultMaxLifetime;
 	// negative means no limit.
 	MaxLifetime time.Duration
+
+	// Routes is the traffic policy (timeouts, retries, splits, header
+	// and path matches), read once per request; the binary stores a new
+	// table on reload, and requests in flight keep the one they started
+	// with. Nil, or holding nil, means no routes: every request goes to
+	// its authority as the application wrote it.
+	Routes *atomic.Pointer[RouteTable]
+	// Namespace is the proxy's own namespace (from its identity), used to
+	// expand a short service name (web) as the pod's DNS search list
+	// does. Empty: a short name matches a route only when one service of
+	// the table has that name.
+	Namespace string
+	// RetryBudget bounds the retries of route retry policies per service
+	// (see RetryBudget for its defaults).
+	RetryBudget RetryBudget
+	// MaxConcurrentPerService caps the requests in flight to one service
+	// (the routed service, else host:port as written). Zero or negative
+	// means unlimited.
+	MaxConcurrentPerService int
+	// MaxPendingPerService caps the requests that wait for a slot while a
+	// service is at MaxConcurrentPerService; beyond it a request is
+	// answered at once with 503 and meshproxy-error: overloaded. Zero
+	// means unlimited waiting (bounded by the request's timeout and the
+	// client); negative means none waits: every request beyond
+	// MaxConcurrentPerService gets the 503 at once.
+	MaxPendingPerService int
+	// StreamIdleTimeout ends a response whose body makes no progress for
+	// this long (the client sees the stream reset). Zero or negative
+	// means no limit.
+	StreamIdleTimeout time.Duration
+	// ConnectTimeout bounds connecting (and the mesh handshake) to an
+	// upstream endpoint on the HTTP path, for every service: the Gateway
+	// API has no per-route connect timeout. Zero means Config's
+	// ConnectTimeout.
+	ConnectTimeout time.Duration
+	// TraceSampleRate is the probability, 0 to 1, that a trace the proxy
+	// starts (no valid traceparent came) is marked sampled. A valid
+	// traceparent keeps its own flags.
+	TraceSampleRate float64
+	// AccessLog, when not nil, gets one Info record per request with
+	// trace_id, span_id, client_id, server_id, authority, route, method,
+	// path, status, latency_ms, attempts and bytes (give it a
+	// slog.JSONHandler for JSON lines). Nil means no access log.
+	AccessLog *slog.Logger
 }
 
 func (c HTTPConfig) withDefaults() HTTPConfig {
@@ -122,6 +171,7 @@ func (c HTTPConfig) withDefaults() HTTPConfig {
 	if c.MaxLifetime == 0 {
 		c.MaxLifetime = balancer.DefaultMaxLifetime
 	}
+	c.RetryBudget = c.RetryBudget.withDefaults()
 	return c
 }
 
@@ -145,10 +195,15 @@ type httpRuntime struct {
 	h2c     *rotating[*http2.Transport] // unmeshed h2c
 	mesh    *rotating[*http2.Transport] // meshed: mesh-h2 over mTLS
 	upgrade *http.Transport             // upgrades: a fresh connection each
+
+	budgets *budgets // retry budgets of routed services
+	limit   *limiter // concurrency limits per service
 }
 
 func newHTTPRuntime(s *Server, cfg HTTPConfig) *httpRuntime {
 	h := &httpRuntime{s: s, cfg: cfg.withDefaults()}
+	h.budgets = &budgets{cfg: h.cfg.RetryBudget}
+	h.limit = &limiter{maxActive: h.cfg.MaxConcurrentPerService, maxPending: h.cfg.MaxPendingPerService}
 	life := h.cfg.MaxLifetime
 	h.h1 = newRotating(life, h.newH1, func(t *http.Transport) { t.CloseIdleConnections() })
 	h.h2c = newRotating(life, func() *http2.Transport { return h.newH2(h.dialPlain) }, func(t *http2.Transport) { t.CloseIdleConnections() })
@@ -268,7 +323,7 @@ func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	}
 	base := context.WithValue(k.ctx, reqInfoKey{}, info)
 	idle := s.cfg.idleTimeout()
-	handler := s.instrument(h.rp)
+	handler := s.instrument(h.policy(h.rp))
 	srv := &http.Server{
 		Handler:                      handler,
 		IdleTimeout:                  idle,
@@ -286,7 +341,7 @@ func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	}
 	// HTTP/1: frame checks (smuggling shapes) on the raw bytes.
 	hc.frames = newFrameChecker(h.cfg.MaxHeaderBytes + 4096)
-	srv.Handler = s.instrument(rejectAmbiguous(hc.frames, h.rp))
+	srv.Handler = s.instrument(rejectAmbiguous(hc.frames, h.policy(h.rp)))
 	l := &oneConnListener{c: hc, done: make(chan struct{})}
 	served := make(chan struct{})
 	go func() {
@@ -342,7 +397,7 @@ func (h *httpRuntime) errorResponse(w http.ResponseWriter, r *http.Request, err 
 	switch {
 	case errors.As(err, &he):
 		status, reason = he.status, he.reason
-	case errors.Is(err, errRespTimeout), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, errRespTimeout), errors.Is(err, errTryTimeout), errors.Is(err, context.DeadlineExceeded):
 		status, reason = http.StatusGatewayTimeout, "timeout"
 	case errors.Is(err, errMeshRequired):
 		reason = "not-meshed"
@@ -382,8 +437,10 @@ func splitAuthority(authority string, def uint16) (string, uint16) {
 
 // route chooses where one attempt of a request goes: the original
 // destination (IP literal, name not in DNS, discovery unavailable) or a
-// picked endpoint, which the caller must Release.
-func (h *httpRuntime) route(ctx context.Context, host string, port uint16, orig netip.AddrPort) (netip.AddrPort, *balancer.Endpoint, error) {
+// picked endpoint, which the caller must Release. With strict (host is
+// a split's backend, not what the application named) a name not in DNS
+// is 503 no-endpoints instead.
+func (h *httpRuntime) route(ctx context.Context, host string, port uint16, orig netip.AddrPort, strict bool) (netip.AddrPort, *balancer.Endpoint, error) {
 	if _, err := netip.ParseAddr(host); err == nil || host == "" {
 		return orig, nil, nil
 	}
@@ -394,6 +451,8 @@ func (h *httpRuntime) route(ctx context.Context, host string, port uint16, orig 
 	switch {
 	case err == nil:
 		return ep.Addr(), ep, nil
+	case errors.Is(err, balancer.ErrNotFound) && strict:
+		return netip.AddrPort{}, nil, &httpError{http.StatusServiceUnavailable, "no-endpoints", fmt.Errorf("backend %s: %w", host, err)}
 	case errors.Is(err, balancer.ErrNotFound):
 		return orig, nil, nil
 	case errors.Is(err, balancer.ErrNoEndpoints):
@@ -410,9 +469,9 @@ func (h *httpRuntime) route(ctx context.Context, host string, port uint16, orig 
 // routeAvoiding is route, picking again (a few times) when the pick is
 // an endpoint the request already failed on: a dead endpoint answers
 // fast, so P2C likes it until failure accrual ejects it.
-func (h *httpRuntime) routeAvoiding(ctx context.Context, host string, port uint16, orig netip.AddrPort, failed []netip.AddrPort) (netip.AddrPort, *balancer.Endpoint, error) {
+func (h *httpRuntime) routeAvoiding(ctx context.Context, host string, port uint16, orig netip.AddrPort, strict bool, failed []netip.AddrPort) (netip.AddrPort, *balancer.Endpoint, error) {
 	for try := 0; ; try++ {
-		dst, ep, err := h.route(ctx, host, port, orig)
+		dst, ep, err := h.route(ctx, host, port, orig, strict)
 		if err != nil || ep == nil || try == 4 || !slices.Contains(failed, dst) {
 			return dst, ep, err
 		}
@@ -433,30 +492,84 @@ func idempotent(r *http.Request) bool {
 }
 
 // RoundTrip sends one request (the ReverseProxy's outgoing request) to a
-// picked endpoint, retrying on other picks as HTTPConfig.Retries says.
+// picked endpoint. Without a route retry policy it retries on other
+// picks as HTTPConfig.Retries says; with one, as the policy says, within
+// the service's retry budget, after a jittered backoff.
 func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 	info := infoOf(req)
 	orig := info.k.orig
 	host, port := splitAuthority(req.Host, orig.Port())
+	strict := false
+	p := policyOf(req)
+	var retry *RetryPolicy
+	var tryTimeout time.Duration
+	if p != nil {
+		host, port, strict = p.host, p.port, p.strict
+		if p.rule != nil {
+			retry, tryTimeout = p.rule.Retry, p.rule.Timeouts.BackendRequest
+		}
+	}
 	attempts := 1 + h.cfg.Retries
 	canReplay := idempotent(req)
+	var body []byte
+	if retry != nil {
+		attempts = 1 + max(retry.Attempts, 0)
+		var err error
+		if canReplay, body, err = replayBody(req, retry); err != nil {
+			return nil, err
+		}
+	}
+	// again reports whether attempt i may be followed by another,
+	// taking a retry from the budget under a retry policy.
+	again := func(i int) bool {
+		if i+1 >= attempts {
+			return false
+		}
+		if retry == nil {
+			return true
+		}
+		if !p.budget.withdraw(time.Now()) {
+			h.s.m.budgetOut.WithLabelValues(p.authority).Inc()
+			return false
+		}
+		h.s.m.retries.WithLabelValues(p.authority).Inc()
+		return true
+	}
 	var err error
 	var failed []netip.AddrPort // endpoints this request failed on
 	for i := range attempts {
+		if i > 0 && retry != nil {
+			t := time.NewTimer(backoff(retry.Backoff, i))
+			select {
+			case <-t.C:
+			case <-req.Context().Done():
+				t.Stop()
+				return nil, req.Context().Err()
+			}
+		}
+		if p != nil {
+			p.attempts.Add(1)
+		}
 		var (
 			dst netip.AddrPort
 			ep  *balancer.Endpoint
 		)
-		dst, ep, err = h.routeAvoiding(req.Context(), host, port, orig, failed)
+		dst, ep, err = h.routeAvoiding(req.Context(), host, port, orig, strict, failed)
 		if err != nil {
 			return nil, err
 		}
 		start := time.Now()
 		var resp *http.Response
-		resp, err = h.attempt(req, dst, host, info.appProto)
+		resp, err = h.attempt(req, dst, host, info.appProto, attemptOpts{tryTimeout: tryTimeout, body: body, p: p})
 		if err == nil {
 			if ep != nil {
 				resp.Body = releaseOnEnd(resp, ep, start)
+			}
+			if retry != nil && canReplay && slices.Contains(retry.Codes, resp.StatusCode) && again(i) {
+				h.s.log.Debug("retrying http request", "authority", req.Host, "endpoint", dst.String(), "attempt", i+1, "status", resp.StatusCode)
+				resp.Body.Close()
+				failed = append(failed, dst)
+				continue
 			}
 			return resp, nil
 		}
@@ -471,20 +584,54 @@ func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 		if !canReplay && !errors.As(err, &ce) {
 			return nil, err
 		}
-		if i+1 < attempts {
-			h.s.log.Debug("retrying http request", "authority", req.Host, "endpoint", dst.String(), "attempt", i+1, "error", err)
+		if !again(i) {
+			return nil, err
 		}
+		h.s.log.Debug("retrying http request", "authority", req.Host, "endpoint", dst.String(), "attempt", i+1, "error", err)
 	}
 	return nil, err
 }
 
+// attemptOpts are the route policy's settings of one attempt.
+type attemptOpts struct {
+	tryTimeout time.Duration // bounds the attempt, body included; 0 none
+	body       []byte        // buffered request body to send, nil: req's own
+	p          *reqPolicy    // nil: no policy
+}
+
 // attempt sends req to dst once, over the transport dst calls for.
-func (h *httpRuntime) attempt(req *http.Request, dst netip.AddrPort, host, appProto string) (*http.Response, error) {
+func (h *httpRuntime) attempt(req *http.Request, dst netip.AddrPort, host, appProto string, o attemptOpts) (*http.Response, error) {
 	ctx, cancel := context.WithCancelCause(req.Context())
+	if o.p != nil && h.cfg.AccessLog != nil {
+		p := o.p
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
+			if tc, ok := ci.Conn.(*tls.Conn); ok {
+				if id, err := identity.PeerID(tc.ConnectionState()); err == nil {
+					p.setServerID(id.String())
+				}
+			}
+		}})
+	}
 	out := req.WithContext(ctx)
 	u := *req.URL
 	u.Scheme, u.Host = "http", dst.String()
 	out.URL = &u
+	if o.body != nil {
+		body := o.body
+		out.Body = io.NopCloser(bytes.NewReader(body))
+		out.ContentLength = int64(len(body))
+		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
+	var tryTimer *time.Timer
+	if o.tryTimeout > 0 {
+		tryTimer = time.AfterFunc(o.tryTimeout, func() { cancel(errTryTimeout) })
+	}
+	end := func() {
+		if tryTimer != nil {
+			tryTimer.Stop()
+		}
+		cancel(nil)
+	}
 	var timer *time.Timer
 	if d := h.cfg.ResponseHeaderTimeout; d > 0 {
 		timer = time.AfterFunc(d, func() { cancel(errRespTimeout) })
@@ -494,22 +641,32 @@ func (h *httpRuntime) attempt(req *http.Request, dst netip.AddrPort, host, appPr
 		if resp != nil {
 			resp.Body.Close()
 		}
-		cancel(nil)
+		end()
 		return nil, errRespTimeout
 	}
 	if err != nil {
-		cancel(nil)
-		if c := context.Cause(ctx); errors.Is(c, errRespTimeout) {
+		end()
+		switch c := context.Cause(ctx); {
+		case errors.Is(c, errRespTimeout):
 			return nil, errRespTimeout
+		case errors.Is(c, errTryTimeout):
+			return nil, errTryTimeout
 		}
 		return nil, err
 	}
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
-		// The body is the tunnel; ReverseProxy needs it writable.
-		resp.Body = &tunnelCancelOnClose{ReadWriteCloser: rwc, cancel: func() { cancel(nil) }}
+		// The body is the tunnel; ReverseProxy needs it writable. A
+		// tunnel outlives any per-try timeout.
+		if tryTimer != nil {
+			tryTimer.Stop()
+		}
+		resp.Body = &tunnelCancelOnClose{ReadWriteCloser: rwc, cancel: end}
 		return resp, nil
 	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: func() { cancel(nil) }}
+	if d := h.cfg.StreamIdleTimeout; d > 0 {
+		resp.Body = newIdleBody(resp.Body, d, func() { cancel(errStreamIdle) })
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: end}
 	return resp, nil
 }
 
@@ -565,9 +722,26 @@ func headerHasToken(h http.Header, name, token string) bool {
 
 type dialNameKey struct{}
 
+// connectTimeoutKey carries HTTPConfig.ConnectTimeout to Server.dial and
+// dialMesh, in place of Config's.
+type connectTimeoutKey struct{}
+
+// connectContext bounds a dial (and mesh handshake) by
+// HTTPConfig.ConnectTimeout when it is set.
+func (h *httpRuntime) connectContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := h.cfg.ConnectTimeout
+	if d <= 0 {
+		return ctx, func() {}
+	}
+	ctx = context.WithValue(ctx, connectTimeoutKey{}, d)
+	return context.WithTimeout(ctx, d)
+}
+
 // dialPlain dials addr (an endpoint or original destination) in
 // plaintext.
 func (h *httpRuntime) dialPlain(ctx context.Context, _, addr string) (net.Conn, error) {
+	ctx, cancel := h.connectContext(ctx)
+	defer cancel()
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("dialing %q: %w", addr, err)
@@ -583,6 +757,8 @@ func (h *httpRuntime) dialPlain(ctx context.Context, _, addr string) (net.Conn, 
 // addr's port with protocol proto. A destination found not meshed gives
 // errNotMeshed.
 func (h *httpRuntime) dialMeshConn(ctx context.Context, addr string, proto Protocol) (net.Conn, error) {
+	ctx, cancel := h.connectContext(ctx)
+	defer cancel()
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("dialing %q: %w", addr, err)

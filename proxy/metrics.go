@@ -42,6 +42,9 @@ type Metrics struct {
 	requests      *prometheus.CounterVec
 	responses     *prometheus.CounterVec
 	latency       *prometheus.HistogramVec
+	retries       *prometheus.CounterVec
+	budgetOut     *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
 }
 
 // Values of the classification label of the HTTP response metrics.
@@ -119,6 +122,18 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			// 1ms .. ~65s.
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 17),
 		}, []string{"direction", "authority", "status_code", "classification"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshproxy", Name: "retries_total",
+			Help: "Total HTTP request attempts the outbound proxy sent again under a route's retry policy, by authority.",
+		}, []string{"authority"}),
+		budgetOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshproxy", Name: "retry_budget_exhausted_total",
+			Help: "Total retries a route's policy wanted but the service's retry budget refused, by authority.",
+		}, []string{"authority"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshproxy", Name: "requests_rejected_total",
+			Help: "Total HTTP requests the outbound proxy answered itself without sending them, by authority and reason (overloaded: the service's concurrency limit).",
+		}, []string{"authority", "reason"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -136,7 +151,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.open, m.close, m.openConns, m.readBytes,
 		m.writeBytes, m.duration, m.connectErrors, m.detect,
 		m.authzAllow, m.authzDeny, m.refused, m.meshErrors,
-		m.requests, m.responses, m.latency}
+		m.requests, m.responses, m.latency, m.retries, m.budgetOut, m.rejected}
 }
 
 // dirMetrics are a Metrics for one direction.

@@ -28,6 +28,9 @@ func TestMetricsLint(t *testing.T) {
 	m.requests.WithLabelValues(string(Outbound), "web:8080").Inc()
 	m.responses.WithLabelValues(string(Outbound), "web:8080", "200", classSuccess).Inc()
 	m.latency.WithLabelValues(string(Outbound), "web:8080", "200", classSuccess).Observe(0.01)
+	m.retries.WithLabelValues("web:8080").Inc()
+	m.budgetOut.WithLabelValues("web:8080").Inc()
+	m.rejected.WithLabelValues("web:8080", "overloaded").Inc()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -41,6 +44,8 @@ func TestMetricsLint(t *testing.T) {
 		"meshproxy_inbound_refused_total": true, "meshproxy_outbound_mesh_errors_total": true,
 		"meshproxy_requests_total": true, "meshproxy_responses_total": true,
 		"meshproxy_response_latency_seconds": true,
+		"meshproxy_retries_total":            true, "meshproxy_retry_budget_exhausted_total": true,
+		"meshproxy_requests_rejected_total": true,
 	}
 	for _, mf := range mfs {
 		delete(want, mf.GetName())

@@ -163,7 +163,7 @@ func (s *Server) detectWhileDialing(k *conn, dialc <-chan meshDial, cancelDial c
 func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool) meshDial {
 	ip = ip.Unmap()
 	addr := netip.AddrPortFrom(ip, s.mesh.port)
-	d := net.Dialer{Timeout: s.cfg.connectTimeout()}
+	d := net.Dialer{Timeout: s.connectTimeoutFor(ctx)}
 	raw, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		if !known && ctx.Err() == nil && notListening(err) && s.mesh.cache.SetUnmeshed(ip) {

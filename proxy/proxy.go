@@ -255,12 +255,21 @@ func (s *Server) target(orig netip.AddrPort) netip.AddrPort {
 
 // dial connects to target within the connect timeout.
 func (s *Server) dial(ctx context.Context, target netip.AddrPort) (*net.TCPConn, error) {
-	d := net.Dialer{Timeout: s.cfg.connectTimeout()}
+	d := net.Dialer{Timeout: s.connectTimeoutFor(ctx)}
 	c, err := d.DialContext(ctx, "tcp", target.String())
 	if err != nil {
 		return nil, err
 	}
 	return c.(*net.TCPConn), nil
+}
+
+// connectTimeoutFor is the connect timeout of a dial: the HTTP path's
+// own (HTTPConfig.ConnectTimeout, carried by ctx) or Config's.
+func (s *Server) connectTimeoutFor(ctx context.Context) time.Duration {
+	if d, ok := ctx.Value(connectTimeoutKey{}).(time.Duration); ok && d > 0 {
+		return d
+	}
+	return s.cfg.connectTimeout()
 }
 
 // connectError marks a failure to reach the target.
