@@ -286,7 +286,7 @@ func TestInitCheckAndRemove(t *testing.T) {
 // TestGracefulShutdown: on SIGTERM the proxy stops being ready, lets an
 // open connection finish within the grace period, and exits 0.
 func TestGracefulShutdown(t *testing.T) {
-	l := newLab(t, labOptions{mode: "redirect"})
+	l := newLab(t, labOptions{mode: "redirect", runArgs: []string{"--shutdown-grace", "5s"}})
 	serveTCP(t, l.server, "0.0.0.0:9000", func(c net.Conn) { io.Copy(c, c) })
 	c, err := l.client.Dial("tcp", hostPort(serverV4, 9000), 5*time.Second)
 	if err != nil {

@@ -216,7 +216,7 @@ func startProxyNotReady(t *testing.T, p *netnstest.Pod, mode string, extra ...st
 	t.Helper()
 	// Pooled upstream connections close after a second idle, so the leak
 	// check (expectBaseline) sees the proxy return to its baseline.
-	args := append([]string{"run", "--mode", mode, "--log-level", "debug", "--shutdown-grace", "3s", "--pool-idle-timeout", "1s"}, extra...)
+	args := append([]string{"run", "--mode", mode, "--log-level", "debug", "--shutdown-grace", "1s", "--pool-idle-timeout", "1s"}, extra...)
 	cmd := exec.Command(meshproxyBinary(t), args...)
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
