@@ -80,7 +80,9 @@ func (h *httpRuntime) policy(next http.Handler) http.Handler {
 			if domain == "" {
 				domain = DefaultClusterDomain
 			}
-			p.svc = ServiceKey(sr.Name+"."+sr.Namespace+".svc."+strings.Trim(domain, "."), sr.Port)
+			fqdn := sr.Name + "." + sr.Namespace + ".svc." + strings.Trim(domain, ".")
+			p.svc = ServiceKey(fqdn, sr.Port)
+			p.host = fqdn // the service itself, however the app spelled it
 			p.rule = sr.match(r)
 			if p.rule != nil {
 				be, ok := p.rule.pickBackend()
