@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 PREFIX  ?= /usr/local
 
-.PHONY: all build test test-short demo bench lint fmt clean install uninstall
+.PHONY: all build test test-short deps demo bench lint fmt clean install uninstall
 
 all: build
 
@@ -18,9 +18,13 @@ build:
 # The full suite, as CI runs it: lint, then every test with the race
 # detector (the namespace tests need root), then every benchmark once so
 # they keep compiling and running.
-test: lint
+test: deps lint
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+# Debian packages the tests and the demo use (installed when root).
+deps:
+	./scripts/deps.sh
 
 # Without the race detector, for a quicker local loop.
 test-short:
