@@ -1045,9 +1045,9 @@ type routeWatcher struct {
 	mu      sync.Mutex // serialises loads and applies
 	current *proxy.RouteTable
 
-	reloads     prometheus.Counter
-	errors      prometheus.Counter
-	lastSuccess prometheus.Gauge
+	reloads      prometheus.Counter
+	reloadErrors prometheus.Counter
+	lastSuccess  prometheus.Gauge
 }
 
 // newRouteWatcher starts watching path (a routes file or directory, as
@@ -1055,8 +1055,10 @@ type routeWatcher struct {
 // returned: a proxy should not start on routes it cannot read. reg (nil:
 // none) receives meshproxy_routes_reloads_total,
 // meshproxy_routes_reload_errors_total and
-// meshproxy_routes_last_reload_success_timestamp_seconds. Run must be
-// called to follow changes and to release the watch.
+// meshproxy_routes_last_reload_success_timestamp_seconds. apply (nil:
+// none) is called with each new table, one at a time and in order, with
+// the watcher's lock held; it should swap the table in and return. Run
+// must be called to follow changes and to release the watch.
 func newRouteWatcher(path, clusterDomain string, apply func(*proxy.RouteTable), reg prometheus.Registerer, log *slog.Logger) (*routeWatcher, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -1067,7 +1069,7 @@ func newRouteWatcher(path, clusterDomain string, apply func(*proxy.RouteTable), 
 			Name: "meshproxy_routes_reloads_total",
 			Help: "Successful reloads of the routes file (after the initial load).",
 		}),
-		errors: prometheus.NewCounter(prometheus.CounterOpts{
+		reloadErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshproxy_routes_reload_errors_total",
 			Help: "Reloads of the routes file refused because it was invalid; the previous routes stayed in force.",
 		}),
@@ -1111,7 +1113,7 @@ func newRouteWatcher(path, clusterDomain string, apply func(*proxy.RouteTable), 
 		return nil, err
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{w.reloads, w.errors, w.lastSuccess} {
+		for _, c := range []prometheus.Collector{w.reloads, w.reloadErrors, w.lastSuccess} {
 			if err := reg.Register(c); err != nil {
 				w.fsw.Close()
 				return nil, fmt.Errorf("routes: registering metrics: %w", err)
@@ -1142,7 +1144,7 @@ func (w *routeWatcher) Reload() error {
 	defer w.mu.Unlock()
 	t, err := loadRoutes(w.path, w.clusterDomain)
 	if err != nil {
-		w.errors.Inc()
+		w.reloadErrors.Inc()
 		w.log.Error("routes: new routes refused, the previous routes stay in force", "path", w.path, "err", err)
 		return err
 	}

@@ -56,7 +56,7 @@ func TestLoadRoutesExample(t *testing.T) {
 	want := &proxy.RouteTable{ClusterDomain: "cluster.local", Services: map[string]*proxy.ServiceRoutes{
 		"web.demo.svc.cluster.local:8080": {
 			Name: "web", Namespace: "demo", Port: 8080,
-			Source: path + ", document 2, HTTPRoute demo/web-split",
+			Source: path + ", document 1, HTTPRoute demo/web-split",
 			Rules: []proxy.RouteRule{
 				{Name: "canary", Matches: []proxy.RouteMatch{{Path: prefix("/"), Headers: []proxy.HeaderMatch{{Name: "x-canary", Value: "true"}}}}, Backends: canary},
 				{
@@ -72,7 +72,7 @@ func TestLoadRoutesExample(t *testing.T) {
 		},
 		"api.demo.svc.cluster.local:0": {
 			Name: "api", Namespace: "demo",
-			Source: path + ", document 3, HTTPRoute demo/api",
+			Source: path + ", document 2, HTTPRoute demo/api",
 			Rules: []proxy.RouteRule{
 				{Name: "rule-1", Matches: []proxy.RouteMatch{{Path: exact("/healthz")}}, Timeouts: proxy.RouteTimeouts{Request: 500 * time.Millisecond}},
 				{
@@ -429,9 +429,9 @@ func (h *watchHarness) noApply(t *testing.T) {
 func (h *watchHarness) waitErrors(t *testing.T, n float64) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(h.w.errors) < n {
+	for testutil.ToFloat64(h.w.reloadErrors) < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("reload errors = %v; want %v", testutil.ToFloat64(h.w.errors), n)
+			t.Fatalf("reload errors = %v; want %v", testutil.ToFloat64(h.w.reloadErrors), n)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -570,11 +570,11 @@ func TestRouteWatcherReload(t *testing.T) {
 
 	writeFile(t, path, splitRoute(1, 2)+"    filters: []\n    sessionPersistence: {sessionName: x}\n")
 	err := h.w.Reload()
-	if err == nil || !strings.Contains(err.Error(), "line 10: rules[0].sessionPersistence: not supported") {
+	if err == nil || !strings.Contains(err.Error(), "line 11: rules[0].sessionPersistence: not supported") {
 		t.Errorf("Reload error = %v; want the sessionPersistence error with its line", err)
 	}
 	h.noApply(t)
-	if got := testutil.ToFloat64(h.w.errors); got != 1 {
+	if got := testutil.ToFloat64(h.w.reloadErrors); got != 1 {
 		t.Errorf("reload errors = %v; want 1", got)
 	}
 	if got := testutil.ToFloat64(h.w.reloads); got != 2 {
@@ -607,7 +607,7 @@ func TestRouteMetricsLint(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "routes.yaml")
 	writeFile(t, path, splitRoute(90, 10))
 	h := newWatchHarness(t, path, false)
-	h.w.errors.Inc()
+	h.w.reloadErrors.Inc()
 	mfs, err := h.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
