@@ -103,20 +103,23 @@ func (h *httpRuntime) policy(next http.Handler) http.Handler {
 			}
 		}
 		ctx := r.Context()
-		release, err := h.limit.acquire(ctx, p.svc)
-		if err != nil {
-			if errors.Is(err, errOverloaded) {
-				h.s.m.rejected.WithLabelValues(p.authority, "overloaded").Inc()
-			}
-			h.errorResponse(w, r, &httpError{http.StatusServiceUnavailable, "overloaded", err})
-			return
-		}
-		defer release()
 		if p.rule != nil && p.rule.Timeouts.Request > 0 {
+			// The request timeout bounds everything, waiting for a slot
+			// included.
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, p.rule.Timeouts.Request)
 			defer cancel()
 		}
+		release, err := h.limit.acquire(ctx, p.svc)
+		if err != nil {
+			if errors.Is(err, errOverloaded) {
+				h.s.m.rejected.WithLabelValues(p.authority, "overloaded").Inc()
+				err = &httpError{http.StatusServiceUnavailable, "overloaded", err}
+			}
+			h.errorResponse(w, r, err) // else the deadline (504) or the client gone
+			return
+		}
+		defer release()
 		ctx = context.WithValue(ctx, reqPolicyKey{}, p)
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
