@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"meshproxy/balancer"
+	"meshproxy/identity"
 )
 
 // httpSettings are the HTTP-aware outbound settings of "meshproxy run".
@@ -18,11 +19,42 @@ type httpSettings struct {
 	ResponseTimeout time.Duration
 	PoolIdleTimeout time.Duration
 	PoolMaxLifetime time.Duration
+
+	Routes                  string
+	ClusterDomain           string
+	Namespace               string
+	RetryBudgetRatio        float64
+	RetryBudgetMinPerSecond int
+	MaxConcurrent           int
+	MaxPending              int
+	TraceSampleRate         float64
+	AccessLog               bool
+}
+
+// namespace is the workload's namespace: the setting, else the namespace
+// of its SPIFFE identity, else "default".
+func (h *httpSettings) namespace(identityID string) string {
+	if h.Namespace != "" {
+		return h.Namespace
+	}
+	if id, err := identity.ParseID(identityID); err == nil {
+		return id.Namespace
+	}
+	return "default"
 }
 
 func (h *httpSettings) validate() error {
 	if h.LBPolicy != "p2c" && h.LBPolicy != "round-robin" {
 		return fmt.Errorf("lb-policy %q is neither p2c nor round-robin", h.LBPolicy)
+	}
+	if h.Routes != "" && !h.Enabled {
+		return fmt.Errorf("routes need the HTTP-aware outbound: set http to true")
+	}
+	if h.TraceSampleRate < 0 || h.TraceSampleRate > 1 {
+		return fmt.Errorf("trace-sample-rate %v is not between 0 and 1", h.TraceSampleRate)
+	}
+	if h.RetryBudgetRatio < 0 || h.RetryBudgetMinPerSecond < 0 || h.MaxConcurrent < 0 || h.MaxPending < -1 {
+		return fmt.Errorf("retry-budget-*, max-concurrent-per-service must not be negative; max-pending-per-service is -1 or more")
 	}
 	if h.PoolIdleTimeout <= 0 || h.PoolMaxLifetime <= 0 {
 		return fmt.Errorf("pool-idle-timeout and pool-max-lifetime must be positive")

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -150,12 +151,15 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 			InboundPolicy: string(proxy.Permissive),
 		},
 		HTTP: httpSettings{
-			Enabled:         true,
-			ResolvConf:      balancer.DefaultResolvConf,
-			LBPolicy:        "p2c",
-			ResponseTimeout: proxy.DefaultResponseHeaderTimeout,
-			PoolIdleTimeout: balancer.DefaultPoolIdleTimeout,
-			PoolMaxLifetime: balancer.DefaultMaxLifetime,
+			Enabled:                 true,
+			ResolvConf:              balancer.DefaultResolvConf,
+			LBPolicy:                "p2c",
+			ResponseTimeout:         proxy.DefaultResponseHeaderTimeout,
+			PoolIdleTimeout:         balancer.DefaultPoolIdleTimeout,
+			PoolMaxLifetime:         balancer.DefaultMaxLifetime,
+			ClusterDomain:           proxy.DefaultClusterDomain,
+			RetryBudgetRatio:        proxy.DefaultRetryRatio,
+			RetryBudgetMinPerSecond: proxy.DefaultRetryMinPerSecond,
 		},
 	}
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
@@ -195,6 +199,15 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.DurationVar(&h.ResponseTimeout, "response-timeout", h.ResponseTimeout, "how long to wait for an upstream's response headers before 504")
 	fs.DurationVar(&h.PoolIdleTimeout, "pool-idle-timeout", h.PoolIdleTimeout, "close pooled upstream HTTP connections idle this long")
 	fs.DurationVar(&h.PoolMaxLifetime, "pool-max-lifetime", h.PoolMaxLifetime, "stop reusing an upstream HTTP connection after this long, so load spreads again")
+	fs.StringVar(&h.Routes, "routes", "", "file or directory of Gateway API HTTPRoute documents (timeouts, retries, splits, header matches); reloaded on change and on SIGHUP")
+	fs.StringVar(&h.ClusterDomain, "cluster-domain", h.ClusterDomain, "DNS suffix of service names (<name>.<namespace>.svc.<cluster-domain>)")
+	fs.StringVar(&h.Namespace, "namespace", "", "this workload's namespace, to expand short service names in routes (default: the namespace of identity, else default)")
+	fs.Float64Var(&h.RetryBudgetRatio, "retry-budget-ratio", h.RetryBudgetRatio, "retries allowed per service as a share of its requests")
+	fs.IntVar(&h.RetryBudgetMinPerSecond, "retry-budget-min-per-second", h.RetryBudgetMinPerSecond, "retries allowed per service per second whatever the traffic")
+	fs.IntVar(&h.MaxConcurrent, "max-concurrent-per-service", 0, "requests in flight per service before new ones wait (0: no limit)")
+	fs.IntVar(&h.MaxPending, "max-pending-per-service", 0, "requests that may wait for a slot per service; beyond it a fast 503 (0: no limit, -1: none may wait)")
+	fs.Float64Var(&h.TraceSampleRate, "trace-sample-rate", 0, "share of requests without a traceparent that start a sampled trace (0-1)")
+	fs.BoolVar(&h.AccessLog, "access-log", false, "write one JSON access log line per request (trace id, identities, route, status, latency)")
 	return fs, configPath
 }
 
@@ -297,10 +310,11 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// handleHangups answers SIGHUP (systemctl reload) until ctx ends. Nothing
-// in this version's settings can change without a restart, so a reload
-// only says so; without this handler SIGHUP would kill the proxy.
-func handleHangups(ctx context.Context, log *slog.Logger) {
+// handleHangups answers SIGHUP (systemctl reload) until ctx ends: it
+// reloads the routes (a bad file is refused and the old routes keep
+// running; the watcher logs and counts it). Other settings change with a
+// restart. Without this handler SIGHUP would kill the proxy.
+func handleHangups(ctx context.Context, routes *routeWatcher, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -312,7 +326,11 @@ func handleHangups(ctx context.Context, log *slog.Logger) {
 			if err := notifyReloading(); err != nil {
 				log.Warn("telling systemd we reload", "err", err)
 			}
-			log.Info("SIGHUP: nothing to reload; settings change with a restart")
+			if routes == nil {
+				log.Info("SIGHUP: no routes to reload; other settings change with a restart")
+			} else if err := routes.Reload(); err == nil {
+				log.Info("SIGHUP: routes reloaded; other settings change with a restart")
+			}
 			if err := notifyReady(); err != nil {
 				log.Warn("telling systemd we are ready", "err", err)
 			}
@@ -343,6 +361,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 	var servers map[proxy.Direction]*proxy.Server
 	var mgr *identity.Manager
 	var bal *balancer.Balancer
+	var routes *routeWatcher
 	started := time.Now()
 	opts := admin.Options{
 		Logger:   log,
@@ -373,10 +392,27 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		}
 		defer stop()
 		pcfg.HTTP = &proxy.HTTPConfig{
-			Balancer:              bal,
-			ResponseHeaderTimeout: cfg.HTTP.ResponseTimeout,
-			IdleTimeout:           cfg.HTTP.PoolIdleTimeout,
-			MaxLifetime:           cfg.HTTP.PoolMaxLifetime,
+			Balancer:                bal,
+			ResponseHeaderTimeout:   cfg.HTTP.ResponseTimeout,
+			IdleTimeout:             cfg.HTTP.PoolIdleTimeout,
+			MaxLifetime:             cfg.HTTP.PoolMaxLifetime,
+			Namespace:               cfg.HTTP.namespace(cfg.Mesh.Identity),
+			RetryBudget:             proxy.RetryBudget{Ratio: cfg.HTTP.RetryBudgetRatio, MinPerSecond: cfg.HTTP.RetryBudgetMinPerSecond},
+			MaxConcurrentPerService: cfg.HTTP.MaxConcurrent,
+			MaxPendingPerService:    cfg.HTTP.MaxPending,
+			TraceSampleRate:         cfg.HTTP.TraceSampleRate,
+		}
+		if cfg.HTTP.AccessLog {
+			pcfg.HTTP.AccessLog = slog.New(slog.NewJSONHandler(logw, nil)).With("log", "access")
+		}
+		if cfg.HTTP.Routes != "" {
+			table := new(atomic.Pointer[proxy.RouteTable])
+			routes, err = newRouteWatcher(cfg.HTTP.Routes, cfg.HTTP.ClusterDomain, table.Store, reg, log)
+			if err != nil {
+				return fmt.Errorf("routes: %w", err)
+			}
+			go routes.Run(ctx)
+			pcfg.HTTP.Routes = table
 		}
 	}
 	if cfg.Mesh.enabled() {
@@ -444,7 +480,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
-	adm.HandleState(func() any { return debugState(cfg, listeners, servers, mgr, bal) })
+	adm.HandleState(func() any { return debugState(cfg, listeners, servers, mgr, bal, routes) })
 	errc := make(chan error, len(listeners)+1)
 	go func() { errc <- adm.Serve(adminL) }()
 	for _, b := range listeners {
@@ -469,7 +505,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		go watchIdentity(ctx, mgr, func(bool) { markReady() }, log)
 	}
 	go runWatchdog(ctx, log)
-	go handleHangups(ctx, log)
+	go handleHangups(ctx, routes, log)
 
 	var runErr error
 	select {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"sort"
 	"time"
 
 	"meshproxy/admin"
@@ -19,6 +20,13 @@ type stateListener struct {
 	AcceptErrors  uint64 `json:"accept_errors"`
 }
 
+// stateRoute summarises the routes in force for one service.
+type stateRoute struct {
+	Service string `json:"service"`
+	Rules   int    `json:"rules"`
+	Source  string `json:"source"`
+}
+
 // stateCert describes the current certificate; never the key.
 type stateCert struct {
 	Identity string    `json:"identity"`
@@ -35,9 +43,10 @@ type state struct {
 	MTLS            bool                    `json:"mtls"`
 	Certificate     *stateCert              `json:"certificate,omitempty"`
 	Services        []balancer.ServiceState `json:"services"`
+	Routes          []stateRoute            `json:"routes,omitempty"`
 }
 
-func debugState(cfg runConfig, ls []boundListener, servers map[proxy.Direction]*proxy.Server, mgr *identity.Manager, bal *balancer.Balancer) any {
+func debugState(cfg runConfig, ls []boundListener, servers map[proxy.Direction]*proxy.Server, mgr *identity.Manager, bal *balancer.Balancer, routes *routeWatcher) any {
 	st := state{Version: version, Config: cfg.effective, OpenConnections: map[string]int{}, MTLS: mgr != nil}
 	// The token file's path is shown; its content is never read here.
 	for _, b := range ls {
@@ -56,6 +65,14 @@ func debugState(cfg runConfig, ls []boundListener, servers map[proxy.Direction]*
 	}
 	if bal != nil {
 		st.Services = bal.Snapshot()
+	}
+	if routes != nil {
+		if t := routes.Table(); t != nil {
+			for key, sr := range t.Services {
+				st.Routes = append(st.Routes, stateRoute{Service: key, Rules: len(sr.Rules), Source: sr.Source})
+			}
+			sort.Slice(st.Routes, func(i, j int) bool { return st.Routes[i].Service < st.Routes[j].Service })
+		}
 	}
 	return st
 }
