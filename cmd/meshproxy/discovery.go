@@ -28,6 +28,7 @@ type httpSettings struct {
 	MaxConcurrent           int
 	MaxPending              int
 	TraceSampleRate         float64
+	StreamIdleTimeout       time.Duration
 	AccessLog               bool
 }
 
@@ -55,6 +56,9 @@ func (h *httpSettings) validate() error {
 	}
 	if h.RetryBudgetRatio < 0 || h.RetryBudgetMinPerSecond < 0 || h.MaxConcurrent < 0 || h.MaxPending < -1 {
 		return fmt.Errorf("retry-budget-*, max-concurrent-per-service must not be negative; max-pending-per-service is -1 or more")
+	}
+	if h.StreamIdleTimeout < 0 {
+		return fmt.Errorf("stream-idle-timeout must not be negative")
 	}
 	if h.PoolIdleTimeout <= 0 || h.PoolMaxLifetime <= 0 {
 		return fmt.Errorf("pool-idle-timeout and pool-max-lifetime must be positive")

@@ -207,6 +207,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.IntVar(&h.MaxConcurrent, "max-concurrent-per-service", 0, "requests in flight per service before new ones wait (0: no limit)")
 	fs.IntVar(&h.MaxPending, "max-pending-per-service", 0, "requests that may wait for a slot per service; beyond it a fast 503 (0: no limit, -1: none may wait)")
 	fs.Float64Var(&h.TraceSampleRate, "trace-sample-rate", 0, "share of requests without a traceparent that start a sampled trace (0-1)")
+	fs.DurationVar(&h.StreamIdleTimeout, "stream-idle-timeout", 0, "cut a response stream that moves no bytes for this long (0: never)")
 	fs.BoolVar(&h.AccessLog, "access-log", false, "write one JSON access log line per request (trace id, identities, route, status, latency)")
 	return fs, configPath
 }
@@ -401,6 +402,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 			MaxConcurrentPerService: cfg.HTTP.MaxConcurrent,
 			MaxPendingPerService:    cfg.HTTP.MaxPending,
 			TraceSampleRate:         cfg.HTTP.TraceSampleRate,
+			StreamIdleTimeout:       cfg.HTTP.StreamIdleTimeout,
 		}
 		if cfg.HTTP.AccessLog {
 			pcfg.HTTP.AccessLog = slog.New(slog.NewJSONHandler(logw, nil)).With("log", "access")
