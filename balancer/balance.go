@@ -122,6 +122,9 @@ type Service struct {
 
 	lastUsed atomic.Int64           // unix nanos of the last Pick, for Balancer
 	answer   atomic.Pointer[Answer] // the DNS answer eps came from, for Balancer
+	// answerMu serializes Balancer's updates from DNS answers, so an
+	// answer is published only after its endpoints are in place.
+	answerMu sync.Mutex
 }
 
 // NewService returns a Service with no endpoints.

@@ -82,13 +82,15 @@ func (b *Balancer) Pick(ctx context.Context, host string, port uint16) (*Endpoin
 }
 
 // updateFrom sets s's endpoints from ans, unless a newer answer got there
-// first.
+// first. The answer is recorded only once its endpoints are in place: a
+// concurrent Pick that finds the answer recorded must also find the
+// endpoints (otherwise the first requests to a new service could see an
+// empty set and fail with ErrNoEndpoints).
 func (b *Balancer) updateFrom(s *Service, ans *Answer) {
+	s.answerMu.Lock()
+	defer s.answerMu.Unlock()
 	old := s.answer.Load()
-	if old != nil && old.Expires.After(ans.Expires) {
-		return
-	}
-	if !s.answer.CompareAndSwap(old, ans) {
+	if old == ans || old != nil && old.Expires.After(ans.Expires) {
 		return
 	}
 	addrs := make([]netip.AddrPort, len(ans.Addrs))
@@ -96,6 +98,7 @@ func (b *Balancer) updateFrom(s *Service, ans *Answer) {
 		addrs[i] = netip.AddrPortFrom(a, s.port)
 	}
 	s.Update(addrs)
+	s.answer.Store(ans)
 }
 
 // Service returns the service for (name, port), creating it empty. Use it

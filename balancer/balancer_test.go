@@ -143,3 +143,36 @@ func TestMetricsLint(t *testing.T) {
 		t.Error("NewMetrics twice on one registry: err = nil; want a duplicate registration error")
 	}
 }
+
+// TestBalancerConcurrentFirstPicks: many requests for a service nobody has
+// asked for yet, at the same moment, all get an endpoint. (The answer used
+// to be published before its endpoints, so a concurrent Pick could find an
+// empty set: ErrNoEndpoints, a 503 for the first requests of a canary.)
+func TestBalancerConcurrentFirstPicks(t *testing.T) {
+	t.Parallel()
+	s := newTestDNS(t)
+	s.set(webFQDN, 0, "198.18.0.1", "198.18.0.2")
+	for round := range 30 {
+		d := newTestDiscovery(t, s, 200*time.Millisecond, DiscoveryConfig{})
+		b := New(d, BalancerConfig{})
+		start := make(chan struct{})
+		errs := make(chan error, 32)
+		for range 32 {
+			go func() {
+				<-start
+				ep, err := b.Pick(context.Background(), "web", 8080)
+				if err == nil {
+					ep.Release(nil, time.Millisecond)
+				}
+				errs <- err
+			}()
+		}
+		close(start)
+		for range 32 {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: a concurrent first Pick failed: %v", round, err)
+			}
+		}
+		b.Close()
+	}
+}

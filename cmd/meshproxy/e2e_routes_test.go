@@ -157,12 +157,12 @@ func TestTrafficPolicy(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for j := 0; j < n/4; j++ {
-					code, body, _, err := do("GET", "/", nil)
+					code, body, hdr, err := do("GET", "/", nil)
 					mu.Lock()
 					if err != nil || code != 200 {
 						failed++
 						if failed <= 3 {
-							t.Logf("request failed: %d %q %v", code, body, err)
+							t.Logf("request failed: %d %q meshproxy-error=%q %v", code, body, hdr.Get("meshproxy-error"), err)
 						}
 					} else {
 						counts[body]++
