@@ -327,7 +327,7 @@ func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	srv := &http.Server{
 		Handler:                      handler,
 		IdleTimeout:                  idle,
-		ReadHeaderTimeout:            idle,
+		ReadHeaderTimeout:            s.cfg.headerTimeout(),
 		MaxHeaderBytes:               h.cfg.MaxHeaderBytes,
 		DisableGeneralOptionsHandler: true,
 		ErrorLog:                     log.New(io.Discard, "", 0),

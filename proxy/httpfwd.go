@@ -80,7 +80,7 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 	srv := &http.Server{
 		Handler:                      rp,
 		IdleTimeout:                  idle,
-		ReadHeaderTimeout:            idle,
+		ReadHeaderTimeout:            s.cfg.headerTimeout(),
 		DisableGeneralOptionsHandler: true,
 		ErrorLog:                     log.New(io.Discard, "", 0),
 	}

@@ -53,6 +53,10 @@ type Config struct {
 	// Zero means 1s. When it passes with nothing read (and the server has
 	// not spoken first), the connection is forwarded opaquely.
 	DetectTimeout time.Duration
+	// HeaderTimeout bounds how long an HTTP client may take to send a
+	// request's headers once it has started one (slowloris); the idle time
+	// between keep-alive requests is IdleTimeout's. Zero means 10s.
+	HeaderTimeout time.Duration
 	// ConnectTimeout bounds dialing the target. Zero means 3s.
 	ConnectTimeout time.Duration
 	// IdleTimeout closes a connection with no bytes in either direction
@@ -77,6 +81,13 @@ type Config struct {
 	// an inbound Server, which always serves the mesh-h2 connections such
 	// an outbound proxy sends.
 	HTTP *HTTPConfig
+}
+
+func (c *Config) headerTimeout() time.Duration {
+	if c.HeaderTimeout <= 0 {
+		return 10 * time.Second
+	}
+	return c.HeaderTimeout
 }
 
 func (c *Config) detectTimeout() time.Duration {

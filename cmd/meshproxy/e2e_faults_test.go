@@ -200,12 +200,12 @@ func TestFaultManyIdleConnections(t *testing.T) {
 
 // TestFaultSlowloris: 50 connections that send one header byte every
 // 200 ms and never finish do not stop ordinary requests, and the client
-// proxy cuts them once its header timeout passes. That timeout is the
-// proxy's --idle-timeout (http.Server.ReadHeaderTimeout = IdleTimeout,
-// one hour by default); the lab sets 3s to see the cut.
+// proxy cuts them once its header timeout passes (--header-timeout, 10s by
+// default, separate from the one-hour idle timeout); the lab sets 3s to
+// see the cut.
 func TestFaultSlowloris(t *testing.T) {
 	const slow, normal = 50, 50
-	l := faultLab(t, nil, "--idle-timeout", "3s")
+	l := faultLab(t, nil, "--header-timeout", "3s")
 	check := baselines(t, l)
 	serveHTTP(t, l.server, "0.0.0.0:8080")
 	url := "http://" + hostPort(serverV4, 8080) + "/"
@@ -272,7 +272,7 @@ func TestFaultSlowloris(t *testing.T) {
 	}
 	t.Logf("slowloris: %d of %d slow connections cut by the proxy after %v", cut.Load(), slow, time.Since(start).Round(100*time.Millisecond))
 	if cut.Load() < slow {
-		t.Errorf("%d of %d slow connections still open after %v with --idle-timeout 3s: no header timeout",
+		t.Errorf("%d of %d slow connections still open after %v with --header-timeout 3s: no header timeout",
 			slow-cut.Load(), slow, time.Since(start).Round(time.Second))
 	}
 	close(stop)

@@ -48,6 +48,7 @@ type runConfig struct {
 	IPv6           bool
 	DetectTimeout  time.Duration
 	ConnectTimeout time.Duration
+	HeaderTimeout  time.Duration
 	IdleTimeout    time.Duration
 	OpaquePorts    []uint16
 	ShutdownGrace  time.Duration
@@ -141,6 +142,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 		IPv6:           true,
 		DetectTimeout:  time.Second,
 		ConnectTimeout: 3 * time.Second,
+		HeaderTimeout:  10 * time.Second,
 		IdleTimeout:    time.Hour,
 		OpaquePorts:    append([]uint16(nil), proxy.DefaultOpaquePorts...),
 		ShutdownGrace:  30 * time.Second,
@@ -174,6 +176,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.BoolVar(&cfg.IPv6, "ipv6", cfg.IPv6, "also listen on the IPv6 addresses of the listener lists")
 	fs.DurationVar(&cfg.DetectTimeout, "detect-timeout", cfg.DetectTimeout, "how long to wait for a client's first bytes before forwarding as opaque TCP")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "timeout for connecting upstream")
+	fs.DurationVar(&cfg.HeaderTimeout, "header-timeout", cfg.HeaderTimeout, "how long an HTTP client may take to send a request's headers (slowloris guard)")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "close a connection idle in both directions this long (negative: never)")
 	fs.Var(portsValue{&cfg.OpaquePorts}, "opaque-ports", "ports forwarded as opaque TCP without protocol detection (server-speaks-first protocols)")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "on SIGTERM, how long open connections may drain before they are closed")
@@ -258,8 +261,8 @@ func (c *runConfig) validate() error {
 			return fmt.Errorf("listen address %q: want IP:port (for example 127.0.0.1:4140 or [::1]:4140)", a)
 		}
 	}
-	if c.DetectTimeout <= 0 || c.ConnectTimeout <= 0 {
-		return errors.New("detect-timeout and connect-timeout must be positive")
+	if c.DetectTimeout <= 0 || c.ConnectTimeout <= 0 || c.HeaderTimeout <= 0 {
+		return errors.New("detect-timeout, connect-timeout and header-timeout must be positive")
 	}
 	if c.ShutdownGrace < 0 {
 		return errors.New("shutdown-grace must not be negative")
@@ -382,6 +385,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 	pcfg := proxy.Config{
 		DetectTimeout:  cfg.DetectTimeout,
 		ConnectTimeout: cfg.ConnectTimeout,
+		HeaderTimeout:  cfg.HeaderTimeout,
 		IdleTimeout:    cfg.IdleTimeout,
 		OpaquePorts:    cfg.OpaquePorts,
 	}
