@@ -170,3 +170,19 @@ func FuzzConfigFile(f *testing.F) {
 		}
 	})
 }
+
+// TestCheckConfigRoutes: --check-config also loads the routes file, so a
+// bad route is caught before a restart.
+func TestCheckConfigRoutes(t *testing.T) {
+	var out, errb strings.Builder
+	good := filepath.Join("..", "..", "testdata", "routes", "example.yaml")
+	if code := runRun([]string{"--check-config", "--routes", good}, &out, &errb); code != 0 {
+		t.Fatalf("example routes: exit %d: %s", code, errb.String())
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: x}\nspec:\n  hostnames: [a.example]\n"), 0o644)
+	errb.Reset()
+	if code := runRun([]string{"--check-config", "--routes", bad}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "hostnames") {
+		t.Errorf("bad routes: exit %d, %q; want a failure naming hostnames", code, errb.String())
+	}
+}

@@ -167,7 +167,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "YAML file of settings (keys are these flag names)")
-	fs.BoolVar(&cfg.checkOnly, "check-config", false, "validate the settings, print the effective ones as YAML, and exit")
+	fs.BoolVar(&cfg.checkOnly, "check-config", false, "validate the settings (and the routes file), print the effective ones as YAML, and exit")
 	fs.Var(modeValue{&cfg.Mode}, "mode", "interception mode the rules use: redirect or tproxy")
 	fs.Var(listValue{&cfg.OutboundListen}, "outbound-listen", "outbound listener addresses, comma-separated")
 	fs.Var(listValue{&cfg.InboundListen}, "inbound-listen", "inbound listener addresses, comma-separated")
@@ -299,6 +299,12 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if cfg.checkOnly {
+		if cfg.HTTP.Routes != "" {
+			if _, err := loadRoutes(cfg.HTTP.Routes, cfg.HTTP.ClusterDomain); err != nil {
+				fmt.Fprintf(stderr, "run: routes: %v\n", err)
+				return 2
+			}
+		}
 		if err := printEffective(stdout, cfg.effective); err != nil {
 			fmt.Fprintf(stderr, "run: %v\n", err)
 			return 1
