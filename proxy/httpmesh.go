@@ -45,6 +45,9 @@ func (in *inboundHTTP) init(s *Server) {
 		if idle == 0 || idle > 90*time.Second {
 			idle = 90 * time.Second
 		}
+		if s.cfg.InboundPoolIdleTimeout > 0 {
+			idle = s.cfg.InboundPoolIdleTimeout
+		}
 		in.h1 = &http.Transport{
 			DialContext:         dial,
 			MaxIdleConnsPerHost: 64,

@@ -57,6 +57,10 @@ type Config struct {
 	// request's headers once it has started one (slowloris); the idle time
 	// between keep-alive requests is IdleTimeout's. Zero means 10s.
 	HeaderTimeout time.Duration
+	// InboundPoolIdleTimeout closes the inbound side's pooled connections
+	// to the application (used by mesh HTTP/2 delivery) idle this long.
+	// Zero means the smaller of IdleTimeout and 90s.
+	InboundPoolIdleTimeout time.Duration
 	// ConnectTimeout bounds dialing the target. Zero means 3s.
 	ConnectTimeout time.Duration
 	// IdleTimeout closes a connection with no bytes in either direction

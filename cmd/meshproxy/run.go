@@ -200,7 +200,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.StringVar(&h.ResolvConf, "resolv-conf", h.ResolvConf, "resolv.conf whose nameservers, search domains and ndots discovery uses")
 	fs.StringVar(&h.LBPolicy, "lb-policy", h.LBPolicy, "endpoint choice: p2c (power of two choices over peak-EWMA latency) or round-robin")
 	fs.DurationVar(&h.ResponseTimeout, "response-timeout", h.ResponseTimeout, "how long to wait for an upstream's response headers before 504")
-	fs.DurationVar(&h.PoolIdleTimeout, "pool-idle-timeout", h.PoolIdleTimeout, "close pooled upstream HTTP connections idle this long")
+	fs.DurationVar(&h.PoolIdleTimeout, "pool-idle-timeout", h.PoolIdleTimeout, "close pooled HTTP connections (to upstreams, and to the app on the inbound side) idle this long")
 	fs.DurationVar(&h.PoolMaxLifetime, "pool-max-lifetime", h.PoolMaxLifetime, "stop reusing an upstream HTTP connection after this long, so load spreads again")
 	fs.StringVar(&h.Routes, "routes", "", "file or directory of Gateway API HTTPRoute documents (timeouts, retries, splits, header matches); reloaded on change and on SIGHUP")
 	fs.StringVar(&h.ClusterDomain, "cluster-domain", h.ClusterDomain, "DNS suffix of service names (<name>.<namespace>.svc.<cluster-domain>)")
@@ -393,7 +393,10 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		ConnectTimeout: cfg.ConnectTimeout,
 		HeaderTimeout:  cfg.HeaderTimeout,
 		IdleTimeout:    cfg.IdleTimeout,
-		OpaquePorts:    cfg.OpaquePorts,
+		// The inbound side pools connections to the app as the
+		// outbound pools its upstreams.
+		InboundPoolIdleTimeout: cfg.HTTP.PoolIdleTimeout,
+		OpaquePorts:            cfg.OpaquePorts,
 	}
 	if cfg.HTTP.Enabled {
 		var stop func()
