@@ -165,7 +165,13 @@ func InitCA(dir, trustDomain string, force bool) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Only the CA directory itself is private. Parents it has to create
+	// (say /etc/meshproxy for /etc/meshproxy/ca) stay traversable, or the
+	// proxy's own user could never reach a CA directory chowned to it.
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(dir)), 0o755); err != nil {
+		return nil, fmt.Errorf("creating the parent of CA directory %s: %w", dir, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("creating CA directory: %w", err)
 	}
 	files := []struct {

@@ -235,3 +235,20 @@ func TestAnchorRotation(t *testing.T) {
 		t.Errorf("loaded %d anchors; want 2", n)
 	}
 }
+
+// TestInitCAParentsStayTraversable: ca init --dir /etc/meshproxy/ca must
+// not leave /etc/meshproxy private, or a proxy user owning the CA
+// directory (a single-host mesh) could not reach it.
+func TestInitCAParentsStayTraversable(t *testing.T) {
+	parent := filepath.Join(t.TempDir(), "etc", "meshproxy")
+	dir := filepath.Join(parent, "ca")
+	if _, err := InitCA(dir, "", false); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(parent); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("created parent %s: mode %v (%v); want 0755", parent, fi.Mode().Perm(), err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("CA dir mode = %v (%v); want 0700", fi.Mode().Perm(), err)
+	}
+}
