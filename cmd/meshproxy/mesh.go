@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -233,5 +232,3 @@ func portOf(addr string) int {
 	}
 	return int(ap.Port())
 }
-
-var _ = strconv.Itoa
