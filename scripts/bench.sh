@@ -38,6 +38,10 @@
 #   BENCH_OUT        where the results go (default docs/ of the checkout)
 #   BENCH_GO=1       also run go test -bench Forward ./proxy/ first
 #   BENCH_KEEP=1     keep the raw results and the logs (printed: where)
+#   BENCH_ONLY       run only these setups (space-separated keys from the list
+#                    above, e.g. "direct meshproxy haproxy-tcp"; default all)
+#   BENCH_PODS       prefix of the two namespaces' names (default mp-bench),
+#                    so that two runs on one machine do not collide
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,8 +55,10 @@ HOLD_SECONDS=5
 MODE=${MODE:-redirect}
 OUT=${BENCH_OUT:-$ROOT/docs}
 PROXY_UID=2102
-CLIENT=mp-bench-client
-SERVER=mp-bench-server
+PODS=${BENCH_PODS:-mp-bench}
+CLIENT=$PODS-client
+SERVER=$PODS-server
+ONLY=" ${BENCH_ONLY:-direct meshproxy meshproxy-mtls haproxy-tcp haproxy-http stunnel} "
 C_IP=198.18.0.1
 S_IP=198.18.0.2
 # Ports: 5201/8080 are captured (through meshproxy); 5202/8082 are ignored by
@@ -341,28 +347,38 @@ measure() {
 	fi
 }
 
+# wanted KEY: whether BENCH_ONLY includes this setup.
+wanted() { [[ $ONLY == *" $1 "* ]]; }
+
 started=$(date +%s)
-measure direct $S_IP:5202 $S_IP:8082
-
-start_meshproxy
-measure meshproxy $S_IP:5201 $S_IP:8080
-stop_proxies
-
-start_meshproxy mtls
-measure meshproxy-mtls $S_IP:5201 $S_IP:8080
-stop_proxies
-
-start_haproxy tcp
-measure haproxy-tcp 127.0.0.1:25201 127.0.0.1:28080
-stop_proxies
-
-start_haproxy http
-measure haproxy-http "" 127.0.0.1:28080
-stop_proxies
-
-start_stunnel
-measure stunnel 127.0.0.1:15201 127.0.0.1:18080
-stop_proxies
+if wanted direct; then
+	measure direct $S_IP:5202 $S_IP:8082
+fi
+if wanted meshproxy; then
+	start_meshproxy
+	measure meshproxy $S_IP:5201 $S_IP:8080
+	stop_proxies
+fi
+if wanted meshproxy-mtls; then
+	start_meshproxy mtls
+	measure meshproxy-mtls $S_IP:5201 $S_IP:8080
+	stop_proxies
+fi
+if wanted haproxy-tcp; then
+	start_haproxy tcp
+	measure haproxy-tcp 127.0.0.1:25201 127.0.0.1:28080
+	stop_proxies
+fi
+if wanted haproxy-http; then
+	start_haproxy http
+	measure haproxy-http "" 127.0.0.1:28080
+	stop_proxies
+fi
+if wanted stunnel; then
+	start_stunnel
+	measure stunnel 127.0.0.1:15201 127.0.0.1:18080
+	stop_proxies
+fi
 
 cat >"$RES/settings.json" <<JSON
 {"iperf_seconds":$T,"load_seconds":$D,"rate":$RATE,"concurrency":$CONC,"hold_conns":$HOLD,
