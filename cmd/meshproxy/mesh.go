@@ -190,9 +190,14 @@ func meshConfig(s *meshSettings, mgr *identity.Manager, proxyPorts []uint16) (*p
 	}, nil
 }
 
-// watchIdentity runs the manager until ctx ends, and flips readiness with
-// the certificate: not ready until the first one arrives.
-func watchIdentity(ctx context.Context, mgr *identity.Manager, setReady func(bool), log *slog.Logger) {
+// watchIdentity runs the manager until ctx ends, and keeps readiness in
+// step with the certificate: not ready until the first one arrives, not
+// ready again while the held one has expired (the identity service was
+// down past its lifetime: the mesh refuses every connection then, so the
+// proxy must not look ready), ready once a valid one is back. firstReady
+// runs once, at the first certificate; setReady(ok, reason) on every
+// change after that.
+func watchIdentity(ctx context.Context, mgr *identity.Manager, firstReady func(), setReady func(ok bool, reason string), log *slog.Logger) {
 	go func() {
 		if err := mgr.Run(ctx); err != nil && ctx.Err() == nil {
 			log.Error("identity manager stopped", "err", err)
@@ -200,17 +205,33 @@ func watchIdentity(ctx context.Context, mgr *identity.Manager, setReady func(boo
 	}()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	seen, ready := false, false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if mgr.Ready() {
-				id, serial, notAfter := mgr.Current()
-				log.Info("certificate ready", "identity", id.String(), "serial", serial, "expires", notAfter.UTC().Format(time.RFC3339))
-				setReady(true)
-				return
-			}
+		}
+		ok := mgr.Ready()
+		if ok == ready || ctx.Err() != nil {
+			continue
+		}
+		ready = ok
+		id, serial, notAfter := mgr.Current()
+		switch {
+		case ok && !seen:
+			seen = true
+			log.Info("certificate ready", "identity", id.String(), "serial", serial, "expires", notAfter.UTC().Format(time.RFC3339))
+			firstReady()
+			// Expiry needs no finer polling than this.
+			t.Reset(250 * time.Millisecond)
+		case ok:
+			log.Info("certificate valid again: ready", "identity", id.String(), "serial", serial, "expires", notAfter.UTC().Format(time.RFC3339))
+			setReady(true, "")
+		default:
+			log.Error("certificate expired and no new one yet: not ready, the mesh refuses connections until the identity service answers",
+				"identity", id.String(), "serial", serial, "expired", notAfter.UTC().Format(time.RFC3339))
+			setReady(false, "certificate expired")
 		}
 	}
 }

@@ -517,7 +517,13 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		if err := notifyStatus("waiting for a certificate"); err != nil {
 			log.Warn("telling systemd our status", "err", err)
 		}
-		go watchIdentity(ctx, mgr, func(bool) { markReady() }, log)
+		go watchIdentity(ctx, mgr, markReady, func(ok bool, reason string) {
+			if ok {
+				adm.SetReady()
+			} else {
+				adm.SetNotReady(reason)
+			}
+		}, log)
 	}
 	go runWatchdog(ctx, log)
 	go handleHangups(ctx, routes, log)
