@@ -228,7 +228,22 @@ func echo(args []string) int {
 		}
 		go func() {
 			defer c.Close()
-			io.Copy(c, c)
+			// A plain read-write loop, not io.Copy(c, c): between two
+			// TCP sockets that splices through a pipe, and the pipe's two
+			// descriptors stay open while the copy waits, three per
+			// connection instead of one.
+			buf := make([]byte, 512)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
 		}()
 	}
 }
