@@ -771,8 +771,7 @@ func TestReliabilityDNSRestart(t *testing.T) {
 	const workers = 3
 	e := newEndpointLab(t)
 	name := "web.demo.svc.cluster.local"
-	e.dns.z.set(name, e.addrs[0], e.addrs[1])
-	time.Sleep(6 * time.Second) // the first answer (all three) expires
+	e.dns.z.set(name, e.addrs[0], e.addrs[1]) // before the first request: the proxy resolves on demand
 	check := e.baselines(t)
 	total := &loadResult{}
 	add := func(r *loadResult) {
@@ -934,14 +933,15 @@ func waitScrape(lp *labProxy, sel string, timeout time.Duration, cond func(float
 // TestReliabilityIdentityOutage: each proxy gets 10s certificates from an
 // identity service in its pod (renewed at 70% of their life, about every
 // 7s). With traffic flowing, each service is stopped right after a
-// renewal and stays down through the next renewal and a retry (about 8s,
-// longer than a renewal interval; longer would outlive the certificate);
+// renewal and stays down through the next renewal and a retry (6-8s, a
+// renewal interval; much longer would outlive the certificate);
 // the proxies keep serving on their current certificates, log the failed
 // refreshes, and renew once the service is back (refresh_total{ok} grows,
 // the expiry moves forward). Then the client's service stays down until
 // its certificate expires: new mesh connections fail, nothing goes out in
-// plaintext, /ready turns 503; once the service returns, the proxy
-// recovers with its join token and traffic flows again.
+// plaintext, /ready should turn 503 (it stays 200: a known bug, which
+// skips that subtest); once the service returns, the proxy recovers with
+// its join token and traffic flows again.
 func TestReliabilityIdentityOutage(t *testing.T) {
 	const ttl = 10 * time.Second
 	l, svcs := identityLab(t, ttl)
@@ -1030,95 +1030,100 @@ func TestReliabilityIdentityOutage(t *testing.T) {
 		return fmt.Sprintf("service down %v, %v failed refreshes, then renewed (expiry +%vs)",
 			downFor.Round(100*time.Millisecond), e1-e0, exp1-exp0), nil
 	}
-	var wg sync.WaitGroup
-	results := make([]string, 2)
-	errs := make([]error, 2)
-	for i, lp := range []*labProxy{l.clientProxy, l.serverProxy} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i], errs[i] = outage(lp, svcs[i])
-		}()
-	}
-	wg.Wait()
-	for i, lp := range []*labProxy{l.clientProxy, l.serverProxy} {
-		if errs[i] != nil {
-			t.Errorf("%s: %v", lp.pod.Name, errs[i])
-		} else {
-			t.Logf("%s: %s", lp.pod.Name, results[i])
+	t.Run("renewal-outage", func(t *testing.T) {
+		var wg sync.WaitGroup
+		results := make([]string, 2)
+		errs := make([]error, 2)
+		for i, lp := range []*labProxy{l.clientProxy, l.serverProxy} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[i], errs[i] = outage(lp, svcs[i])
+			}()
 		}
-		if !strings.Contains(lp.logs.String(), "certificate refresh failed") {
-			t.Errorf("%s logged no failed refresh while its identity service was down", lp.pod.Name)
+		wg.Wait()
+		for i, lp := range []*labProxy{l.clientProxy, l.serverProxy} {
+			if errs[i] != nil {
+				t.Errorf("%s: %v", lp.pod.Name, errs[i])
+			} else {
+				t.Logf("%s: %s", lp.pod.Name, results[i])
+			}
+			if !strings.Contains(lp.logs.String(), "certificate refresh failed") {
+				t.Errorf("%s logged no failed refresh while its identity service was down", lp.pod.Name)
+			}
 		}
-	}
-	close(stopTraffic)
-	<-trafficDone
-	reportReliability(t, "identity-outage", requests.Load(), failed.Load(), "service down through a renewal, certificates still valid")
-	if failed.Load() > 0 {
-		t.Errorf("%d of %d requests failed while the identity service was down and the certificates valid", failed.Load(), requests.Load())
-	}
+		close(stopTraffic)
+		<-trafficDone
+		reportReliability(t, "identity-outage", requests.Load(), failed.Load(), "service down through a renewal, certificates still valid")
+		if failed.Load() > 0 {
+			t.Errorf("%d of %d requests failed while the identity service was down and the certificates valid", failed.Load(), requests.Load())
+		}
 
-	// The certificate expires while the service is down.
-	svcs[0].stop()
-	exp, err := scrape(l.clientProxy, expirySel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Until(time.Unix(int64(exp), 0)) + 500*time.Millisecond)
-	capture := l.server.Capture(t, "eth0", 16<<20)
-	marker := "expired-cert-marker-never-in-clear"
-	var expiredFailed, expiredReqs int64
-	for i := 0; i < 5; i++ {
-		expiredReqs += 2
-		if getOK(l.client, url+marker) == nil {
-			t.Errorf("an HTTP request through the mesh succeeded with the client's certificate expired")
-		} else {
-			expiredFailed++
+	})
+	// The certificate expires while the service is down: a subtest of its
+	// own, so that its known bug skips it alone.
+	t.Run("certificate-expired", func(t *testing.T) {
+		svcs[0].stop()
+		exp, err := scrape(l.clientProxy, expirySel)
+		if err != nil {
+			t.Fatal(err)
 		}
-		c, err := l.client.Dial("tcp4", tcpAddr, 5*time.Second)
-		if err == nil {
-			c.SetDeadline(time.Now().Add(2 * time.Second))
-			io.WriteString(c, marker)
-			n, _ := c.Read(make([]byte, 64))
-			c.Close()
-			if n > 0 {
-				t.Errorf("an opaque connection was served with the client's certificate expired")
+		time.Sleep(time.Until(time.Unix(int64(exp), 0)) + 500*time.Millisecond)
+		capture := l.server.Capture(t, "eth0", 16<<20)
+		marker := "expired-cert-marker-never-in-clear"
+		var expiredFailed, expiredReqs int64
+		for i := 0; i < 5; i++ {
+			expiredReqs += 2
+			if getOK(l.client, url+marker) == nil {
+				t.Errorf("an HTTP request through the mesh succeeded with the client's certificate expired")
 			} else {
 				expiredFailed++
 			}
-		} else {
-			expiredFailed++
+			c, err := l.client.Dial("tcp4", tcpAddr, 5*time.Second)
+			if err == nil {
+				c.SetDeadline(time.Now().Add(2 * time.Second))
+				io.WriteString(c, marker)
+				n, _ := c.Read(make([]byte, 64))
+				c.Close()
+				if n > 0 {
+					t.Errorf("an opaque connection was served with the client's certificate expired")
+				} else {
+					expiredFailed++
+				}
+			} else {
+				expiredFailed++
+			}
 		}
-	}
-	readyCode, readyBody, _ := l.clientProxy.admin("/ready")
-	time.Sleep(200 * time.Millisecond)
-	capture.Stop()
-	if capture.Contains([]byte(marker)) {
-		t.Error("with the certificate expired, the payload crossed the veth in plaintext")
-	}
-	t.Logf("certificate expired: %d of %d requests refused (expected: all); /ready = %d %q", expiredFailed, expiredReqs, readyCode, strings.TrimSpace(readyBody))
-	if err := svcs[0].start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := waitScrape(l.clientProxy, expirySel, 40*time.Second, func(v float64) bool { return v > float64(time.Now().Unix()) }); err != nil {
-		t.Fatalf("no new certificate after the service came back: %v", err)
-	}
-	var recovered int64
-	for i := 0; i < 10; i++ {
-		if getOK(l.client, url) == nil && echoDial(l.client, tcpAddr) == nil {
-			recovered++
+		readyCode, readyBody, _ := l.clientProxy.admin("/ready")
+		time.Sleep(200 * time.Millisecond)
+		capture.Stop()
+		if capture.Contains([]byte(marker)) {
+			t.Error("with the certificate expired, the payload crossed the veth in plaintext")
 		}
-	}
-	reportReliability(t, "identity-expired", expiredReqs+20, expiredReqs-expiredFailed+2*(10-recovered),
-		fmt.Sprintf("certificate expired: all %d refused as expected, then 10 of 10 rounds must succeed; %d did", expiredReqs, recovered))
-	if recovered < 10 {
-		t.Errorf("%d of 10 rounds succeeded after the client got a new certificate", recovered)
-	}
-	if code, _, _ := l.clientProxy.admin("/ready"); code != http.StatusOK {
-		t.Errorf("/ready after the new certificate = %d; want 200", code)
-	}
-	check()
-	if readyCode == http.StatusOK {
-		t.Skip("known bug: /ready stays 200 after the proxy's certificate expired (the mesh refuses every connection meanwhile); cmd/meshproxy watchIdentity sets ready once and never re-checks mgr.Ready()")
-	}
+		t.Logf("certificate expired: %d of %d requests refused (expected: all); /ready = %d %q", expiredFailed, expiredReqs, readyCode, strings.TrimSpace(readyBody))
+		if err := svcs[0].start(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := waitScrape(l.clientProxy, expirySel, 40*time.Second, func(v float64) bool { return v > float64(time.Now().Unix()) }); err != nil {
+			t.Fatalf("no new certificate after the service came back: %v", err)
+		}
+		var recovered int64
+		for i := 0; i < 10; i++ {
+			if getOK(l.client, url) == nil && echoDial(l.client, tcpAddr) == nil {
+				recovered++
+			}
+		}
+		reportReliability(t, "identity-expired", expiredReqs+20, expiredReqs-expiredFailed+2*(10-recovered),
+			fmt.Sprintf("certificate expired: all %d refused as expected, then 10 of 10 rounds must succeed; %d did", expiredReqs, recovered))
+		if recovered < 10 {
+			t.Errorf("%d of 10 rounds succeeded after the client got a new certificate", recovered)
+		}
+		if code, _, _ := l.clientProxy.admin("/ready"); code != http.StatusOK {
+			t.Errorf("/ready after the new certificate = %d; want 200", code)
+		}
+		check()
+		if readyCode == http.StatusOK {
+			t.Skip("known bug: /ready stays 200 after the proxy's certificate expired (the mesh refuses every connection meanwhile); cmd/meshproxy watchIdentity sets ready once and never re-checks mgr.Ready()")
+		}
+	})
 }
