@@ -186,6 +186,7 @@ func TestFaultManyIdleConnections(t *testing.T) {
 		}
 	}
 	t.Logf("idle connections: %d of %d sampled echoes failed", failed, sample)
+	reportReliability(t, "fault-many-idle", sample, int64(failed), fmt.Sprintf("sampled echoes over %d idle connections", n))
 	if failed > 0 {
 		t.Errorf("%d of %d idle connections no longer echo", failed, sample)
 	}
@@ -261,6 +262,7 @@ func TestFaultSlowloris(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	failed := normalTraffic(t, l.client, url, normal)
 	t.Logf("slowloris: %d of %d normal requests failed beside %d slow connections", failed, normal, slow)
+	reportReliability(t, "fault-slowloris", normal, int64(failed), fmt.Sprintf("beside %d slow connections", slow))
 	if failed > 0 {
 		t.Errorf("%d of %d normal requests failed during the slowloris", failed, normal)
 	}
@@ -335,6 +337,7 @@ func TestFaultOversizedHeaders(t *testing.T) {
 
 	failed := normalTraffic(t, l.client, url, 20)
 	t.Logf("oversized headers: %d of 20 normal requests failed", failed)
+	reportReliability(t, "fault-oversized-headers", 20, int64(failed), "after a 100 KiB header")
 	if failed > 0 {
 		t.Errorf("%d of 20 normal requests failed after the oversized header", failed)
 	}
@@ -410,6 +413,7 @@ func TestFaultClientNeverReads(t *testing.T) {
 
 	failed := normalTraffic(t, l.client, "http://"+addr+"/small", 20)
 	t.Logf("never-reading client: %d of 20 other requests failed", failed)
+	reportReliability(t, "fault-never-reading-client", 20, int64(failed), "beside a stalled 50 MB response")
 	if failed > 0 {
 		t.Errorf("%d of 20 other requests failed beside the stalled one", failed)
 	}
@@ -478,9 +482,12 @@ func TestFaultResetMidBody(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Error("the app's body read still blocked 15s after the client reset")
 	}
+	afterFailed := int64(0)
 	if err := getOK(l.client, "http://"+addr+"/"); err != nil {
+		afterFailed = 1
 		t.Errorf("the request after the reset failed: %v", err)
 	}
+	reportReliability(t, "fault-reset-mid-body", 1, afterFailed, "the request after the reset")
 	check()
 }
 
@@ -533,6 +540,7 @@ func TestFaultGarbage(t *testing.T) {
 	}
 	failed := normalTraffic(t, l.client, url, 20)
 	t.Logf("garbage: %d of 20 normal requests failed", failed)
+	reportReliability(t, "fault-garbage", 20, int64(failed), fmt.Sprintf("after %d garbage connections", 2*n))
 	if failed > 0 {
 		t.Errorf("%d of 20 normal requests failed after the garbage", failed)
 	}

@@ -225,6 +225,7 @@ func TestRenewalUnderTraffic(t *testing.T) {
 		}
 	}
 	t.Logf("%d rounds ok, %d failed", ok, failures)
+	reportReliability(t, "renewal-under-traffic", int64(ok+failures), int64(failures), "a request is a round: an echo on a new connection, then one on the long-lived one")
 }
 
 // TestIdentityServiceLateStart: a proxy whose identity service is down is

@@ -4,16 +4,20 @@
 // identity the mesh vouched for, if any); "get" fetches a URL and prints the
 // status and body; "sniff" watches an interface, like a packet capture, and
 // says whether a marker crossed it in the clear; "dns" is a tiny
-// authoritative DNS server for the demo's cluster names.
+// authoritative DNS server for the demo's cluster names; "echo" is a TCP
+// echo server (the reliability tests hold thousands of connections to it
+// from another process, so that no one process runs out of descriptors).
 //
 //	demoapp serve -listen 0.0.0.0:8080 -name server
 //	demoapp get http://198.18.0.2:8080/hello
 //	demoapp sniff -i eth0 -marker SECRET -for 3s
 //	demoapp dns -listen 198.18.0.2:53 -record my-server-service.demo.svc.cluster.local=198.18.0.2
+//	demoapp echo -listen 0.0.0.0:9000
 package main
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,7 +33,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: demoapp serve|get ...")
+		fmt.Fprintln(os.Stderr, "usage: demoapp serve|get|sniff|dns|echo ...")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -41,6 +45,8 @@ func main() {
 		os.Exit(sniff(os.Args[2:]))
 	case "dns":
 		os.Exit(serveDNS(os.Args[2:]))
+	case "echo":
+		os.Exit(echo(os.Args[2:]))
 	}
 	fmt.Fprintf(os.Stderr, "demoapp: unknown command %q\n", os.Args[1])
 	os.Exit(2)
@@ -195,4 +201,49 @@ func get(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// echo runs a TCP echo server: every connection gets back what it sends,
+// until it closes. Accept errors such as running out of descriptors are
+// retried after a pause; only a closed listener ends it.
+func echo(args []string) int {
+	fs := flag.NewFlagSet("echo", flag.ExitOnError)
+	listen := fs.String("listen", "0.0.0.0:9000", "address to listen on")
+	fs.Parse(args)
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demoapp:", err)
+		return 1
+	}
+	fmt.Printf("demoapp echo listening on %s\n", l.Addr())
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return 0
+			}
+			fmt.Fprintln(os.Stderr, "demoapp: accept:", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		go func() {
+			defer c.Close()
+			// A plain read-write loop, not io.Copy(c, c): between two
+			// TCP sockets that splices through a pipe, and the pipe's two
+			// descriptors stay open while the copy waits, three per
+			// connection instead of one.
+			buf := make([]byte, 512)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
 }
