@@ -966,8 +966,7 @@ func waitScrape(lp *labProxy, sel string, timeout time.Duration, cond func(float
 // refreshes, and renew once the service is back (refresh_total{ok} grows,
 // the expiry moves forward). Then the client's service stays down until
 // its certificate expires: new mesh connections fail, nothing goes out in
-// plaintext, /ready should turn 503 (it stays 200: a known bug, which
-// skips that subtest); once the service returns, the proxy recovers with
+// plaintext, /ready turns 503; once the service returns, the proxy recovers with
 // its join token and traffic flows again.
 func TestReliabilityIdentityOutage(t *testing.T) {
 	const ttl = 10 * time.Second
@@ -1087,8 +1086,7 @@ func TestReliabilityIdentityOutage(t *testing.T) {
 		}
 
 	})
-	// The certificate expires while the service is down: a subtest of its
-	// own, so that its known bug skips it alone.
+	// The certificate expires while the service is down.
 	t.Run("certificate-expired", func(t *testing.T) {
 		svcs[0].stop()
 		exp, err := scrape(l.clientProxy, expirySel)
@@ -1148,9 +1146,9 @@ func TestReliabilityIdentityOutage(t *testing.T) {
 		if code, _, _ := l.clientProxy.admin("/ready"); code != http.StatusOK {
 			t.Errorf("/ready after the new certificate = %d; want 200", code)
 		}
-		check()
-		if readyCode == http.StatusOK {
-			t.Skip("known bug: /ready stays 200 after the proxy's certificate expired (the mesh refuses every connection meanwhile); cmd/meshproxy watchIdentity sets ready once and never re-checks mgr.Ready()")
+		if readyCode != http.StatusServiceUnavailable || !strings.Contains(readyBody, "certificate expired") {
+			t.Errorf("/ready with the certificate expired = %d %q; want 503 naming the expired certificate", readyCode, strings.TrimSpace(readyBody))
 		}
+		check()
 	})
 }
