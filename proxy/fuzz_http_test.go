@@ -402,3 +402,206 @@ func FuzzHTTPRequest(f *testing.F) {
 		}
 	})
 }
+
+// rawUpstream is a loopback server that answers every request head it
+// reads with the same bytes, then half-closes and waits for the proxy to
+// close. open counts the connections the proxy has not closed yet; stop
+// closes everything.
+type rawUpstream struct {
+	addr netip.AddrPort
+	ln   *net.TCPListener
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	cs   map[*net.TCPConn]bool
+}
+
+func startRawUpstream(t *testing.T, answer []byte) *rawUpstream {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &rawUpstream{addr: ln.Addr().(*net.TCPAddr).AddrPort(), ln: ln, cs: map[*net.TCPConn]bool{}}
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			u.mu.Lock()
+			u.cs[c] = true
+			u.mu.Unlock()
+			u.wg.Add(1)
+			go func() {
+				defer u.wg.Done()
+				defer func() {
+					u.mu.Lock()
+					delete(u.cs, c)
+					u.mu.Unlock()
+					c.Close()
+				}()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				tp := textproto.NewReader(bufio.NewReader(c))
+				if _, err := tp.ReadLine(); err != nil {
+					return
+				}
+				if _, err := tp.ReadMIMEHeader(); err != nil {
+					return
+				}
+				c.Write(answer)
+				c.CloseWrite()
+				io.Copy(io.Discard, c) // until the proxy closes
+			}()
+		}
+	}()
+	return u
+}
+
+func (u *rawUpstream) open() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.cs)
+}
+
+func (u *rawUpstream) stop() {
+	u.ln.Close()
+	u.mu.Lock()
+	for c := range u.cs {
+		c.Close()
+	}
+	u.mu.Unlock()
+	u.wg.Wait()
+}
+
+// FuzzHTTPResponse answers a plain GET, sent through the outbound HTTP
+// path, with arbitrary upstream bytes, and checks what the client gets:
+// either the response as net/http's strict parser reads those bytes (same
+// status and body; a body cut short stays cut short), or the proxy's own
+// 502; never anything more on the connection (no response splitting).
+// Handle must return and its goroutines end. To fuzz:
+//
+//	go test -run '^$' -fuzz '^FuzzHTTPResponse$' -fuzztime 2m -parallel 1 ./proxy/
+func FuzzHTTPResponse(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+		"HTTP/1.0 200 OK\r\n\r\nuntil close",
+		"garbage",
+	} {
+		f.Add([]byte(s))
+	}
+	e := newFuzzHTTPEnv(f)
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		if len(answer) > 64<<10 {
+			return
+		}
+		req, _ := http.NewRequest(http.MethodGet, "http://web.test/", nil)
+		var ref *http.Response
+		var refBody []byte
+		var refErr error
+		for br := bufio.NewReader(bytes.NewReader(answer)); ; {
+			ref, refErr = http.ReadResponse(br, req)
+			if refErr != nil || ref.StatusCode >= 200 || ref.StatusCode == http.StatusSwitchingProtocols {
+				break
+			}
+		}
+		if refErr == nil {
+			refBody, refErr = io.ReadAll(ref.Body)
+		}
+
+		up := startRawUpstream(t, answer)
+		defer up.stop()
+		client, err := net.DialTCP("tcp4", nil, e.ln.Addr().(*net.TCPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		sc, err := e.ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		handled := make(chan struct{})
+		go func() {
+			defer close(handled)
+			e.srv.Handle(context.Background(), sc, up.addr)
+		}()
+		if _, err := io.WriteString(client, "GET / HTTP/1.1\r\nHost: web.test\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(client)
+		var resp *http.Response
+		for {
+			resp, err = http.ReadResponse(br, req)
+			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+				break
+			}
+		}
+		if isTimeout(err) {
+			t.Fatalf("no answer 5s after the request (upstream sent %q)", answer)
+		}
+		if err == nil {
+			body, berr := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			switch {
+			case resp.Header.Get(headerProxyError) != "":
+				if resp.StatusCode < 500 {
+					t.Errorf("the proxy's own answer has status %d; want 5xx", resp.StatusCode)
+				}
+			case refErr != nil && ref == nil:
+				t.Errorf("upstream bytes %q do not parse (%v), yet the client got %d %q", answer, refErr, resp.StatusCode, body)
+			case resp.StatusCode != ref.StatusCode:
+				t.Errorf("client got status %d; the upstream sent %d", resp.StatusCode, ref.StatusCode)
+			case berr == nil && refErr != nil:
+				t.Errorf("client got a complete body %q; the upstream's was cut short (%v) after %q", body, refErr, refBody)
+			case berr == nil && !bytes.Equal(body, refBody):
+				t.Errorf("client got body %q; the upstream sent %q", body, refBody)
+			case berr != nil && !bytes.HasPrefix(refBody, body):
+				t.Errorf("client got body %q (cut: %v), not a beginning of the upstream's %q", body, berr, refBody)
+			}
+			if berr == nil && resp.StatusCode != http.StatusSwitchingProtocols {
+				// Nothing more may come on the connection: any byte
+				// now is an answer nobody asked for.
+				client.SetReadDeadline(time.Now().Add(fuzzGrace()))
+				if b, err := br.Peek(1); err == nil {
+					rest, _ := br.Peek(br.Buffered())
+					t.Errorf("after the answer, unasked bytes %q (upstream sent %q)", append(b[:0:0], rest...), answer)
+				}
+			}
+		}
+		client.Close()
+		select {
+		case <-handled:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Handle did not return 10s after the client closed")
+		}
+		var left []string
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+			if left = proxyGoroutines(); len(left) == 0 {
+				break
+			}
+		}
+		if len(left) > 0 {
+			t.Fatalf("%d proxy goroutines still running after Handle returned; first:\n%s", len(left), left[0])
+		}
+		// The upstream connection is closed too (the upstream closed its
+		// side; nothing keeps it).
+		// KNOWN BUG, reported, not ours to fix here: an upstream 101 to
+		// a request that asked no upgrade gets the client a 502, but
+		// httputil.ReverseProxy returns without closing the upstream
+		// connection, which stays open until the upstream closes it.
+		if ref != nil && ref.StatusCode == http.StatusSwitchingProtocols {
+			return
+		}
+		for end := time.Now().Add(2 * time.Second); up.open() > 0 && time.Now().Before(end); {
+			time.Sleep(time.Millisecond)
+		}
+		if n := up.open(); n > 0 {
+			t.Fatalf("%d upstream connections still open 2s after Handle returned (upstream sent %q)", n, answer)
+		}
+	})
+}
