@@ -200,9 +200,9 @@ func ambiguousFraming(b []byte) bool {
 	return false
 }
 
-// proxyGoroutines returns the stacks of goroutines running proxy code,
-// other than idle pooled upstream connections and the test's own.
-func proxyGoroutines() []string {
+// goroutines returns the stacks of every goroutine, by their first line
+// ("goroutine N [state]:" without the state).
+func goroutines() map[string]string {
 	buf := make([]byte, 256<<10)
 	for {
 		n := runtime.Stack(buf, true)
@@ -212,14 +212,42 @@ func proxyGoroutines() []string {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
-	var out []string
+	all := map[string]string{}
 	for _, g := range strings.Split(string(buf), "\n\n") {
+		id, _, _ := strings.Cut(g, " [")
+		all[id] = g
+	}
+	return all
+}
+
+// proxyGoroutines returns the stacks of goroutines running proxy code
+// that are not in before, other than idle pooled upstream connections and
+// the test's own.
+func proxyGoroutines(before map[string]string) []string {
+	var out []string
+	for id, g := range goroutines() {
+		if _, old := before[id]; old {
+			continue
+		}
 		if strings.Contains(g, "meshproxy/proxy.") && !strings.Contains(g, "_test.go") &&
 			!strings.Contains(g, "net/http.(*persistConn)") {
 			out = append(out, g)
 		}
 	}
 	return out
+}
+
+// waitProxyGoroutines fails t unless the proxy goroutines started since
+// before end within 5s.
+func waitProxyGoroutines(t *testing.T, before map[string]string) {
+	t.Helper()
+	var left []string
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if left = proxyGoroutines(before); len(left) == 0 {
+			return
+		}
+	}
+	t.Fatalf("%d proxy goroutines still running after Handle returned; first:\n%s", len(left), left[0])
 }
 
 // fuzzGrace is how long FuzzHTTPRequest waits, after the answers the
@@ -259,6 +287,7 @@ func FuzzHTTPRequest(f *testing.F) {
 		up, stopUp := startRecUpstream(t)
 		defer stopUp()
 
+		before := goroutines()
 		client, err := net.DialTCP("tcp4", nil, e.ln.Addr().(*net.TCPAddr))
 		if err != nil {
 			t.Fatal(err)
@@ -353,15 +382,7 @@ func FuzzHTTPRequest(f *testing.F) {
 		}
 
 		// The proxy's goroutines for this connection end.
-		var left []string
-		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
-			if left = proxyGoroutines(); len(left) == 0 {
-				break
-			}
-		}
-		if len(left) > 0 {
-			t.Fatalf("%d proxy goroutines still running after Handle returned; first:\n%s", len(left), left[0])
-		}
+		waitProxyGoroutines(t, before)
 		recs := up.take()
 
 		// Every answer from the upstream is for the reference request of
@@ -524,6 +545,7 @@ func FuzzHTTPResponse(f *testing.F) {
 
 		up := startRawUpstream(t, answer)
 		defer up.stop()
+		before := goroutines()
 		client, err := net.DialTCP("tcp4", nil, e.ln.Addr().(*net.TCPAddr))
 		if err != nil {
 			t.Fatal(err)
@@ -588,15 +610,7 @@ func FuzzHTTPResponse(f *testing.F) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("Handle did not return 10s after the client closed")
 		}
-		var left []string
-		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
-			if left = proxyGoroutines(); len(left) == 0 {
-				break
-			}
-		}
-		if len(left) > 0 {
-			t.Fatalf("%d proxy goroutines still running after Handle returned; first:\n%s", len(left), left[0])
-		}
+		waitProxyGoroutines(t, before)
 		// The upstream connection is closed too (the upstream closed its
 		// side; nothing keeps it).
 		// KNOWN BUG, reported, not ours to fix here: an upstream 101 to
