@@ -32,24 +32,43 @@ const (
 	ProtocolNone Protocol = "none"
 )
 
-// detectBufSize is the size of the detection read: enough for a request
+// detectBufSize is the size of the detection buffer: enough for a request
 // line with a long URL or a ClientHello with many extensions.
 const detectBufSize = 4 << 10
 
 // h2Preface is the HTTP/2 client connection preface (RFC 9113 section 3.4).
 var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
-// Detect reads once from c into buf, waiting at most timeout for the first
-// bytes, and classifies them. It returns the protocol, the number of bytes
-// read into buf (which the caller must forward before anything else), and
-// an error only when the read failed for a reason other than the timeout.
-// A client that closes its write side without sending yields ProtocolNone
-// with io.EOF. The read deadline is cleared before Detect returns.
+// Detect reads the client's first bytes from c into buf, waiting at most
+// timeout in all, and classifies them. It reads on while the bytes so far
+// are too short to decide (a beginning of the h2 preface, of a TLS record
+// header, of a request line: see undecided), so a client whose first
+// write arrives split still gets its protocol; it returns as soon as the
+// bytes decide, buf is full, or the timeout passes (then it classifies
+// what came). It returns the protocol, the number of bytes read into buf
+// (which the caller must forward before anything else), and an error only
+// when the read failed, before any byte, for a reason other than the
+// timeout. A client that closes its write side without sending yields
+// ProtocolNone with io.EOF. The read deadline is cleared before Detect
+// returns.
 func Detect(c *net.TCPConn, timeout time.Duration, buf []byte) (Protocol, int, error) {
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return ProtocolNone, 0, err
 	}
-	n, err := c.Read(buf)
+	n := 0
+	var err error
+	for n < len(buf) {
+		var m int
+		m, err = c.Read(buf[n:])
+		n += m
+		if err != nil || !undecided(buf[:n]) {
+			break
+		}
+		if m == 0 {
+			err = io.ErrNoProgress
+			break
+		}
+	}
 	if derr := c.SetReadDeadline(time.Time{}); derr != nil && err == nil {
 		err = derr
 	}
@@ -139,4 +158,36 @@ func isToken(b []byte) bool {
 		}
 	}
 	return len(b) > 0
+}
+
+// undecided reports whether b, the client's first bytes so far, is too
+// short to classify: more bytes could still change what classify says. It
+// holds for a proper beginning of the h2 preface, of a TLS record header up
+// to the handshake type, and of a request line ("TOKEN", "TOKEN SP ...")
+// before its line ends, unless the method is a well-known one followed by
+// a space (classify takes that for HTTP/1 at once).
+func undecided(b []byte) bool {
+	if len(b) < len(h2Preface) && bytes.HasPrefix(h2Preface, b) {
+		return true
+	}
+	if b[0] == 0x16 {
+		return len(b) < 6 && (len(b) < 2 || b[1] == 0x03) && (len(b) < 3 || b[2] <= 0x04)
+	}
+	if bytes.IndexByte(b, '\n') >= 0 {
+		return false
+	}
+	sp := bytes.IndexByte(b, ' ')
+	if sp < 0 {
+		return isToken(b)
+	}
+	if !isToken(b[:sp]) {
+		return false
+	}
+	method := string(b[:sp])
+	for _, m := range http1Methods {
+		if m == method {
+			return false
+		}
+	}
+	return true
 }
