@@ -198,6 +198,9 @@ type httpRuntime struct {
 
 	budgets *budgets // retry budgets of routed services
 	limit   *limiter // concurrency limits per service
+
+	handler http.Handler  // every client request: metrics, policy, rp
+	h1srv   *sharedServer // serves the HTTP/1 client connections
 }
 
 func newHTTPRuntime(s *Server, cfg HTTPConfig) *httpRuntime {
@@ -222,6 +225,15 @@ func newHTTPRuntime(s *Server, cfg HTTPConfig) *httpRuntime {
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler:  h.errorResponse,
 	}
+	h.handler = s.instrument(h.policy(h.rp))
+	h.h1srv = newSharedServer(&http.Server{
+		Handler:                      s.instrument(rejectAmbiguous(h.policy(h.rp))),
+		IdleTimeout:                  s.cfg.idleTimeout(),
+		ReadHeaderTimeout:            s.cfg.headerTimeout(),
+		MaxHeaderBytes:               h.cfg.MaxHeaderBytes,
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     log.New(io.Discard, "", 0),
+	})
 	return h
 }
 
@@ -265,7 +277,8 @@ func (s *Server) closeIdleHTTP() {
 // reqInfo is what the request handler knows of the client connection.
 type reqInfo struct {
 	k        *conn
-	appProto string // "http/1.1" or "h2": what the client speaks
+	appProto string        // "http/1.1" or "h2": what the client speaks
+	frames   *frameChecker // HTTP/1: the connection's framing verdicts
 }
 
 type reqInfoKey struct{}
@@ -311,8 +324,9 @@ func (s *Server) plainLabel() string {
 	return TLSNoIdentity
 }
 
-// serveOutboundHTTP serves the client connection as HTTP/1.x (net/http)
-// or h2c (x/net/http2), after the peeked bytes, until the client is done.
+// serveOutboundHTTP serves the client connection as HTTP/1.x (the
+// Server's one shared net/http server) or h2c (x/net/http2), after the
+// peeked bytes, until the client is done.
 func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	h := s.http
 	k.c.SetDeadline(time.Time{})
@@ -321,41 +335,32 @@ func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	if proto == ProtocolH2 {
 		info.appProto = "h2"
 	}
-	base := context.WithValue(k.ctx, reqInfoKey{}, info)
-	idle := s.cfg.idleTimeout()
-	handler := s.instrument(h.policy(h.rp))
-	srv := &http.Server{
-		Handler:                      handler,
-		IdleTimeout:                  idle,
-		ReadHeaderTimeout:            s.cfg.headerTimeout(),
-		MaxHeaderBytes:               h.cfg.MaxHeaderBytes,
-		DisableGeneralOptionsHandler: true,
-		ErrorLog:                     log.New(io.Discard, "", 0),
-		BaseContext:                  func(net.Listener) context.Context { return base },
-	}
+	hc.base = context.WithValue(k.ctx, reqInfoKey{}, info)
 	if proto == ProtocolH2 {
+		idle := s.cfg.idleTimeout()
+		srv := &http.Server{
+			IdleTimeout:       idle,
+			ReadHeaderTimeout: s.cfg.headerTimeout(),
+			MaxHeaderBytes:    h.cfg.MaxHeaderBytes,
+			ErrorLog:          log.New(io.Discard, "", 0),
+		}
 		h2s := &http2.Server{IdleTimeout: idle, MaxConcurrentStreams: 1000}
-		h2s.ServeConn(hc, &http2.ServeConnOpts{Context: base, BaseConfig: srv, Handler: handler})
+		h2s.ServeConn(hc, &http2.ServeConnOpts{Context: hc.base, BaseConfig: srv, Handler: h.handler})
 		hc.Close()
 		return k.ctx.Err()
 	}
 	// HTTP/1: frame checks (smuggling shapes) on the raw bytes.
 	hc.frames = newFrameChecker(h.cfg.MaxHeaderBytes + 4096)
-	srv.Handler = s.instrument(rejectAmbiguous(hc.frames, h.policy(h.rp)))
-	l := &oneConnListener{c: hc, done: make(chan struct{})}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		srv.Serve(l)
-	}()
+	info.frames = hc.frames
+	if !h.h1srv.serve(hc) {
+		k.c.Close()
+		return errors.New("not serving: the proxy is shutting down")
+	}
 	select {
 	case <-hc.closed:
 	case <-k.ctx.Done():
 	}
-	l.Close()
-	srv.Close()
-	<-served
-	k.c.Close()
+	hc.Close()
 	return k.ctx.Err()
 }
 
