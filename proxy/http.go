@@ -39,6 +39,13 @@ const (
 	// DefaultMaxIdleConns bounds the idle upstream HTTP/1.1 connections of
 	// all endpoints together; the least recently used goes first.
 	DefaultMaxIdleConns = 1024
+	// DefaultHTTPMaxIdlePerEndpoint bounds the idle upstream HTTP/1.1
+	// connections of one endpoint. It is well above the number of
+	// requests a busy client keeps in flight to one endpoint, so that a
+	// connection a response just freed is kept, not closed and dialed
+	// again for the next request (with 8, 32 keep-alive clients made
+	// one new upstream connection every 8 requests).
+	DefaultHTTPMaxIdlePerEndpoint = 256
 )
 
 // headerProxyError names the reason of a response the proxy made itself.
@@ -83,7 +90,7 @@ type HTTPConfig struct {
 	// means balancer.DefaultPoolIdleTimeout; negative means no limit.
 	IdleTimeout time.Duration
 	// MaxIdlePerEndpoint bounds idle HTTP/1.1 connections per endpoint.
-	// Zero means balancer.DefaultMaxIdlePerEndpoint; negative keeps none.
+	// Zero means DefaultHTTPMaxIdlePerEndpoint; negative keeps none.
 	MaxIdlePerEndpoint int
 	// MaxIdleConns bounds idle HTTP/1.1 connections over all endpoints,
 	// least recently used closed first. Zero or negative means
@@ -161,7 +168,7 @@ func (c HTTPConfig) withDefaults() HTTPConfig {
 	}
 	switch {
 	case c.MaxIdlePerEndpoint == 0:
-		c.MaxIdlePerEndpoint = balancer.DefaultMaxIdlePerEndpoint
+		c.MaxIdlePerEndpoint = DefaultHTTPMaxIdlePerEndpoint
 	case c.MaxIdlePerEndpoint < 0:
 		c.MaxIdlePerEndpoint = 0
 	}
