@@ -488,13 +488,14 @@ func (h *httpRuntime) route(ctx context.Context, host string, port uint16, orig 
 	return orig, nil, nil
 }
 
-// routeAvoiding is route, picking again (a few times) when the pick is
-// an endpoint the request already failed on: a dead endpoint answers
-// fast, so P2C likes it until failure accrual ejects it.
+// routeAvoiding is route, picking again (up to 16 times) when the pick
+// is an endpoint the request already failed on: a dead endpoint answers
+// fast, so P2C likes it until failure accrual ejects it (with one dead
+// of three, 5 picks all landed on it about once in 40 kills).
 func (h *httpRuntime) routeAvoiding(ctx context.Context, host string, port uint16, orig netip.AddrPort, strict bool, failed []netip.AddrPort) (netip.AddrPort, *balancer.Endpoint, error) {
 	for try := 0; ; try++ {
 		dst, ep, err := h.route(ctx, host, port, orig, strict)
-		if err != nil || ep == nil || try == 4 || !slices.Contains(failed, dst) {
+		if err != nil || ep == nil || try == 15 || !slices.Contains(failed, dst) {
 			return dst, ep, err
 		}
 		ep.Release(context.Canceled, 0) // not used: counts nothing but in-flight
