@@ -221,7 +221,6 @@ func newHTTPRuntime(s *Server, cfg HTTPConfig) *httpRuntime {
 		dial:        h.dialPlain,
 		fallback:    func() http.RoundTripper { return h.h1.get() },
 		maxIdle:     h.cfg.MaxIdlePerEndpoint,
-		maxTotal:    h.cfg.MaxIdleConns,
 		idleTimeout: h.cfg.IdleTimeout,
 		lifetime:    max(life, 0),
 	}

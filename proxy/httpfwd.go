@@ -213,13 +213,11 @@ type h1Client struct {
 	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
 	fallback    func() http.RoundTripper
 	maxIdle     int           // per address; 0 keeps none
-	maxTotal    int           // over all addresses; 0: no limit
 	idleTimeout time.Duration // 0: no limit
 	lifetime    time.Duration // 0: no limit
 
-	mu    sync.Mutex
-	idle  map[string][]*h1Conn // most recently used last
-	total int                  // idle connections over all addresses
+	mu   sync.Mutex
+	idle map[string][]*h1Conn // most recently used last
 }
 
 // h1Conn is one upstream connection of an h1Client.
@@ -368,7 +366,6 @@ func (t *h1Client) get(ctx context.Context, addr string) (*h1Conn, bool, error) 
 			pc = l[len(l)-1]
 			l[len(l)-1] = nil
 			t.idle[addr] = l[:len(l)-1]
-			t.total--
 			pc.inPool = false
 		}
 		t.mu.Unlock()
@@ -419,7 +416,7 @@ func (pc *h1Conn) open() bool {
 func (t *h1Client) put(pc *h1Conn) {
 	t.mu.Lock()
 	l := t.idle[pc.addr]
-	if len(l) >= t.maxIdle || (t.maxTotal > 0 && t.total >= t.maxTotal) {
+	if len(l) >= t.maxIdle {
 		t.mu.Unlock()
 		pc.c.Close()
 		return
@@ -428,7 +425,6 @@ func (t *h1Client) put(pc *h1Conn) {
 		t.idle = make(map[string][]*h1Conn)
 	}
 	t.idle[pc.addr] = append(l, pc)
-	t.total++
 	pc.inPool = true
 	if t.idleTimeout > 0 {
 		if pc.timer == nil {
@@ -451,10 +447,6 @@ func (t *h1Client) expire(pc *h1Conn) {
 	l := t.idle[pc.addr]
 	if i := slices.Index(l, pc); i >= 0 {
 		t.idle[pc.addr] = slices.Delete(l, i, i+1)
-		t.total--
-	}
-	if len(t.idle[pc.addr]) == 0 {
-		delete(t.idle, pc.addr)
 	}
 	t.mu.Unlock()
 	pc.c.Close()
@@ -464,7 +456,7 @@ func (t *h1Client) expire(pc *h1Conn) {
 func (t *h1Client) closeIdle() {
 	t.mu.Lock()
 	idle := t.idle
-	t.idle, t.total = nil, 0
+	t.idle = nil
 	for _, l := range idle {
 		for _, pc := range l {
 			pc.inPool = false
