@@ -198,8 +198,7 @@ type httpRuntime struct {
 	cfg HTTPConfig
 	rp  *httputil.ReverseProxy
 
-	h1      *rotating[*http.Transport]  // unmeshed HTTP/1.1 with a body
-	h1c     *h1Client                   // unmeshed HTTP/1.1, others to h1
+	h1      *rotating[*http.Transport]  // unmeshed HTTP/1.1
 	h2c     *rotating[*http2.Transport] // unmeshed h2c
 	mesh    *rotating[*http2.Transport] // meshed: mesh-h2 over mTLS
 	upgrade *http.Transport             // upgrades: a fresh connection each
@@ -217,13 +216,6 @@ func newHTTPRuntime(s *Server, cfg HTTPConfig) *httpRuntime {
 	h.limit = &limiter{maxActive: h.cfg.MaxConcurrentPerService, maxPending: h.cfg.MaxPendingPerService}
 	life := h.cfg.MaxLifetime
 	h.h1 = newRotating(life, h.newH1, func(t *http.Transport) { t.CloseIdleConnections() })
-	h.h1c = &h1Client{
-		dial:        h.dialPlain,
-		fallback:    func() http.RoundTripper { return h.h1.get() },
-		maxIdle:     h.cfg.MaxIdlePerEndpoint,
-		idleTimeout: h.cfg.IdleTimeout,
-		lifetime:    max(life, 0),
-	}
 	h.h2c = newRotating(life, func() *http2.Transport { return h.newH2(h.dialPlain) }, func(t *http2.Transport) { t.CloseIdleConnections() })
 	h.mesh = newRotating(life, func() *http2.Transport { return h.newH2(h.dialMeshH2) }, func(t *http2.Transport) { t.CloseIdleConnections() })
 	h.upgrade = &http.Transport{
@@ -282,7 +274,6 @@ func (h *httpRuntime) newH2(dial func(ctx context.Context, network, addr string)
 func (s *Server) closeIdleHTTP() {
 	if h := s.http; h != nil {
 		h.h1.closeAll()
-		h.h1c.closeIdle()
 		h.h2c.closeAll()
 		h.mesh.closeAll()
 		h.upgrade.CloseIdleConnections()
@@ -723,7 +714,7 @@ func (h *httpRuntime) send(out *http.Request, dst netip.AddrPort, host, appProto
 	if appProto == "h2" {
 		return h.h2c.get().RoundTrip(out)
 	}
-	return h.h1c.RoundTrip(out)
+	return h.h1.get().RoundTrip(out)
 }
 
 // isUpgrade reports a protocol upgrade request (WebSocket and the like).

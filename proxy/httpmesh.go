@@ -21,7 +21,6 @@ import (
 type inboundHTTP struct {
 	once sync.Once
 	h1   *http.Transport
-	h1c  *h1Client // bodyless HTTP/1.1 requests; the others go to h1
 	h2c  *http2.Transport
 	// h2 serves mesh-h2 connections; base carries its settings, and its
 	// Shutdown sends every such connection a GOAWAY.
@@ -56,12 +55,6 @@ func (in *inboundHTTP) init(s *Server) {
 			DisableCompression:  true,
 			Proxy:               nil,
 		}
-		in.h1c = &h1Client{
-			dial:        dial,
-			fallback:    func() http.RoundTripper { return in.h1 },
-			maxIdle:     64,
-			idleTimeout: idle,
-		}
 		in.h2c = &http2.Transport{
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
@@ -94,7 +87,6 @@ func (in *inboundHTTP) shutdown(s *Server) {
 func (in *inboundHTTP) closeIdle(s *Server) {
 	in.init(s)
 	in.h1.CloseIdleConnections()
-	in.h1c.closeIdle()
 	in.h2c.CloseIdleConnections()
 }
 
@@ -112,7 +104,7 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 			return s.in.h2c.RoundTrip(r)
 		}
 		r.Header.Del(headerAppProtocol)
-		return s.in.h1c.RoundTrip(r)
+		return s.in.h1.RoundTrip(r)
 	})
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
