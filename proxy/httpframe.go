@@ -198,16 +198,19 @@ func (f *frameChecker) next() string {
 }
 
 // rejectAmbiguous answers 400 (and closes the connection) for requests
-// whose framing f found ambiguous, and passes the others to next.
-func rejectAmbiguous(f *frameChecker, next http.Handler) http.Handler {
+// whose framing their connection's frameChecker (reqInfo.frames) found
+// ambiguous, and passes the others to next.
+func rejectAmbiguous(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if reason := f.next(); reason != "" {
-			w.Header().Set(headerProxyError, "bad-request")
-			w.Header().Set("Connection", "close")
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			w.WriteHeader(http.StatusBadRequest)
-			w.Write([]byte("400 Bad Request: " + reason + "\n"))
-			return
+		if f := infoOf(r).frames; f != nil {
+			if reason := f.next(); reason != "" {
+				w.Header().Set(headerProxyError, "bad-request")
+				w.Header().Set("Connection", "close")
+				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+				w.WriteHeader(http.StatusBadRequest)
+				w.Write([]byte("400 Bad Request: " + reason + "\n"))
+				return
+			}
 		}
 		next.ServeHTTP(w, r)
 	})

@@ -117,7 +117,8 @@ type httpConn struct {
 	k      *conn
 	once   sync.Once
 	closed chan struct{}
-	frames *frameChecker // nil: framing not followed
+	frames *frameChecker   // nil: framing not followed
+	base   context.Context // a shared server's requests' context; nil: the server's own
 }
 
 func (c *httpConn) Read(b []byte) (int, error) {
@@ -126,6 +127,9 @@ func (c *httpConn) Read(b []byte) (int, error) {
 	if len(c.peek) > 0 {
 		n = copy(b, c.peek)
 		c.peek = c.peek[n:]
+		if len(c.peek) == 0 {
+			c.peek = nil // let the detection buffer go
+		}
 	} else {
 		n, err = c.Conn.Read(b)
 	}

@@ -71,7 +71,12 @@ func (in *inboundHTTP) init(s *Server) {
 
 // shutdown asks every mesh-h2 connection to finish (GOAWAY): the peer
 // sends no new streams and the connection closes once its streams end.
+// The outbound HTTP/1 client connections likewise: idle ones close now,
+// busy ones after their response.
 func (in *inboundHTTP) shutdown(s *Server) {
+	if s.http != nil {
+		s.http.h1srv.shutdown()
+	}
 	in.init(s)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // nothing to wait for: the connections are not base's

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"net"
 	"net/http"
 	"strconv"
@@ -139,3 +140,85 @@ func (r *rotating[T]) closeAll() {
 		r.close(prev)
 	}
 }
+
+// sharedServer is one net/http server for many client connections, each
+// handed to it with serve: a connection then costs the one goroutine
+// net/http serves it on, and no server of its own. Its requests' context
+// is the connection's httpConn.base. The Serve loop starts with the
+// first connection.
+type sharedServer struct {
+	srv  *http.Server
+	l    *chanListener
+	once sync.Once
+}
+
+func newSharedServer(srv *http.Server) *sharedServer {
+	ss := &sharedServer{srv: srv, l: newChanListener()}
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if hc, ok := c.(*httpConn); ok && hc.base != nil {
+			return hc.base
+		}
+		return ctx
+	}
+	return ss
+}
+
+// serve hands c to the server; false when the server was shut down (c is
+// then not taken).
+func (ss *sharedServer) serve(c *httpConn) bool {
+	ss.once.Do(func() { go ss.srv.Serve(ss.l) })
+	return ss.l.push(c)
+}
+
+// shutdown stops taking connections and closes the idle ones; a busy
+// connection closes when its response is done (keep-alive is off).
+func (ss *sharedServer) shutdown() {
+	ss.l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // close the idle ones once, wait for none
+	ss.srv.Shutdown(ctx)
+}
+
+// chanListener is a net.Listener whose connections are pushed to it.
+type chanListener struct {
+	ch   chan net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+var _ net.Listener = (*chanListener)(nil)
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// push hands c to Accept; false when the listener is closed.
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case <-l.done:
+		return false
+	default:
+	}
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return dummyAddr{} }
