@@ -189,6 +189,9 @@ var (
 	errNotMeshed    = errors.New("destination is not meshed")
 	errMeshRequired = errors.New("destination is not meshed and outbound TLS is required")
 	errNoBalancer   = errors.New("HTTPConfig.Balancer is nil")
+	// errUnaskedUpgrade: the upstream answered 101 to a request that
+	// asked for no upgrade.
+	errUnaskedUpgrade = errors.New("upstream switched protocols though the request asked for no upgrade")
 )
 
 // httpRuntime is the shared state of HTTP-aware outbound: the transports
@@ -666,6 +669,13 @@ func (h *httpRuntime) attempt(req *http.Request, dst netip.AddrPort, host, appPr
 			return nil, errTryTimeout
 		}
 		return nil, err
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") == "" {
+		// A 101 nobody asked for: ReverseProxy answers 502 but leaves
+		// the upstream connection open, so close it here.
+		resp.Body.Close()
+		end()
+		return nil, errUnaskedUpgrade
 	}
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 		// The body is the tunnel; ReverseProxy needs it writable. A

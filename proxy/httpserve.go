@@ -144,8 +144,11 @@ func (r *rotating[T]) closeAll() {
 // sharedServer is one net/http server for many client connections, each
 // handed to it with serve: a connection then costs the one goroutine
 // net/http serves it on, and no server of its own. Its requests' context
-// is the connection's httpConn.base. The Serve loop starts with the
-// first connection.
+// is the connection's httpConn.base, which also answers for the values
+// net/http puts in a connection's context (http.ServerContextKey: without
+// it ReverseProxy finishes a response whose upstream body broke off as if
+// it were complete, instead of aborting it). The Serve loop starts with
+// the first connection.
 type sharedServer struct {
 	srv  *http.Server
 	l    *chanListener
@@ -156,11 +159,26 @@ func newSharedServer(srv *http.Server) *sharedServer {
 	ss := &sharedServer{srv: srv, l: newChanListener()}
 	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if hc, ok := c.(*httpConn); ok && hc.base != nil {
-			return hc.base
+			return valuesBehind{Context: hc.base, behind: ctx}
 		}
 		return ctx
 	}
 	return ss
+}
+
+// valuesBehind is its Context (deadline, cancellation, values) with the
+// values of behind as a fallback for keys the Context does not have.
+type valuesBehind struct {
+	context.Context
+	behind context.Context
+}
+
+// Value returns the Context's value for key, or behind's.
+func (v valuesBehind) Value(key any) any {
+	if x := v.Context.Value(key); x != nil {
+		return x
+	}
+	return v.behind.Value(key)
 }
 
 // serve hands c to the server; false when the server was shut down (c is
