@@ -191,6 +191,7 @@ var (
 	errNoBalancer   = errors.New("HTTPConfig.Balancer is nil")
 	// errUnaskedUpgrade: the upstream answered 101 to a request that
 	// asked for no upgrade.
+	errAppUnreachable = errors.New("the endpoint's proxy could not connect to its app")
 	errUnaskedUpgrade = errors.New("upstream switched protocols though the request asked for no upgrade")
 )
 
@@ -416,6 +417,8 @@ func (h *httpRuntime) errorResponse(w http.ResponseWriter, r *http.Request, err 
 		status, reason = http.StatusGatewayTimeout, "timeout"
 	case errors.Is(err, errMeshRequired):
 		reason = "not-meshed"
+	case errors.Is(err, errAppUnreachable):
+		reason = reasonAppUnreachable
 	case errors.As(err, &ce):
 		reason = "connect"
 	}
@@ -577,6 +580,14 @@ func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 		start := time.Now()
 		var resp *http.Response
 		resp, err = h.attempt(req, dst, host, info.appProto, attemptOpts{tryTimeout: tryTimeout, body: body, p: p})
+		if err == nil && resp.StatusCode == http.StatusBadGateway && resp.Header.Get(headerProxyError) == reasonAppUnreachable &&
+			(canReplay || req.Body == nil || req.Body == http.NoBody) {
+			// The endpoint's proxy could not reach its app: the app
+			// saw nothing, so this is a connect failure of the
+			// endpoint (failure accrual, another pick), not an answer.
+			resp.Body.Close()
+			err = &connectError{err: errAppUnreachable}
+		}
 		if err == nil {
 			if ep != nil {
 				resp.Body = releaseOnEnd(resp, ep, start)

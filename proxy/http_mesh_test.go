@@ -120,3 +120,45 @@ func TestHTTPMeshUpgrade(t *testing.T) {
 	defer c.Close()
 	upgradeEcho(t, c, authority)
 }
+
+// TestHTTPMeshAppUnreachable: when the server proxy cannot connect to its
+// app it answers 502 app-unreachable, and the client proxy takes that as a
+// connect failure of the endpoint: an idempotent request is tried again
+// (here on the same, only endpoint), a request with a body that cannot be
+// replayed is not, and both get the reason.
+func TestHTTPMeshAppUnreachable(t *testing.T) {
+	e, _, _ := meshHTTPEnv(t, http.NotFoundHandler())
+	dead := closedPort(t)
+	d := newProxyDialer(t, e.out, dead)
+	authority := fmt.Sprintf("web.test:%d", dead.Port())
+	inbound := func() float64 { return testutil.ToFloat64(e.inM.requests.WithLabelValues("inbound", authority)) }
+	do := func(method string, body io.Reader) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://"+authority+"/", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = authority
+		resp, err := d.client().Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+
+	if resp := do(http.MethodGet, nil); resp.StatusCode != http.StatusBadGateway || resp.Header.Get(headerProxyError) != reasonAppUnreachable {
+		t.Fatalf("GET with the app down = %d %q; want 502 %q", resp.StatusCode, resp.Header.Get(headerProxyError), reasonAppUnreachable)
+	}
+	if got, want := inbound(), float64(1+DefaultHTTPRetries); got != want {
+		t.Errorf("GET reached the server proxy %v times; want %v (tried again after app-unreachable)", got, want)
+	}
+	before := inbound()
+	resp := do(http.MethodPost, io.NopCloser(strings.NewReader("body")))
+	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(headerProxyError) != reasonAppUnreachable {
+		t.Errorf("POST with the app down = %d %q; want 502 %q", resp.StatusCode, resp.Header.Get(headerProxyError), reasonAppUnreachable)
+	}
+	if got := inbound() - before; got != 1 {
+		t.Errorf("POST with a body reached the server proxy %v times; want 1 (a body is not replayed)", got)
+	}
+}

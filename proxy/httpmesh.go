@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log"
 	"net"
@@ -132,7 +133,13 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			s.log.Debug("http delivery failed", "src", k.src, "target", target.String(), "error", err)
-			w.Header().Set(headerProxyError, "upstream")
+			reason := "upstream"
+			if isDialError(err) {
+				// The app never saw the request: the client proxy
+				// may send it to another endpoint.
+				reason = reasonAppUnreachable
+			}
+			w.Header().Set(headerProxyError, reason)
 			w.Header().Set("Content-Length", "0")
 			w.WriteHeader(http.StatusBadGateway)
 		},
@@ -140,6 +147,18 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 	s.in.h2.ServeConn(tc, &http2.ServeConnOpts{Context: k.ctx, BaseConfig: s.in.base, Handler: s.instrument(rp)})
 	tc.Close()
 	return k.ctx.Err()
+}
+
+// reasonAppUnreachable is the meshproxy-error reason of a server proxy's
+// 502 when it could not connect to its app: the request went no further,
+// so the client proxy treats it as a connect failure of that endpoint.
+const reasonAppUnreachable = "app-unreachable"
+
+// isDialError reports whether err is a failure to connect (the request
+// was not sent).
+func isDialError(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
 // roundTripperFunc is a function as an http.RoundTripper.
