@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // bufSize is the copy buffer for connections the kernel cannot splice
@@ -104,4 +105,23 @@ func bufferedCopy(dst, src net.Conn, self, other *halfState, idle time.Duration,
 			return err
 		}
 	}
+}
+
+// waitReadable waits until c has bytes to read (or EOF, or an error), up
+// to its read deadline, without consuming any: it peeks one byte.
+func waitReadable(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var b [1]byte
+	var perr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, perr = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return perr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	return perr
 }

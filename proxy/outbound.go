@@ -175,6 +175,15 @@ func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool
 		raw.Close()
 		return meshDial{err: errors.New("mesh: no client TLS configured (Mesh.ClientTLS is nil)"), reason: reasonHandshake}
 	}
+	// The connect timeout covered the TCP connect only; the handshake
+	// waits for a slot (bounded concurrency, see Mesh.MaxHandshakes), then
+	// has the handshake timeout.
+	release, err := s.mesh.handshakeSlot(ctx)
+	if err != nil {
+		raw.Close()
+		return meshDial{err: fmt.Errorf("mesh handshake with %s: %w", addr, err), reason: reasonTimeout}
+	}
+	defer release()
 	tc := tls.Client(raw, s.mesh.cfg.ClientTLS(nil))
 	tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
 	err = tc.HandshakeContext(ctx)
