@@ -184,7 +184,7 @@ func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool
 		return meshDial{err: fmt.Errorf("mesh handshake with %s: %w", addr, err), reason: reasonTimeout}
 	}
 	defer release()
-	tc := tls.Client(raw, s.mesh.cfg.ClientTLS(nil))
+	tc := tls.Client(newBatchConn(raw.(*net.TCPConn)), s.mesh.cfg.ClientTLS(nil))
 	tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
 	err = tc.HandshakeContext(ctx)
 	if err != nil && ctx.Err() == nil {
@@ -200,7 +200,7 @@ func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool
 		if err != nil {
 			return meshDial{err: fmt.Errorf("dialing mesh port %s again for a full handshake: %w", addr, err), reason: reasonConnect}
 		}
-		tc = tls.Client(raw, cfg)
+		tc = tls.Client(newBatchConn(raw.(*net.TCPConn)), cfg)
 		tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
 		err = tc.HandshakeContext(ctx)
 	}
