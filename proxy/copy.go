@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -97,14 +98,12 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 					wdSet = now
 				}
 			}
-			var n int64
-			n, err = spliceBurst(dstRC, srcRC, dst, src)
-			if n > 0 {
+			err = spliceBurst(dstRC, srcRC, dst, src, func(n int64) {
 				count.Add(float64(n))
 				total.Add(n)
 				self.last.Store(time.Now().UnixNano())
 				self.quiet.Store(false)
-			}
+			})
 		}
 		switch {
 		case err == nil, err == errWouldBlock:
@@ -139,11 +138,12 @@ var errReadDeadline = errors.New("read deadline")
 // pipe: non-blocking splices from src until it has nothing left
 // (errWouldBlock) or reaches EOF (io.EOF, after the bytes before it are
 // delivered), each batch pumped into dst before the next (waiting for dst
-// to take it, up to its write deadline). It returns the bytes delivered.
-func spliceBurst(dstRC, srcRC syscall.RawConn, dst, src *net.TCPConn) (int64, error) {
+// to take it, up to its write deadline). It reports the bytes delivered
+// to delivered as they go, so a slow reader's counters stay live.
+func spliceBurst(dstRC, srcRC syscall.RawConn, dst, src *net.TCPConn, delivered func(int64)) error {
 	p, err := getPipe()
 	if err != nil {
-		return copyBurst(dst, src)
+		return copyBurst(dst, src, delivered)
 	}
 	var moved int64
 	defer func() { putPipe(p) }()
@@ -163,13 +163,13 @@ func spliceBurst(dstRC, srcRC syscall.RawConn, dst, src *net.TCPConn) (int64, er
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				err = fmt.Errorf("%w: %w", errReadDeadline, err)
 			}
-			return moved, err
+			return err
 		case serr == unix.EAGAIN:
-			return moved, errWouldBlock
+			return errWouldBlock
 		case serr != nil:
-			return moved, os.NewSyscallError("splice", serr)
+			return os.NewSyscallError("splice", serr)
 		case n == 0:
-			return moved, io.EOF
+			return io.EOF
 		}
 		p.inPipe = int(n)
 		for p.inPipe > 0 {
@@ -186,26 +186,27 @@ func spliceBurst(dstRC, srcRC syscall.RawConn, dst, src *net.TCPConn) (int64, er
 				err = os.NewSyscallError("splice", serr)
 			}
 			if isTimeout(err) {
-				return moved, errWriteStall
+				return errWriteStall
 			}
 			if err != nil {
-				return moved, err
+				return err
 			}
 			p.inPipe -= int(m)
 			moved += m
+			delivered(m)
 		}
 	}
-	return moved, nil
+	return nil
 }
 
 // copyBurst is spliceBurst without a pipe: one read into a pooled buffer
 // (what src has, up to bufSize) and one write.
-func copyBurst(dst, src *net.TCPConn) (int64, error) {
+func copyBurst(dst, src *net.TCPConn, delivered func(int64)) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	rc, err := src.SyscallConn()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	n, err := rawReadNoWait(rc, *bp)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -213,14 +214,17 @@ func copyBurst(dst, src *net.TCPConn) (int64, error) {
 	}
 	if n > 0 {
 		m, werr := dst.Write((*bp)[:n])
+		if m > 0 {
+			delivered(int64(m))
+		}
 		if isTimeout(werr) {
 			werr = errWriteStall
 		}
 		if werr != nil {
-			return int64(m), werr
+			return werr
 		}
 	}
-	return int64(n), err
+	return err
 }
 
 // pipe is a splice pipe: read and write ends, capacity, and the bytes in
@@ -229,21 +233,34 @@ type pipe struct {
 	r, w   int
 	size   int
 	inPipe int
+	used   time.Time // when it was last put back
 }
 
-// idlePipes holds empty pipes for reuse; getPipe makes one when it is
-// empty and putPipe closes one when it is full.
-var idlePipes = make(chan *pipe, maxIdlePipes)
+// idlePipes holds empty pipes for reuse, the most recently used last. A
+// pipe unused for pipeIdleTimeout is closed (by a timer, not a
+// goroutine), so a proxy that stopped moving bytes holds no pipe.
+var idlePipes struct {
+	sync.Mutex
+	pipes []*pipe
+	sweep *time.Timer // armed while pipes is not empty
+}
+
+// pipeIdleTimeout is how long an idle pipe is kept.
+const pipeIdleTimeout = time.Second
 
 // getPipe returns an empty pipe, asking for pipeSize capacity for a new
 // one (the kernel may give less: past fs.pipe-user-pages-soft, shared by
 // every process of the user, new pipes are small).
 func getPipe() (*pipe, error) {
-	select {
-	case p := <-idlePipes:
+	idlePipes.Lock()
+	if n := len(idlePipes.pipes); n > 0 {
+		p := idlePipes.pipes[n-1]
+		idlePipes.pipes[n-1] = nil
+		idlePipes.pipes = idlePipes.pipes[:n-1]
+		idlePipes.Unlock()
 		return p, nil
-	default:
 	}
+	idlePipes.Unlock()
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, os.NewSyscallError("pipe2", err)
@@ -263,12 +280,42 @@ func getPipe() (*pipe, error) {
 // was spent; a later one may be full size), or when enough are kept.
 func putPipe(p *pipe) {
 	if p.inPipe == 0 && p.size >= pipeSize {
-		select {
-		case idlePipes <- p:
+		idlePipes.Lock()
+		if len(idlePipes.pipes) < maxIdlePipes {
+			p.used = time.Now()
+			idlePipes.pipes = append(idlePipes.pipes, p)
+			if idlePipes.sweep == nil {
+				idlePipes.sweep = time.AfterFunc(pipeIdleTimeout, sweepPipes)
+			}
+			idlePipes.Unlock()
 			return
-		default:
 		}
+		idlePipes.Unlock()
 	}
+	p.close()
+}
+
+// sweepPipes closes the pipes idle for pipeIdleTimeout, and comes back
+// while some are left.
+func sweepPipes() {
+	idlePipes.Lock()
+	defer idlePipes.Unlock()
+	now := time.Now()
+	n := 0
+	for n < len(idlePipes.pipes) && now.Sub(idlePipes.pipes[n].used) >= pipeIdleTimeout {
+		idlePipes.pipes[n].close()
+		n++
+	}
+	idlePipes.pipes = append(idlePipes.pipes[:0], idlePipes.pipes[n:]...)
+	clear(idlePipes.pipes[len(idlePipes.pipes):cap(idlePipes.pipes)])
+	if len(idlePipes.pipes) == 0 {
+		idlePipes.sweep = nil
+		return
+	}
+	idlePipes.sweep.Reset(idlePipes.pipes[0].used.Add(pipeIdleTimeout).Sub(now))
+}
+
+func (p *pipe) close() {
 	unix.Close(p.r)
 	unix.Close(p.w)
 }

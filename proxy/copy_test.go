@@ -29,7 +29,8 @@ func pipeFDs(t *testing.T) int {
 // now wait hold no pipe (a pipe is taken per burst and pooled), so
 // thousands of idle connections neither spend two more files each nor
 // the user's pipe budget (fs.pipe-user-pages-soft), past which new pipes
-// are tiny and every splice moves a few KiB.
+// are tiny and every splice moves a few KiB. Once nothing moves, the
+// pooled pipes close too.
 func TestIdleSpliceHoldsNoPipe(t *testing.T) {
 	const conns = 64
 	// An echo that does not splice itself (io.Copy between two TCP
@@ -48,8 +49,10 @@ func TestIdleSpliceHoldsNoPipe(t *testing.T) {
 	})
 	srv := NewServer(Outbound, Config{OpaquePorts: []uint16{app.Port()}}, nil, nil)
 	before := pipeFDs(t)
+	var hs []handled
 	for i := range conns {
 		h := handleOne(t, srv, app)
+		hs = append(hs, h)
 		h.client.SetDeadline(time.Now().Add(10 * time.Second))
 		msg := []byte{byte(i), 1, 2, 3}
 		if _, err := h.client.Write(msg); err != nil {
@@ -65,4 +68,9 @@ func TestIdleSpliceHoldsNoPipe(t *testing.T) {
 	if got, most := pipeFDs(t)-before, 2*maxIdlePipes; got > most {
 		t.Errorf("%d idle spliced connections hold %d more pipe ends; want at most %d (the pool)", conns, got, most)
 	}
+	for _, h := range hs {
+		h.client.Close()
+		h.waitDone(t)
+	}
+	waitFor(t, "the idle pipes to close", func() bool { return pipeFDs(t) <= before })
 }
