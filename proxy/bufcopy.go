@@ -289,6 +289,13 @@ type batchConn struct {
 	rc syscall.RawConn
 
 	noWait atomic.Bool
+	// In no-wait mode a read takes everything the socket has (up to
+	// copyBufSize) into rbuf, and the TLS layer's record-sized reads are
+	// served from it: one read(2) per burst, not per record. rbuf is held
+	// only while it has bytes. Reads come from one goroutine at a time
+	// (the tls.Conn's input lock).
+	rbuf       *[]byte
+	rpos, rend int
 
 	mu       sync.Mutex // orders batches and direct writes
 	batching bool
@@ -304,13 +311,32 @@ func newBatchConn(c *net.TCPConn) net.Conn {
 	return &batchConn{TCPConn: c, rc: rc}
 }
 
-// Read reads from the socket; in no-wait mode it returns errWouldBlock
-// instead of waiting.
+// Read returns bytes read ahead first, then reads from the socket; in
+// no-wait mode it reads ahead what the socket has and returns
+// errWouldBlock instead of waiting when it has nothing.
 func (b *batchConn) Read(p []byte) (int, error) {
-	if b.noWait.Load() {
-		return rawReadNoWait(b.rc, p)
+	if b.rbuf == nil {
+		if !b.noWait.Load() {
+			return b.TCPConn.Read(p)
+		}
+		if len(p) >= copyBufSize {
+			return rawReadNoWait(b.rc, p)
+		}
+		bp := copyPool.Get().(*[]byte)
+		n, err := rawReadNoWait(b.rc, *bp)
+		if n == 0 {
+			copyPool.Put(bp)
+			return 0, err
+		}
+		b.rbuf, b.rpos, b.rend = bp, 0, n
 	}
-	return b.TCPConn.Read(p)
+	n := copy(p, (*b.rbuf)[b.rpos:b.rend])
+	b.rpos += n
+	if b.rpos == b.rend {
+		copyPool.Put(b.rbuf)
+		b.rbuf = nil
+	}
+	return n, nil
 }
 
 // Write appends p to the batch when one is open, else writes it.
