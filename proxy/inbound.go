@@ -25,15 +25,13 @@ func (s *Server) handleMeshInbound(k *conn) error {
 	tc := tls.Server(newBatchConn(k.c), s.mesh.serverTLS)
 	k.track(tc)
 	// Take a handshake slot (Mesh.MaxHandshakes) only once the client's
-	// hello is there, so clients that are slow to send it hold none. A
-	// client proxy may itself wait up to the handshake timeout for a slot
-	// after connecting, hence twice that for the hello.
-	k.c.SetReadDeadline(time.Now().Add(2 * s.mesh.hsTimeout))
+	// hello is there, so clients that are slow to send it hold none.
+	k.c.SetReadDeadline(time.Now().Add(s.mesh.hsTimeout))
 	if err := waitReadable(k.c); err != nil {
 		k.begin(connLabels{tls: TLSTrue})
 		return s.refuse(k, handshakeReason(err), fmt.Errorf("mesh handshake: waiting for the client hello: %w", err))
 	}
-	release, err := s.mesh.handshakeSlot(k.ctx)
+	release, err := s.mesh.handshakeSlot(k.ctx, 1)
 	if err != nil {
 		k.begin(connLabels{tls: TLSTrue})
 		return s.refuse(k, handshakeReason(err), fmt.Errorf("mesh handshake: %w", err))

@@ -25,7 +25,7 @@ const DefaultMeshPort = 4143
 // per Server (Mesh.MaxHandshakes): enough to keep every core busy while
 // some handshakes wait on the network, few enough that the runtime still
 // schedules accepts, connects and data promptly during a burst.
-var DefaultMaxHandshakes = max(16, 8*runtime.GOMAXPROCS(0))
+var DefaultMaxHandshakes = max(32, 16*runtime.GOMAXPROCS(0))
 
 // DefaultProxyPorts are the proxy's own ports (outbound, mesh/inbound,
 // Linkerd's tap/admin pair) that an inbound mesh connection may never ask
@@ -151,13 +151,14 @@ type Mesh struct {
 	// DefaultProxyPorts; Port is always included.
 	ProxyPorts []uint16
 	// HandshakeTimeout bounds the TLS handshake and, inbound, reading the
-	// transport header; also the wait for a handshake slot (see
-	// MaxHandshakes). Inbound, the client's hello may take twice this (a
-	// client proxy may wait for a slot after connecting). Zero means 10s.
+	// client's hello and the transport header. A handshake may wait this
+	// long for a slot inbound, four times this outbound (see
+	// MaxHandshakes). Zero means 10s.
 	HandshakeTimeout time.Duration
 	// MaxHandshakes bounds how many TLS handshakes of this Server run at
-	// once; the others wait their turn (up to HandshakeTimeout) instead of
-	// all competing for the CPU. Without a bound, a burst of thousands of
+	// once; the others wait their turn instead of all competing for the
+	// CPU. Outbound, a dial waits for its slot before it connects, so the
+	// server proxy sees the connection only when the hello follows. Without a bound, a burst of thousands of
 	// new mesh connections keeps thousands of goroutines runnable with
 	// handshake cryptography, the runtime gets to a finished connect or a
 	// waiting accept seconds late, and dials fail their connect timeout
@@ -277,15 +278,20 @@ func wrapServerTLS(cfg *tls.Config) *tls.Config {
 // timeout for a slot (Mesh.MaxHandshakes).
 var errHandshakeQueue = fmt.Errorf("waited too long for a TLS handshake slot: %w (the proxy is busy with other handshakes; see Mesh.MaxHandshakes)", os.ErrDeadlineExceeded)
 
-// handshakeSlot waits for a free handshake slot until ctx ends or the
-// handshake timeout passes, and returns the function that frees it.
-func (r *meshRuntime) handshakeSlot(ctx context.Context) (release func(), err error) {
+// slotQueueFactor is how many handshake timeouts an outbound dial may
+// wait for a handshake slot: a burst of thousands of new connections
+// queues for several seconds and still succeeds.
+const slotQueueFactor = 4
+
+// handshakeSlot waits for a free handshake slot until ctx ends or factor
+// handshake timeouts pass, and returns the function that frees it.
+func (r *meshRuntime) handshakeSlot(ctx context.Context, factor int) (release func(), err error) {
 	select {
 	case r.hsSlots <- struct{}{}:
 		return r.releaseSlot, nil
 	default:
 	}
-	t := time.NewTimer(r.hsTimeout)
+	t := time.NewTimer(time.Duration(factor) * r.hsTimeout)
 	defer t.Stop()
 	select {
 	case r.hsSlots <- struct{}{}:
