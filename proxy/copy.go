@@ -23,11 +23,12 @@ const (
 	// pipeSize is the capacity asked for each splice pipe (the most an
 	// unprivileged process may set by default, fs.pipe-max-size).
 	pipeSize = 1 << 20
-	// maxIdlePipes bounds the pipes kept for reuse. Pipe memory counts
-	// against fs.pipe-user-pages-soft (64 MiB by default), shared by every
-	// process of the proxy's user: 8 MiB kept idle per process leaves
-	// room for the pipes in use and for a second proxy.
-	maxIdlePipes = 8
+	// maxIdlePipes bounds the pipes kept for reuse (a few busy streams
+	// each way). Pipe memory counts against fs.pipe-user-pages-soft (64
+	// MiB by default), shared by every process of the proxy's user: 16
+	// MiB kept idle per process leaves room for the pipes in use and for
+	// a second proxy.
+	maxIdlePipes = 16
 )
 
 var (
