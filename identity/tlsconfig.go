@@ -24,6 +24,9 @@ func (m *Manager) ServerTLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{ALPN},
+		// Full-size records from the first byte: the peer is a proxy on a
+		// fast link, not a browser waiting to render the first packet.
+		DynamicRecordSizingDisabled: true,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return m.certOrErr()
 		},
@@ -58,8 +61,9 @@ func (m *Manager) ClientTLSConfig(expectedServer *ID) *tls.Config {
 		want = &w
 	}
 	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{ALPN},
+		MinVersion:                  tls.VersionTLS13,
+		NextProtos:                  []string{ALPN},
+		DynamicRecordSizingDisabled: true, // as in ServerTLSConfig
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return m.certOrErr()
 		},

@@ -2,26 +2,33 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 const (
-	// copyChunk is how many bytes one io.CopyN moves before the loop
-	// updates counters and deadlines. io.CopyN wraps src in an
-	// io.LimitedReader, which (*net.TCPConn).ReadFrom still splices
-	// (net/splice_linux.go unwraps it), and 1 MiB matches the pipe size
-	// the runtime's splice uses.
-	copyChunk = 1 << 20
-	// statsInterval bounds how long bytes of a slow stream may sit
-	// uncounted: each chunk's read deadline is at most this far away, and
-	// a deadline that fires mid-chunk reports the bytes moved so far.
-	statsInterval = 5 * time.Second
+	// maxBurst bounds the bytes one splice burst moves before the copy
+	// counts them, so the counters of a stream that never pauses stay
+	// live.
+	maxBurst = 4 << 20
+	// pipeSize is the capacity asked for each splice pipe (the most an
+	// unprivileged process may set by default, fs.pipe-max-size).
+	pipeSize = 1 << 20
+	// maxIdlePipes bounds the pipes kept for reuse (a few busy streams
+	// each way). Pipe memory counts against fs.pipe-user-pages-soft (64
+	// MiB by default), shared by every process of the proxy's user: 16
+	// MiB kept idle per process leaves room for the pipes in use and for
+	// a second proxy.
+	maxIdlePipes = 16
 )
 
 var (
@@ -50,59 +57,266 @@ func (h *halfState) isQuiet() bool { return h.done.Load() || h.quiet.Load() }
 
 // proxyCopy moves bytes from src to dst until src reaches EOF (returns nil,
 // leaving the half-close to the caller) or an error. It never wraps the
-// conns, so the kernel splices. Each chunk sets a read deadline on src so
-// counters stay live and idleness is noticed. Bytes are counted when a
-// chunk ends or its deadline fires, so a direction is known idle only when
-// a deadline fires with nothing moved and nothing counted for idle; the
-// connection closes when both directions are known idle (or finished), so
-// one busy one way is never cut. A connection is thus closed between idle
-// and about twice idle after its last byte. A write deadline one idle
-// timeout past the read deadline catches a peer that stops reading. Zero
-// idle disables both checks; the counters stay live.
+// conns: the kernel splices, through a pipe the direction takes from a
+// small pool only while bytes are waiting (an idle connection holds no
+// pipe, and no buffer). Each wake-up moves everything src has (up to
+// maxBurst) with non-blocking splices, and is counted when it ends.
+//
+// With idle > 0, a read deadline idle after the last byte marks the
+// direction quiet, and the copy ends with errIdle when the other
+// direction is quiet too (so one direction busy keeps the connection);
+// a write that makes no progress for about idle ends it with
+// errWriteStall. Deadlines are re-armed lazily (read: when one fires;
+// write: at most every idle/8), so a busy stream pays few timer updates.
+// A connection is thus closed between idle and about 1.5 times idle after
+// its last byte. Zero idle disables both checks; the counters stay live.
+// When no pipe can be made (out of files), the burst goes through a
+// pooled buffer instead.
 func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration, count prometheus.Counter, total *atomic.Int64) error {
+	srcRC, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	dstRC, err := dst.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var wdSet time.Time
+	if idle > 0 {
+		if err := src.SetReadDeadline(time.Unix(0, self.last.Load()).Add(idle)); err != nil {
+			return err
+		}
+	}
 	for {
-		now := time.Now()
-		rd := now.Add(statsInterval)
-		var wd time.Time
-		if idle > 0 {
-			if d := time.Unix(0, self.last.Load()).Add(idle); d.After(now) && d.Before(rd) {
-				rd = d
+		err := waitReadable(src)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", errReadDeadline, err)
+		}
+		if err == nil {
+			if idle > 0 {
+				if now := time.Now(); now.Sub(wdSet) > idle/8 {
+					dst.SetWriteDeadline(now.Add(idle))
+					wdSet = now
+				}
 			}
-			// Past the read deadline, so a read that waited its whole
-			// time still leaves the write a full idle timeout.
-			wd = rd.Add(idle)
-		}
-		if err := src.SetReadDeadline(rd); err != nil {
-			return err
-		}
-		if err := dst.SetWriteDeadline(wd); err != nil {
-			return err
-		}
-		n, err := io.CopyN(dst, src, copyChunk)
-		if n > 0 {
-			count.Add(float64(n))
-			total.Add(n)
-			self.last.Store(time.Now().UnixNano())
-			self.quiet.Store(false)
+			err = spliceBurst(dstRC, srcRC, dst, src, func(n int64) {
+				count.Add(float64(n))
+				total.Add(n)
+				self.last.Store(time.Now().UnixNano())
+				self.quiet.Store(false)
+			})
 		}
 		switch {
-		case err == nil:
+		case err == nil, err == errWouldBlock:
 		case err == io.EOF:
 			self.done.Store(true)
 			return nil
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, errReadDeadline) && idle > 0:
 			now := time.Now()
-			if !wd.IsZero() && !now.Before(wd) {
-				return errWriteStall
-			}
-			if idle > 0 && n == 0 && now.Sub(time.Unix(0, self.last.Load())) >= idle {
+			last := time.Unix(0, self.last.Load())
+			next := last.Add(idle)
+			if !now.Before(next) {
 				self.quiet.Store(true)
 				if other.isQuiet() {
 					return errIdle
 				}
+				next = now.Add(idle / 2)
+			}
+			if err := src.SetReadDeadline(next); err != nil {
+				return err
 			}
 		default:
 			return err
 		}
 	}
+}
+
+// errReadDeadline wraps a read deadline that fired, to tell it from a
+// write deadline (both are os.ErrDeadlineExceeded).
+var errReadDeadline = errors.New("read deadline")
+
+// spliceBurst moves what src has, up to maxBurst, to dst through a pooled
+// pipe: non-blocking splices from src until it has nothing left
+// (errWouldBlock) or reaches EOF (io.EOF, after the bytes before it are
+// delivered), each batch pumped into dst before the next (waiting for dst
+// to take it, up to its write deadline). It reports the bytes delivered
+// to delivered as they go, so a slow reader's counters stay live.
+func spliceBurst(dstRC, srcRC syscall.RawConn, dst, src *net.TCPConn, delivered func(int64)) error {
+	p, err := getPipe()
+	if err != nil {
+		return copyBurst(dst, src, delivered)
+	}
+	var moved int64
+	defer func() { putPipe(p) }()
+	for moved < maxBurst {
+		var n int64
+		var serr error
+		err := srcRC.Read(func(fd uintptr) bool {
+			for {
+				n, serr = unix.Splice(int(fd), nil, p.w, nil, p.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				if serr != unix.EINTR {
+					return true
+				}
+			}
+		})
+		switch {
+		case err != nil:
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				err = fmt.Errorf("%w: %w", errReadDeadline, err)
+			}
+			return err
+		case serr == unix.EAGAIN:
+			return errWouldBlock
+		case serr != nil:
+			return os.NewSyscallError("splice", serr)
+		case n == 0:
+			return io.EOF
+		}
+		p.inPipe = int(n)
+		for p.inPipe > 0 {
+			var m int64
+			err := dstRC.Write(func(fd uintptr) bool {
+				for {
+					m, serr = unix.Splice(p.r, nil, int(fd), nil, p.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+					if serr != unix.EINTR {
+						return serr != unix.EAGAIN
+					}
+				}
+			})
+			if err == nil && serr != nil {
+				err = os.NewSyscallError("splice", serr)
+			}
+			if isTimeout(err) {
+				return errWriteStall
+			}
+			if err != nil {
+				return err
+			}
+			p.inPipe -= int(m)
+			moved += m
+			delivered(m)
+		}
+	}
+	return nil
+}
+
+// copyBurst is spliceBurst without a pipe: one read into a pooled buffer
+// (what src has, up to bufSize) and one write.
+func copyBurst(dst, src *net.TCPConn, delivered func(int64)) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	n, err := rawReadNoWait(rc, *bp)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("%w: %w", errReadDeadline, err)
+	}
+	if n > 0 {
+		m, werr := dst.Write((*bp)[:n])
+		if m > 0 {
+			delivered(int64(m))
+		}
+		if isTimeout(werr) {
+			werr = errWriteStall
+		}
+		if werr != nil {
+			return werr
+		}
+	}
+	return err
+}
+
+// pipe is a splice pipe: read and write ends, capacity, and the bytes in
+// it (non-zero only while a burst runs or after it failed).
+type pipe struct {
+	r, w   int
+	size   int
+	inPipe int
+	used   time.Time // when it was last put back
+}
+
+// idlePipes holds empty pipes for reuse, the most recently used last. A
+// pipe unused for pipeIdleTimeout is closed (by a timer, not a
+// goroutine), so a proxy that stopped moving bytes holds no pipe.
+var idlePipes struct {
+	sync.Mutex
+	pipes []*pipe
+	sweep *time.Timer // armed while pipes is not empty
+}
+
+// pipeIdleTimeout is how long an idle pipe is kept.
+const pipeIdleTimeout = time.Second
+
+// getPipe returns an empty pipe, asking for pipeSize capacity for a new
+// one (the kernel may give less: past fs.pipe-user-pages-soft, shared by
+// every process of the user, new pipes are small).
+func getPipe() (*pipe, error) {
+	idlePipes.Lock()
+	if n := len(idlePipes.pipes); n > 0 {
+		p := idlePipes.pipes[n-1]
+		idlePipes.pipes[n-1] = nil
+		idlePipes.pipes = idlePipes.pipes[:n-1]
+		idlePipes.Unlock()
+		return p, nil
+	}
+	idlePipes.Unlock()
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, os.NewSyscallError("pipe2", err)
+	}
+	p := &pipe{r: fds[0], w: fds[1]}
+	unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pipeSize) // best effort
+	size, err := unix.FcntlInt(uintptr(p.w), unix.F_GETPIPE_SZ, 0)
+	if err != nil || size <= 0 {
+		size = 64 << 10
+	}
+	p.size = size
+	return p, nil
+}
+
+// putPipe keeps an empty pipe for reuse and closes one with bytes stuck
+// in it (a failed burst), a small one (made while the user's pipe budget
+// was spent; a later one may be full size), or when enough are kept.
+func putPipe(p *pipe) {
+	if p.inPipe == 0 && p.size >= pipeSize {
+		idlePipes.Lock()
+		if len(idlePipes.pipes) < maxIdlePipes {
+			p.used = time.Now()
+			idlePipes.pipes = append(idlePipes.pipes, p)
+			if idlePipes.sweep == nil {
+				idlePipes.sweep = time.AfterFunc(pipeIdleTimeout, sweepPipes)
+			}
+			idlePipes.Unlock()
+			return
+		}
+		idlePipes.Unlock()
+	}
+	p.close()
+}
+
+// sweepPipes closes the pipes idle for pipeIdleTimeout, and comes back
+// while some are left.
+func sweepPipes() {
+	idlePipes.Lock()
+	defer idlePipes.Unlock()
+	now := time.Now()
+	n := 0
+	for n < len(idlePipes.pipes) && now.Sub(idlePipes.pipes[n].used) >= pipeIdleTimeout {
+		idlePipes.pipes[n].close()
+		n++
+	}
+	idlePipes.pipes = append(idlePipes.pipes[:0], idlePipes.pipes[n:]...)
+	clear(idlePipes.pipes[len(idlePipes.pipes):cap(idlePipes.pipes)])
+	if len(idlePipes.pipes) == 0 {
+		idlePipes.sweep = nil
+		return
+	}
+	idlePipes.sweep.Reset(idlePipes.pipes[0].used.Add(pipeIdleTimeout).Sub(now))
+}
+
+func (p *pipe) close() {
+	unix.Close(p.r)
+	unix.Close(p.w)
 }

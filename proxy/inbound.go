@@ -22,10 +22,24 @@ func (s *Server) handleMeshInbound(k *conn) error {
 		k.begin(connLabels{tls: TLSTrue})
 		return s.refuse(k, reasonHandshake, errors.New("mesh: no server TLS configured (Mesh.ServerTLS is nil)"))
 	}
-	tc := tls.Server(k.c, s.mesh.serverTLS)
+	tc := tls.Server(newBatchConn(k.c), s.mesh.serverTLS)
 	k.track(tc)
+	// Take a handshake slot (Mesh.MaxHandshakes) only once the client's
+	// hello is there, so clients that are slow to send it hold none.
+	k.c.SetReadDeadline(time.Now().Add(s.mesh.hsTimeout))
+	if err := waitReadable(k.c); err != nil {
+		k.begin(connLabels{tls: TLSTrue})
+		return s.refuse(k, handshakeReason(err), fmt.Errorf("mesh handshake: waiting for the client hello: %w", err))
+	}
+	release, err := s.mesh.handshakeSlot(k.ctx, 1)
+	if err != nil {
+		k.begin(connLabels{tls: TLSTrue})
+		return s.refuse(k, handshakeReason(err), fmt.Errorf("mesh handshake: %w", err))
+	}
 	tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
-	if err := tc.HandshakeContext(k.ctx); err != nil {
+	err = tc.HandshakeContext(k.ctx)
+	release()
+	if err != nil {
 		k.begin(connLabels{tls: TLSTrue})
 		return s.refuse(k, handshakeReason(err), fmt.Errorf("mesh handshake: %w", err))
 	}
@@ -103,8 +117,9 @@ func (s *Server) handleInboundPlain(k *conn) error {
 // refuse counts and logs (one warn line) an inbound connection refused
 // before delivery, and closes it.
 func (s *Server) refuse(k *conn, reason string, err error) error {
-	s.m.refused.WithLabelValues(reason).Inc()
+	// Log before counting: whoever sees the count also finds the line.
 	s.log.Warn("refusing connection", "src", k.src, "dst", k.orig.String(), "reason", reason, "error", err)
+	s.m.refused.WithLabelValues(reason).Inc()
 	k.abort()
 	return fmt.Errorf("refused (%s): %w", reason, err)
 }

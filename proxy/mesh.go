@@ -1,10 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +20,12 @@ import (
 // DefaultMeshPort is the port peer proxies dial for the mesh transport
 // (the inbound port, as in Linkerd).
 const DefaultMeshPort = 4143
+
+// DefaultMaxHandshakes is the default bound on concurrent TLS handshakes
+// per Server (Mesh.MaxHandshakes): enough to keep every core busy while
+// some handshakes wait on the network, few enough that the runtime still
+// schedules accepts, connects and data promptly during a burst.
+var DefaultMaxHandshakes = max(32, 16*runtime.GOMAXPROCS(0))
 
 // DefaultProxyPorts are the proxy's own ports (outbound, mesh/inbound,
 // Linkerd's tap/admin pair) that an inbound mesh connection may never ask
@@ -142,8 +151,21 @@ type Mesh struct {
 	// DefaultProxyPorts; Port is always included.
 	ProxyPorts []uint16
 	// HandshakeTimeout bounds the TLS handshake and, inbound, reading the
-	// transport header. Zero means 10s.
+	// client's hello and the transport header. A handshake may wait this
+	// long for a slot inbound, four times this outbound (see
+	// MaxHandshakes). Zero means 10s.
 	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds how many TLS handshakes of this Server run at
+	// once; the others wait their turn instead of all competing for the
+	// CPU. Outbound, a dial waits for its slot before it connects, so the
+	// server proxy sees the connection only when the hello follows. Without a bound, a burst of thousands of
+	// new mesh connections keeps thousands of goroutines runnable with
+	// handshake cryptography, the runtime gets to a finished connect or a
+	// waiting accept seconds late, and dials fail their connect timeout
+	// although the kernel connected them. Queued handshakes also resume
+	// the sessions the first ones established, which costs far less. Zero
+	// means DefaultMaxHandshakes.
+	MaxHandshakes int
 	// Cache remembers which destinations are meshed. Nil means a new
 	// balancer.MeshCache with its defaults (10k addresses, meshed for 1h
 	// after the last success, unmeshed for 30s).
@@ -184,6 +206,8 @@ type meshRuntime struct {
 	policy     InboundPolicy
 	hsTimeout  time.Duration
 	localID    string
+	// hsSlots holds a token per running handshake (MaxHandshakes).
+	hsSlots chan struct{}
 }
 
 func newMeshRuntime(m Mesh) *meshRuntime {
@@ -210,6 +234,11 @@ func newMeshRuntime(m Mesh) *meshRuntime {
 	if r.hsTimeout <= 0 {
 		r.hsTimeout = 10 * time.Second
 	}
+	n := m.MaxHandshakes
+	if n <= 0 {
+		n = DefaultMaxHandshakes
+	}
+	r.hsSlots = make(chan struct{}, n)
 	if !m.LocalID.IsZero() {
 		r.localID = m.LocalID.String()
 	}
@@ -244,6 +273,37 @@ func wrapServerTLS(cfg *tls.Config) *tls.Config {
 	}
 	return c
 }
+
+// errHandshakeQueue is the error of a handshake that waited its whole
+// timeout for a slot (Mesh.MaxHandshakes).
+var errHandshakeQueue = fmt.Errorf("waited too long for a TLS handshake slot: %w (the proxy is busy with other handshakes; see Mesh.MaxHandshakes)", os.ErrDeadlineExceeded)
+
+// slotQueueFactor is how many handshake timeouts an outbound dial may
+// wait for a handshake slot: a burst of thousands of new connections
+// queues for several seconds and still succeeds.
+const slotQueueFactor = 4
+
+// handshakeSlot waits for a free handshake slot until ctx ends or factor
+// handshake timeouts pass, and returns the function that frees it.
+func (r *meshRuntime) handshakeSlot(ctx context.Context, factor int) (release func(), err error) {
+	select {
+	case r.hsSlots <- struct{}{}:
+		return r.releaseSlot, nil
+	default:
+	}
+	t := time.NewTimer(time.Duration(factor) * r.hsTimeout)
+	defer t.Stop()
+	select {
+	case r.hsSlots <- struct{}{}:
+		return r.releaseSlot, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, errHandshakeQueue
+	}
+}
+
+func (r *meshRuntime) releaseSlot() { <-r.hsSlots }
 
 // meshState says whether dst must, must not, or may be meshed.
 func (r *meshRuntime) meshState(dst netip.Addr) (state balancer.MeshState, forced bool) {

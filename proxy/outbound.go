@@ -163,6 +163,15 @@ func (s *Server) detectWhileDialing(k *conn, dialc <-chan meshDial, cancelDial c
 func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool) meshDial {
 	ip = ip.Unmap()
 	addr := netip.AddrPortFrom(ip, s.mesh.port)
+	// Wait for a handshake slot (bounded concurrency, see
+	// Mesh.MaxHandshakes) before connecting, so the server proxy sees the
+	// connection only when its hello follows, and the connect timeout
+	// covers the TCP connect only.
+	release, err := s.mesh.handshakeSlot(ctx, slotQueueFactor)
+	if err != nil {
+		return meshDial{err: fmt.Errorf("mesh handshake with %s: %w", addr, err), reason: reasonTimeout}
+	}
+	defer release()
 	d := net.Dialer{Timeout: s.connectTimeoutFor(ctx)}
 	raw, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
@@ -175,7 +184,7 @@ func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool
 		raw.Close()
 		return meshDial{err: errors.New("mesh: no client TLS configured (Mesh.ClientTLS is nil)"), reason: reasonHandshake}
 	}
-	tc := tls.Client(raw, s.mesh.cfg.ClientTLS(nil))
+	tc := tls.Client(newBatchConn(raw.(*net.TCPConn)), s.mesh.cfg.ClientTLS(nil))
 	tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
 	err = tc.HandshakeContext(ctx)
 	if err != nil && ctx.Err() == nil {
@@ -191,7 +200,7 @@ func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool
 		if err != nil {
 			return meshDial{err: fmt.Errorf("dialing mesh port %s again for a full handshake: %w", addr, err), reason: reasonConnect}
 		}
-		tc = tls.Client(raw, cfg)
+		tc = tls.Client(newBatchConn(raw.(*net.TCPConn)), cfg)
 		tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
 		err = tc.HandshakeContext(ctx)
 	}
