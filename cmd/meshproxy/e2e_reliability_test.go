@@ -688,24 +688,23 @@ func (e *endpointLab) load(t *testing.T, workers, max int, stop <-chan struct{})
 // TestReliabilityEndpointKilled: under steady load over three endpoints,
 // one endpoint's app is killed every 3s and started again 1.5s later.
 //
-// What may fail, and why: the endpoint's proxy stays up, so a request
-// sent to a dead app gets a 502 ("upstream") from that proxy, a response
-// the client proxy passes on (it retries only attempts that got no
-// response). Failure accrual ejects the endpoint after 5 consecutive
-// failures, and an ejected endpoint is probed once its backoff (1s, then
-// doubling) ends. So per kill up to 5 (accrual) + 1 (probe) + 4 (one in
-// flight per worker, as failures are recorded concurrently) may fail.
+// What may fail, and why: the endpoint's proxy stays up and answers a
+// request for its dead app with 502 app-unreachable, which the client
+// proxy takes as a connect failure: it sends the request to another
+// endpoint and counts the failure (accrual ejects the endpoint after 5).
+// Only a request the app had already taken when it was killed can fail:
+// at most one in flight per worker per kill.
 // Once ejected, a dead endpoint gets nothing but probes: from 700ms after
 // the kill until the restart at most 2 requests may reach its proxy.
 func TestReliabilityEndpointKilled(t *testing.T) {
 	const (
-		workers   = 4
-		duration  = 20 * time.Second
-		maxReqs   = 40000
-		every     = 3 * time.Second
-		accrued   = 700 * time.Millisecond
-		downFor   = 1500 * time.Millisecond
-		probes    = 2 // the 1s ejection's probe, and slack for one more
+		workers  = 4
+		duration = 20 * time.Second
+		maxReqs  = 40000
+		every    = 3 * time.Second
+		accrued  = 700 * time.Millisecond
+		downFor  = 1500 * time.Millisecond
+		probes   = 2 // the 1s ejection's probe, and slack for one more
 	)
 	e := newEndpointLab(t)
 	check := e.baselines(t)
