@@ -55,20 +55,7 @@ func Detect(c *net.TCPConn, timeout time.Duration, buf []byte) (Protocol, int, e
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return ProtocolNone, 0, err
 	}
-	n := 0
-	var err error
-	for n < len(buf) {
-		var m int
-		m, err = c.Read(buf[n:])
-		n += m
-		if err != nil || !undecided(buf[:n]) {
-			break
-		}
-		if m == 0 {
-			err = io.ErrNoProgress
-			break
-		}
-	}
+	n, err := readFirst(c, buf)
 	if derr := c.SetReadDeadline(time.Time{}); derr != nil && err == nil {
 		err = derr
 	}
@@ -84,6 +71,26 @@ func Detect(c *net.TCPConn, timeout time.Duration, buf []byte) (Protocol, int, e
 		err = io.ErrNoProgress
 	}
 	return ProtocolNone, 0, err
+}
+
+// readFirst reads a client's first bytes into buf, reading on while they
+// are too short to decide (see undecided) and buf has room. The caller
+// sets the read deadline (and may move it to cut the wait short). It
+// returns the bytes read and the error that stopped the reading, if any:
+// callers classify whatever bytes came, whatever the error.
+func readFirst(c net.Conn, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := c.Read(buf[n:])
+		n += m
+		if err != nil || !undecided(buf[:n]) {
+			return n, err
+		}
+		if m == 0 {
+			return n, io.ErrNoProgress
+		}
+	}
+	return n, nil
 }
 
 // classify names the protocol of a client's first bytes.

@@ -601,3 +601,26 @@ func TestMeshHTTPUpgrade(t *testing.T) {
 	h.client.Close()
 	h.waitDone(t)
 }
+
+// TestMeshRequestLineSplitAcrossReads: a request line that reaches the
+// client proxy in two reads ("GE", then the rest) is still detected as
+// HTTP/1 while the mesh dial runs, so the server proxy handles it as HTTP
+// (the app gets the XFCC header), not as opaque bytes.
+func TestMeshRequestLineSplitAcrossReads(t *testing.T) {
+	e := newMeshEnv(t, meshOpts{})
+	app := newHTTPApp(t)
+	h := handleOne(t, e.out, app.addr)
+	br := bufio.NewReader(h.client)
+	if _, err := io.WriteString(h.client, "GE"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // a read of its own on the proxy's side
+	got := doHTTP(t, h.client, br, "T /split HTTP/1.1\r\nHost: api.back\r\n\r\n")
+	if got != "200 GET /split 0" {
+		t.Errorf("response = %q; want %q", got, "200 GET /split 0")
+	}
+	want := "By=" + serverID.String() + ";URI=" + clientID.String()
+	if r := app.next(t); r.Header.Get("X-Forwarded-Client-Cert") != want {
+		t.Errorf("app saw XFCC %q; want %q (the split request went through as opaque)", r.Header.Get("X-Forwarded-Client-Cert"), want)
+	}
+}

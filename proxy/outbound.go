@@ -127,7 +127,7 @@ func (s *Server) detectWhileDialing(k *conn, dialc <-chan meshDial, cancelDial c
 	}
 	detc := make(chan readResult, 1)
 	go func() {
-		n, err := k.c.Read(buf)
+		n, err := readFirst(k.c, buf)
 		detc <- readResult{n, err}
 	}()
 	var det *readResult

@@ -599,7 +599,7 @@ func (s *Server) detectAndDial(ctx context.Context, c *net.TCPConn, target netip
 	}
 	detc := make(chan readResult, 1)
 	go func() {
-		n, err := c.Read(buf)
+		n, err := readFirst(c, buf)
 		detc <- readResult{n, err}
 	}()
 
