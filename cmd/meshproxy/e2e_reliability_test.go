@@ -221,7 +221,7 @@ func scrape(lp *labProxy, sel string) (float64, error) {
 func TestReliabilityManyConnections(t *testing.T) {
 	const (
 		n      = 9000
-		batch  = 100 // a burst of ~3,000 new mTLS connections loses some: open in batches
+		batch  = 250 // opened in batches only to bound the test's own goroutines
 		hold   = 60 * time.Second
 		sample = 300
 	)
@@ -236,10 +236,9 @@ func TestReliabilityManyConnections(t *testing.T) {
 		}
 	}()
 	// A connection that fails while opening is counted, closed and
-	// replaced: this test is about holding connections. Opening is the
-	// known burst problem (new mTLS connections beyond the server proxy's
-	// handshake rate hit the 3s mesh connect timeout), which batches keep
-	// rare but, on a loaded machine, not absent; up to 1% is tolerated.
+	// replaced (so the hold still has 9,000), and fails the test: new mTLS
+	// connections beyond the handshake rate wait for a handshake slot
+	// (Mesh.MaxHandshakes) instead of timing out.
 	var requests, failed, openFailed int64
 	t0 := time.Now()
 	openBy := time.Now().Add(4 * time.Minute) // bound; 2.5 minutes on a loaded 2-core machine
@@ -279,8 +278,8 @@ func TestReliabilityManyConnections(t *testing.T) {
 		t.Logf("%d connections failed while opening; the proxies' warnings (up to 10 of %d):\n%s",
 			openFailed, len(lines), strings.Join(lines[:min(10, len(lines))], "\n"))
 	}
-	if openFailed > n/100 {
-		t.Errorf("%d connections failed while opening in batches of %d; want at most %d (1%%)", openFailed, batch, n/100)
+	if openFailed > 0 {
+		t.Errorf("%d connections failed while opening in batches of %d; want none", openFailed, batch)
 	}
 	t.Logf("%d connections open and echoing in %v; open on the client proxy: %v outbound, server proxy: %v inbound; echo server descriptors: %d",
 		len(conns), time.Since(t0).Round(100*time.Millisecond),
