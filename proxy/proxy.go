@@ -312,8 +312,12 @@ func (s *Server) Handle(ctx context.Context, c *net.TCPConn, orig netip.AddrPort
 	stopCtx, stop := context.WithCancel(ctx)
 	k := &conn{s: s, c: c, orig: orig, src: c.RemoteAddr().String(), start: time.Now(), ctx: stopCtx}
 	k.track(c)
-	// Close everything if ctx or a hard shutdown ends the connection.
-	unhard := context.AfterFunc(s.hardCtx, stop)
+	// Close everything if ctx or a hard shutdown ends the connection
+	// (ctx is hardCtx itself when Serve calls: nothing to add then).
+	unhard := func() bool { return true }
+	if ctx != s.hardCtx {
+		unhard = context.AfterFunc(s.hardCtx, stop)
+	}
 	unabort := context.AfterFunc(stopCtx, k.abort)
 	k.end = func() {
 		unabort()
