@@ -337,11 +337,13 @@ func (s *Server) plainLabel() string {
 
 // serveOutboundHTTP serves the client connection as HTTP/1.x (the
 // Server's one shared net/http server) or h2c (x/net/http2), after the
-// peeked bytes, until the client is done.
+// peeked bytes. h2c is served until the client is done; an HTTP/1
+// connection is handed off (k.handedOff): it returns once the shared
+// server has it, which ends it (k.end) when done.
 func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	h := s.http
 	k.c.SetDeadline(time.Time{})
-	hc := &httpConn{Conn: k.c, peek: peek, k: k, closed: make(chan struct{})}
+	hc := &httpConn{Conn: k.c, peek: peek, k: k}
 	info := &reqInfo{k: k, appProto: "http/1.1"}
 	if proto == ProtocolH2 {
 		info.appProto = "h2"
@@ -361,18 +363,23 @@ func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 		return k.ctx.Err()
 	}
 	// HTTP/1: frame checks (smuggling shapes) on the raw bytes.
+	// The shared server serves it from here on, on its own goroutine:
+	// when it closes the connection (or the hijacker of an upgrade does),
+	// hc's Close ends it. Closing hc is also how a cancelled k.ctx ends
+	// it, through net/http.
 	hc.frames = newFrameChecker(h.cfg.MaxHeaderBytes + 4096)
 	info.frames = hc.frames
+	hc.onClose = func() {
+		k.err = k.ctx.Err()
+		k.end()
+	}
+	k.handedOff = true
 	if !h.h1srv.serve(hc) {
+		k.handedOff = false
 		k.c.Close()
 		return errors.New("not serving: the proxy is shutting down")
 	}
-	select {
-	case <-hc.closed:
-	case <-k.ctx.Done():
-	}
-	hc.Close()
-	return k.ctx.Err()
+	return nil
 }
 
 // rewriteTransparent keeps the request as the client sent it (Host,

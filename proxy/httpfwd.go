@@ -110,7 +110,8 @@ func (bytePool) Get() []byte  { return *bufPool.Get().(*[]byte) }
 func (bytePool) Put(b []byte) { bufPool.Put(&b) }
 
 // httpConn is the client connection as net/http sees it: the peeked bytes
-// come first, bytes are counted, and Close is reported.
+// come first, bytes are counted, and Close is reported (closed, if not
+// nil, is closed; onClose runs).
 type httpConn struct {
 	net.Conn
 	peek   []byte
@@ -119,6 +120,9 @@ type httpConn struct {
 	closed chan struct{}
 	frames *frameChecker   // nil: framing not followed
 	base   context.Context // a shared server's requests' context; nil: the server's own
+	// onClose, if set, runs once, at the first Close, after the
+	// connection is closed.
+	onClose func()
 }
 
 func (c *httpConn) Read(b []byte) (int, error) {
@@ -153,8 +157,16 @@ func (c *httpConn) Write(b []byte) (int, error) {
 }
 
 func (c *httpConn) Close() error {
-	c.once.Do(func() { close(c.closed) })
-	return c.Conn.Close()
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		if c.closed != nil {
+			close(c.closed)
+		}
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
+	return err
 }
 
 // oneConnListener hands out one connection, then blocks until closed.

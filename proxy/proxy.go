@@ -294,8 +294,12 @@ func (e *connectError) Error() string { return "connect: " + e.err.Error() }
 func (e *connectError) Unwrap() error { return e.err }
 
 // Handle proxies one accepted connection c whose original destination is
-// orig, and closes c before returning. Cancelling ctx closes the
-// connection.
+// orig, and closes c before returning; except an HTTP/1 client
+// connection of HTTP-aware outbound, which Handle hands to the Server's
+// shared HTTP server and returns at once (so that an idle one costs one
+// goroutine): it is closed, counted and logged when that server is done
+// with it, and OpenConnections and Shutdown count it until then.
+// Cancelling ctx closes the connection.
 //
 // With the mesh off (Config.Mesh nil) every connection is forwarded in
 // plaintext. With it on, outbound connections to meshed destinations go
@@ -305,28 +309,42 @@ func (e *connectError) Unwrap() error { return e.err }
 // (permissive) or refused (strict).
 func (s *Server) Handle(ctx context.Context, c *net.TCPConn, orig netip.AddrPort) {
 	s.active.Add(1)
-	defer s.active.Add(-1)
 	stopCtx, stop := context.WithCancel(ctx)
-	defer stop()
 	k := &conn{s: s, c: c, orig: orig, src: c.RemoteAddr().String(), start: time.Now(), ctx: stopCtx}
 	k.track(c)
-	defer k.finish(ctx)
-	// Close everything if ctx or a hard shutdown ends the connection.
-	defer context.AfterFunc(s.hardCtx, stop)()
-	defer context.AfterFunc(stopCtx, k.abort)()
+	// Close everything if ctx or a hard shutdown ends the connection
+	// (ctx is hardCtx itself when Serve calls: nothing to add then).
+	unhard := func() bool { return true }
+	if ctx != s.hardCtx {
+		unhard = context.AfterFunc(s.hardCtx, stop)
+	}
+	unabort := context.AfterFunc(stopCtx, k.abort)
+	k.end = func() {
+		unabort()
+		unhard()
+		k.finish(ctx)
+		stop()
+		s.active.Add(-1)
+	}
 
+	var err error
 	switch {
 	case s.http != nil:
-		k.err = s.handleOutboundHTTP(k)
+		err = s.handleOutboundHTTP(k)
 	case s.mesh == nil:
-		k.err = s.handlePlain(k, TLSDisabled)
+		err = s.handlePlain(k, TLSDisabled)
 	case s.dir == Outbound:
-		k.err = s.handleOutboundMesh(k)
+		err = s.handleOutboundMesh(k)
 	case orig.Port() == s.mesh.port:
-		k.err = s.handleMeshInbound(k)
+		err = s.handleMeshInbound(k)
 	default:
-		k.err = s.handleInboundPlain(k)
+		err = s.handleInboundPlain(k)
 	}
+	if k.handedOff {
+		return // k.end runs when the shared HTTP server is done with it
+	}
+	k.err = err
+	k.end()
 }
 
 // conn is the state of one connection in Handle.
@@ -345,6 +363,13 @@ type conn struct {
 	detected *detected
 
 	bytesIn, bytesOut atomic.Int64
+
+	// end closes what is left, counts and logs the connection, and
+	// releases it from Handle's contexts and the Server's count, once.
+	end func()
+	// handedOff: the shared HTTP server took the connection over; it
+	// calls end (Handle does not).
+	handedOff bool
 
 	mu      sync.Mutex
 	closers []net.Conn
