@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,8 +186,11 @@ func (s *Service) Endpoints() []*Endpoint { return append([]*Endpoint(nil), *s.e
 // service whose every endpoint is down then sees its requests fail as
 // they would without a balancer, spread over the endpoints, and an
 // endpoint that recovers is found by the first request that succeeds.
-func (s *Service) Pick() (*Endpoint, error) {
-	eps := *s.eps.Load()
+//
+// Endpoints in avoid (those a request already failed on) are left out
+// of the choice unless nothing else is left.
+func (s *Service) Pick(avoid ...netip.AddrPort) (*Endpoint, error) {
+	eps := without(*s.eps.Load(), avoid)
 	n := len(eps)
 	if n == 0 {
 		return nil, ErrNoEndpoints
@@ -240,6 +244,24 @@ func (s *Service) Pick() (*Endpoint, error) {
 	}
 	// Both candidates are out: choose among the ones that are not.
 	return s.pickSlow(eps, now), nil
+}
+
+// without returns eps minus the endpoints at the addresses in avoid, or
+// eps itself when avoid is empty or would leave nothing.
+func without(eps []*Endpoint, avoid []netip.AddrPort) []*Endpoint {
+	if len(avoid) == 0 {
+		return eps
+	}
+	var left []*Endpoint
+	for _, e := range eps {
+		if !slices.Contains(avoid, e.Addr()) {
+			left = append(left, e)
+		}
+	}
+	if len(left) == 0 {
+		return eps
+	}
+	return left
 }
 
 // pickSlow is P2C's fallback when both random candidates are ejected: the

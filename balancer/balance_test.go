@@ -350,3 +350,35 @@ func BenchmarkPick(b *testing.B) {
 		})
 	}
 }
+
+// TestPickAvoids: a pick leaves out the endpoints a request already failed
+// on, even when they look fastest (a dead endpoint fails in no time), and
+// falls back to all of them when nothing else is left.
+func TestPickAvoids(t *testing.T) {
+	for _, policy := range []Policy{P2C, RoundRobin} {
+		s, _ := newTestService(t, 3, ServiceConfig{Policy: policy})
+		eps := s.Endpoints()
+		// The two to avoid are the "fast" ones, as dead endpoints are.
+		for _, e := range eps[:2] {
+			e.acquire()
+			e.Release(nil, time.Microsecond)
+		}
+		avoid := []netip.AddrPort{eps[0].Addr(), eps[1].Addr()}
+		for range 100 {
+			ep, err := s.Pick(avoid...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ep != eps[2] {
+				t.Fatalf("policy %v: picked %v, which the request already failed on", policy, ep.Addr())
+			}
+			ep.Release(nil, time.Millisecond)
+		}
+		all := []netip.AddrPort{eps[0].Addr(), eps[1].Addr(), eps[2].Addr()}
+		if ep, err := s.Pick(all...); err != nil || ep == nil {
+			t.Fatalf("policy %v: Pick avoiding every endpoint = %v, %v; want one of them", policy, ep, err)
+		} else {
+			ep.Release(nil, time.Millisecond)
+		}
+	}
+}

@@ -59,6 +59,7 @@ func New(d *Discovery, cfg BalancerConfig) *Balancer {
 // Pick resolves host (an HTTP authority's host, without port) and picks
 // an endpoint of (host, port). On success the caller sends the request to
 // ep.Addr() and must call ep.Release(err, latency) exactly once.
+// Endpoints in avoid are left out while others remain (see Service.Pick).
 //
 // Errors: ErrNotFound (IP literal or name not in DNS: forward to the
 // original destination unchanged); ErrNoEndpoints (cannot happen for a
@@ -66,7 +67,7 @@ func New(d *Discovery, cfg BalancerConfig) *Balancer {
 // to 503); ctx's error; ErrClosed; otherwise DNS is unavailable and no
 // usable answer is cached (a 503, or the original destination, is the
 // proxy's choice).
-func (b *Balancer) Pick(ctx context.Context, host string, port uint16) (*Endpoint, error) {
+func (b *Balancer) Pick(ctx context.Context, host string, port uint16, avoid ...netip.AddrPort) (*Endpoint, error) {
 	ans, err := b.disc.Resolve(ctx, host)
 	if err != nil {
 		return nil, err
@@ -78,7 +79,7 @@ func (b *Balancer) Pick(ctx context.Context, host string, port uint16) (*Endpoin
 	if s.answer.Load() != ans {
 		b.updateFrom(s, ans)
 	}
-	return s.Pick()
+	return s.Pick(avoid...)
 }
 
 // updateFrom sets s's endpoints from ans, unless a newer answer got there

@@ -189,9 +189,11 @@ var (
 	errNotMeshed    = errors.New("destination is not meshed")
 	errMeshRequired = errors.New("destination is not meshed and outbound TLS is required")
 	errNoBalancer   = errors.New("HTTPConfig.Balancer is nil")
+	// errAppUnreachable: the endpoint's proxy answered 502
+	// app-unreachable (its app refused the connection).
+	errAppUnreachable = errors.New("the endpoint's proxy could not connect to its app")
 	// errUnaskedUpgrade: the upstream answered 101 to a request that
 	// asked for no upgrade.
-	errAppUnreachable = errors.New("the endpoint's proxy could not connect to its app")
 	errUnaskedUpgrade = errors.New("upstream switched protocols though the request asked for no upgrade")
 )
 
@@ -382,14 +384,21 @@ func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	return nil
 }
 
-// rewriteTransparent keeps the request as the client sent it (Host,
-// X-Forwarded-*), minus hop-by-hop headers, which ReverseProxy removed.
-func rewriteTransparent(pr *httputil.ProxyRequest) {
+// keepForwarded passes the client's X-Forwarded-* headers on as they came:
+// ReverseProxy's Rewrite mode drops them from the outgoing request, and a
+// transparent proxy adds or changes none.
+func keepForwarded(pr *httputil.ProxyRequest) {
 	for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 		if v, ok := pr.In.Header[h]; ok {
 			pr.Out.Header[h] = v
 		}
 	}
+}
+
+// rewriteTransparent keeps the request as the client sent it (Host,
+// X-Forwarded-*), minus hop-by-hop headers, which ReverseProxy removed.
+func rewriteTransparent(pr *httputil.ProxyRequest) {
+	keepForwarded(pr)
 	// Request trailers arrive in In.Trailer when the body ends (Out
 	// has a copy made before): share the map so they are sent on.
 	pr.Out.Trailer = pr.In.Trailer
@@ -464,15 +473,18 @@ func splitAuthority(authority string, def uint16) (string, uint16) {
 // destination (IP literal, name not in DNS, discovery unavailable) or a
 // picked endpoint, which the caller must Release. With strict (host is
 // a split's backend, not what the application named) a name not in DNS
-// is 503 no-endpoints instead.
-func (h *httpRuntime) route(ctx context.Context, host string, port uint16, orig netip.AddrPort, strict bool) (netip.AddrPort, *balancer.Endpoint, error) {
+// is 503 no-endpoints instead. The pick avoids the endpoints in avoid
+// (those the request already failed on) while others remain: a dead
+// endpoint answers fast, so P2C would otherwise favour it until failure
+// accrual ejects it.
+func (h *httpRuntime) route(ctx context.Context, host string, port uint16, orig netip.AddrPort, strict bool, avoid []netip.AddrPort) (netip.AddrPort, *balancer.Endpoint, error) {
 	if _, err := netip.ParseAddr(host); err == nil || host == "" {
 		return orig, nil, nil
 	}
 	if h.cfg.Balancer == nil {
 		return netip.AddrPort{}, nil, &httpError{http.StatusInternalServerError, "no-balancer", errNoBalancer}
 	}
-	ep, err := h.cfg.Balancer.Pick(ctx, host, port)
+	ep, err := h.cfg.Balancer.Pick(ctx, host, port, avoid...)
 	switch {
 	case err == nil:
 		return ep.Addr(), ep, nil
@@ -489,20 +501,6 @@ func (h *httpRuntime) route(ctx context.Context, host string, port uint16, orig 
 	// the application's own addressing still works.
 	h.s.log.Debug("discovery failed; sending to the original destination", "host", host, "error", err)
 	return orig, nil, nil
-}
-
-// routeAvoiding is route, picking again (up to 16 times) when the pick
-// is an endpoint the request already failed on: a dead endpoint answers
-// fast, so P2C likes it until failure accrual ejects it (with one dead
-// of three, 5 picks all landed on it about once in 40 kills).
-func (h *httpRuntime) routeAvoiding(ctx context.Context, host string, port uint16, orig netip.AddrPort, strict bool, failed []netip.AddrPort) (netip.AddrPort, *balancer.Endpoint, error) {
-	for try := 0; ; try++ {
-		dst, ep, err := h.route(ctx, host, port, orig, strict)
-		if err != nil || ep == nil || try == 15 || !slices.Contains(failed, dst) {
-			return dst, ep, err
-		}
-		ep.Release(context.Canceled, 0) // not used: counts nothing but in-flight
-	}
 }
 
 // idempotent reports whether a request may be sent again after an attempt
@@ -561,6 +559,14 @@ func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 		h.s.m.retries.WithLabelValues(p.authority).Inc()
 		return true
 	}
+	// A body that cannot be replayed may still be sent again after a
+	// connect failure, if no attempt has read from it: the transport's
+	// Close after a failed dial must not end it.
+	var held *heldBody
+	if !canReplay && body == nil && req.Body != nil && req.Body != http.NoBody {
+		held = &heldBody{ReadCloser: req.Body}
+		req.Body = held
+	}
 	var err error
 	var failed []netip.AddrPort // endpoints this request failed on
 	for i := range attempts {
@@ -580,7 +586,7 @@ func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 			dst netip.AddrPort
 			ep  *balancer.Endpoint
 		)
-		dst, ep, err = h.routeAvoiding(req.Context(), host, port, orig, strict, failed)
+		dst, ep, err = h.route(req.Context(), host, port, orig, strict, failed)
 		if err != nil {
 			return nil, err
 		}
@@ -615,7 +621,7 @@ func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		var ce *connectError
-		if !canReplay && !errors.As(err, &ce) {
+		if !canReplay && (!errors.As(err, &ce) || held != nil && held.touched.Load()) {
 			return nil, err
 		}
 		if !again(i) {
@@ -625,6 +631,24 @@ func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	return nil, err
 }
+
+// heldBody is a request body shared by the attempts of one request: it
+// records whether any attempt read from it, and ignores Close (the
+// transport closes a body after a failed dial; the server closes the real
+// one when the request ends).
+type heldBody struct {
+	io.ReadCloser
+	touched atomic.Bool
+}
+
+// Read reads from the body and marks it touched.
+func (b *heldBody) Read(p []byte) (int, error) {
+	b.touched.Store(true)
+	return b.ReadCloser.Read(p)
+}
+
+// Close does nothing: see heldBody.
+func (b *heldBody) Close() error { return nil }
 
 // attemptOpts are the route policy's settings of one attempt.
 type attemptOpts struct {
@@ -688,7 +712,7 @@ func (h *httpRuntime) attempt(req *http.Request, dst netip.AddrPort, host, appPr
 		}
 		return nil, err
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols && req.Header.Get("Upgrade") == "" {
+	if resp.StatusCode == http.StatusSwitchingProtocols && !isUpgrade(req) {
 		// A 101 nobody asked for: ReverseProxy answers 502 but leaves
 		// the upstream connection open, so close it here.
 		resp.Body.Close()

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -416,5 +417,39 @@ func upgradeEcho(t *testing.T, c net.Conn, authority string) {
 	got := make([]byte, len(msg))
 	if _, err := io.ReadFull(br, got); err != nil || !bytes.Equal(got, msg) {
 		t.Fatalf("tunnel echo = %q, %v; want %q", got, err, msg)
+	}
+}
+
+// TestHTTPPostRetriedAfterConnectFailure: a POST whose body cannot be
+// replayed is still sent to another endpoint when its pick refused the
+// connection (nothing was read from the body), and arrives whole.
+func TestHTTPPostRetriedAfterConnectFailure(t *testing.T) {
+	var got atomic.Int64
+	e := newHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if string(b) == "payload-body" {
+			got.Add(1)
+		}
+		io.WriteString(w, "ok")
+	}), envOpts{})
+	e.web[1].kill()
+	e.web[2].kill()
+	for i := range 20 {
+		req, err := http.NewRequest(http.MethodPost, e.url(), io.NopCloser(strings.NewReader("payload-body")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = e.authory
+		resp, err := e.c.Do(req)
+		if err != nil {
+			t.Fatalf("POST %d: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("POST %d = %d (%s); want 200 from the one live endpoint", i, resp.StatusCode, resp.Header.Get(headerProxyError))
+		}
+	}
+	if n := got.Load(); n != 20 {
+		t.Errorf("the live endpoint got %d whole bodies; want 20", n)
 	}
 }

@@ -54,13 +54,7 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = target.String()
-			// Rewrite mode drops these from Out; a transparent proxy
-			// passes them on as they came.
-			for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
-				if v, ok := pr.In.Header[h]; ok {
-					pr.Out.Header[h] = v
-				}
-			}
+			keepForwarded(pr)
 			pr.Out.Header.Del(headerXFCC)
 			if xfcc != "" {
 				pr.Out.Header.Set(headerXFCC, xfcc)
@@ -72,7 +66,11 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			s.log.Debug("http upstream error", "src", k.src, "dst", k.orig.String(), "target", target.String(), "error", err)
-			w.Header().Set("meshproxy-error", "upstream: "+err.Error())
+			reason := "upstream"
+			if isDialError(err) {
+				reason = reasonAppUnreachable
+			}
+			w.Header().Set(headerProxyError, reason)
 			w.WriteHeader(http.StatusBadGateway)
 		},
 	}

@@ -109,11 +109,7 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 	})
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
-				if v, ok := pr.In.Header[h]; ok {
-					pr.Out.Header[h] = v
-				}
-			}
+			keepForwarded(pr)
 			if v := pr.In.Header.Get(headerAppProtocol); v != "" {
 				pr.Out.Header.Set(headerAppProtocol, v) // read and removed by tr
 			}
