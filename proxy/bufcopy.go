@@ -177,9 +177,9 @@ func bufferedCopy(dst, src copyEnd, self, other *halfState, idle time.Duration, 
 				dst.c.SetWriteDeadline(now.Add(idle))
 				wdSet = now
 			}
-			_, werr := dst.write(buf[:n])
-			count.Add(float64(n))
-			total.Add(int64(n))
+			w, werr := dst.write(buf[:n])
+			count.Add(float64(w))
+			total.Add(int64(w))
 			self.last.Store(now.UnixNano())
 			self.quiet.Store(false)
 			if werr != nil {

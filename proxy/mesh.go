@@ -348,7 +348,8 @@ func (r *meshRuntime) authorize(client string, port uint16) (bool, string) {
 	return false, "*"
 }
 
-// isTLSRefusal maps an inbound handshake error to a refusal reason.
+// handshakeReason maps a mesh handshake error (either side) to a reason
+// label.
 func handshakeReason(err error) string {
 	var rh tls.RecordHeaderError
 	switch {

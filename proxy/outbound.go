@@ -178,7 +178,11 @@ func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool
 		if !known && ctx.Err() == nil && notListening(err) && s.mesh.cache.SetUnmeshed(ip) {
 			return meshDial{plain: true}
 		}
-		return meshDial{err: fmt.Errorf("dialing mesh port %s of a meshed destination: %w", addr, err), reason: reasonConnect}
+		what := "dialing mesh port %s"
+		if known {
+			what += " of a meshed destination"
+		}
+		return meshDial{err: fmt.Errorf(what+": %w", addr, err), reason: reasonConnect}
 	}
 	if s.mesh.cfg.ClientTLS == nil {
 		raw.Close()
