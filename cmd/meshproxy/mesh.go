@@ -198,11 +198,7 @@ func meshConfig(s *meshSettings, mgr *identity.Manager, proxyPorts []uint16) (*p
 // runs once, at the first certificate; setReady(ok, reason) on every
 // change after that.
 func watchIdentity(ctx context.Context, mgr *identity.Manager, firstReady func(), setReady func(ok bool, reason string), log *slog.Logger) {
-	go func() {
-		if err := mgr.Run(ctx); err != nil && ctx.Err() == nil {
-			log.Error("identity manager stopped", "err", err)
-		}
-	}()
+	go mgr.Run(ctx) // returns only when ctx ends; it logs failed refreshes itself
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	seen, ready := false, false

@@ -535,6 +535,9 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 	case runErr = <-errc:
 		log.Error("a listener failed; shutting down", "err", runErr)
 	}
+	// From here on nothing may mark the proxy ready again (the identity
+	// watcher stops with ctx), whichever way the run ended.
+	stopRun()
 	if err := notifyStopping(); err != nil {
 		log.Warn("telling systemd we are stopping", "err", err)
 	}
