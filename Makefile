@@ -36,13 +36,16 @@ demo: build
 bench: build
 	./scripts/bench.sh
 
+# The Go files: git's list in a checkout, else every .go file (a tarball).
+GOFILES = $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*')
+
 lint:
-	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	@unformatted=$$(gofmt -l $(GOFILES)); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
 fmt:
-	gofmt -w $$(git ls-files '*.go')
+	gofmt -w $(GOFILES)
 
 clean:
 	rm -rf $(BIN)

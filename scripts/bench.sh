@@ -39,9 +39,12 @@
 #   BENCH_GO=1       also run go test -bench Forward ./proxy/ first
 #   BENCH_KEEP=1     keep the raw results and the logs (printed: where)
 #   BENCH_ONLY       run only these setups (space-separated keys from the list
-#                    above, e.g. "direct meshproxy haproxy-tcp"; default all)
+#                    above, e.g. "direct meshproxy haproxy-tcp"; default all);
+#                    a subset writes to BENCH_OUT or a new directory in /tmp,
+#                    never over docs/
 #   BENCH_PODS       prefix of the two namespaces' names (default mp-bench),
-#                    so that two runs on one machine do not collide
+#                    so that two runs on one machine do not collide (their
+#                    figures disturb each other: compare only within a run)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,12 +56,24 @@ CONC=${CONCURRENCY:-32}
 HOLD=${HOLD_CONNS:-9000}
 HOLD_SECONDS=5
 MODE=${MODE:-redirect}
+ALL="direct meshproxy meshproxy-mtls haproxy-tcp haproxy-http stunnel"
+for k in ${BENCH_ONLY:-}; do
+	[[ " $ALL " == *" $k "* ]] || {
+		echo "bench: BENCH_ONLY names '$k'; the setups are: $ALL"
+		exit 2
+	}
+done
+# A subset never overwrites the published full table in docs/.
+if [ -n "${BENCH_ONLY:-}" ] && [ -z "${BENCH_OUT:-}" ]; then
+	BENCH_OUT=$(mktemp -d /tmp/meshproxy-bench-subset.XXXXXX)
+	echo "bench: a subset (BENCH_ONLY): results go to $BENCH_OUT"
+fi
 OUT=${BENCH_OUT:-$ROOT/docs}
 PROXY_UID=2102
 PODS=${BENCH_PODS:-mp-bench}
 CLIENT=$PODS-client
 SERVER=$PODS-server
-ONLY=" ${BENCH_ONLY:-direct meshproxy meshproxy-mtls haproxy-tcp haproxy-http stunnel} "
+ONLY=" ${BENCH_ONLY:-$ALL} "
 C_IP=198.18.0.1
 S_IP=198.18.0.2
 # Ports: 5201/8080 are captured (through meshproxy); 5202/8082 are ignored by
@@ -90,6 +105,9 @@ command -v iperf3 >/dev/null || pkgs+=(iperf3)
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || pkgs+=(stunnel4)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || pkgs+=(haproxy)
 command -v wrk >/dev/null || pkgs+=(wrk)
+command -v curl >/dev/null || pkgs+=(curl)
+command -v ip >/dev/null || pkgs+=(iproute2)
+command -v setpriv >/dev/null || pkgs+=(util-linux)
 if [ ${#pkgs[@]} -gt 0 ]; then
 	echo "bench: installing ${pkgs[*]} from Debian"
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
