@@ -102,8 +102,15 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 			err = spliceBurst(dstRC, srcRC, dst, src, func(n int64) {
 				count.Add(float64(n))
 				total.Add(n)
-				self.last.Store(time.Now().UnixNano())
+				now := time.Now()
+				self.last.Store(now.UnixNano())
 				self.quiet.Store(false)
+				// A burst may be megabytes: a reader that keeps
+				// taking them is not stalled, however long it takes.
+				if idle > 0 && now.Sub(wdSet) > idle/8 {
+					dst.SetWriteDeadline(now.Add(idle))
+					wdSet = now
+				}
 			})
 		}
 		switch {
