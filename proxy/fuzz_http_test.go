@@ -247,6 +247,16 @@ func proxyGoroutines(before map[string]string) []string {
 	return out
 }
 
+// waitConnEnded fails t unless srv counts no open connection within 10s.
+func waitConnEnded(t *testing.T, srv *Server) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); srv.OpenConnections() > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%d connections still open 10s after the client closed", srv.OpenConnections())
+		}
+	}
+}
+
 // waitProxyGoroutines fails t unless the proxy goroutines started since
 // before end within 5s.
 func waitProxyGoroutines(t *testing.T, before map[string]string) {
@@ -390,6 +400,9 @@ func FuzzHTTPRequest(f *testing.F) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("Handle did not return 10s after the client closed")
 		}
+		// Handle returns once the shared HTTP server has the connection:
+		// the connection itself must end too.
+		waitConnEnded(t, e.srv)
 
 		// The proxy's goroutines for this connection end.
 		waitProxyGoroutines(t, before)
@@ -620,6 +633,9 @@ func FuzzHTTPResponse(f *testing.F) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("Handle did not return 10s after the client closed")
 		}
+		// Handle returns once the shared HTTP server has the connection:
+		// the connection itself must end too.
+		waitConnEnded(t, e.srv)
 		waitProxyGoroutines(t, before)
 		// The upstream connection is closed too (the upstream closed its
 		// side; nothing keeps it).

@@ -244,13 +244,13 @@ func TestReliabilityManyConnections(t *testing.T) {
 	openBy := time.Now().Add(4 * time.Minute) // bound; 2.5 minutes on a loaded 2-core machine
 	for len(conns) < n && time.Now().Before(openBy) && openFailed <= n/100 {
 		cs, err := dialMany(l.client, hostPort(serverV4, 5432), min(batch, n-len(conns)))
-		requests += int64(len(cs))
 		if err != nil {
 			requests++
 			openFailed++
 			t.Logf("opened %d connections, then: %v", len(conns)+len(cs), err)
 		}
-		// Each new connection echoes once: it reached the app.
+		// Each new connection echoes once (one request each): it
+		// reached the app.
 		bad, first := echoAll(cs)
 		requests += int64(len(cs))
 		if len(bad) > 0 {
@@ -281,10 +281,13 @@ func TestReliabilityManyConnections(t *testing.T) {
 	if openFailed > 0 {
 		t.Errorf("%d connections failed while opening in batches of %d; want none", openFailed, batch)
 	}
-	t.Logf("%d connections open and echoing in %v; open on the client proxy: %v outbound, server proxy: %v inbound; echo server descriptors: %d",
-		len(conns), time.Since(t0).Round(100*time.Millisecond),
-		l.clientProxy.metric(t, `meshproxy_tcp_open_connections{direction="outbound"}`),
-		l.serverProxy.metric(t, `meshproxy_tcp_open_connections{direction="inbound"}`), openFDs(app.Process.Pid))
+	outTLS := l.clientProxy.metric(t, `meshproxy_tcp_open_connections{direction="outbound",tls="true"}`)
+	inTLS := l.serverProxy.metric(t, `meshproxy_tcp_open_connections{direction="inbound",tls="true"}`)
+	t.Logf("%d connections open and echoing in %v; open with mTLS on the client proxy: %v outbound, server proxy: %v inbound; echo server descriptors: %d",
+		len(conns), time.Since(t0).Round(100*time.Millisecond), outTLS, inTLS, openFDs(app.Process.Pid))
+	if outTLS < float64(len(conns)) || inTLS < float64(len(conns)) {
+		t.Errorf("open mTLS connections: %v outbound (client proxy), %v inbound (server proxy); want at least the %d held", outTLS, inTLS, len(conns))
+	}
 
 	sampled := func(when string) {
 		var cs []net.Conn
