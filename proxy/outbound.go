@@ -150,7 +150,10 @@ func (s *Server) detectWhileDialing(k *conn, dialc <-chan meshDial, cancelDial c
 	if det.n > 0 {
 		return md, classify(buf[:det.n]), buf[:det.n], nil
 	}
-	if det.err != nil && !isTimeout(det.err) && !errors.Is(det.err, io.EOF) && md.err == nil {
+	// A client that failed cancelled the dial: its error is the one to
+	// report, not the cancelled dial's (which would count as a mesh
+	// failure).
+	if det.err != nil && !isTimeout(det.err) && !errors.Is(det.err, io.EOF) && (md.err == nil || errors.Is(md.err, context.Canceled)) {
 		return md, ProtocolNone, nil, fmt.Errorf("reading from client: %w", det.err)
 	}
 	return md, ProtocolNone, nil, nil
