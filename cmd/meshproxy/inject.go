@@ -11,12 +11,6 @@ import (
 	"strconv"
 	"strings"
 
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
 	"meshproxy/identity"
@@ -357,47 +351,48 @@ func isCoreGroup(apiVersion string) bool {
 // podRef points into a decoded workload: its own metadata and its pod
 // template's metadata and spec.
 type podRef struct {
-	Owner *metav1.ObjectMeta
-	Meta  *metav1.ObjectMeta
-	Spec  *corev1.PodSpec
+	Owner *k8sMetaObjectMeta
+	Meta  *k8sMetaObjectMeta
+	Spec  *k8sCorePodSpec
 }
 
 // decodeWorkload decodes doc strictly into the typed Kubernetes object of
 // kind (unknown or duplicate fields are errors) and points into its pod.
-// The k8s.io/api types are our stand-in for a cluster's API server: there
-// is no cluster to submit manifests to, so strict decoding is how both the
-// command and its tests check that a manifest is what Kubernetes accepts.
+// The mirrors of the k8s.io/api types (inject_types.go) are our stand-in
+// for a cluster's API server: there is no cluster to submit manifests to,
+// so strict decoding is how the command checks that a manifest is what
+// Kubernetes accepts (its tests do the same with k8s.io/api itself).
 func decodeWorkload(kind string, doc []byte) (any, podRef, error) {
 	var obj any
 	var p podRef
 	switch kind {
 	case "Pod":
-		o := &corev1.Pod{}
-		obj, p = o, podRef{&o.ObjectMeta, &o.ObjectMeta, &o.Spec}
+		o := &k8sCorePod{}
+		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.k8sMetaObjectMeta, &o.Spec}
 	case "Deployment":
-		o := &appsv1.Deployment{}
-		obj, p = o, podRef{&o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}
+		o := &k8sAppsDeployment{}
+		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "StatefulSet":
-		o := &appsv1.StatefulSet{}
-		obj, p = o, podRef{&o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}
+		o := &k8sAppsStatefulSet{}
+		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "DaemonSet":
-		o := &appsv1.DaemonSet{}
-		obj, p = o, podRef{&o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}
+		o := &k8sAppsDaemonSet{}
+		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "ReplicaSet":
-		o := &appsv1.ReplicaSet{}
-		obj, p = o, podRef{&o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}
+		o := &k8sAppsReplicaSet{}
+		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "Job":
-		o := &batchv1.Job{}
-		obj, p = o, podRef{&o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}
+		o := &k8sBatchJob{}
+		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "CronJob":
-		o := &batchv1.CronJob{}
+		o := &k8sBatchCronJob{}
 		t := &o.Spec.JobTemplate.Spec.Template
-		obj, p = o, podRef{&o.ObjectMeta, &t.ObjectMeta, &t.Spec}
+		obj, p = o, podRef{&o.k8sMetaObjectMeta, &t.k8sMetaObjectMeta, &t.Spec}
 	default:
 		return nil, p, fmt.Errorf("kind %s cannot be injected", kind)
 	}
 	if err := yaml.UnmarshalStrict(doc, obj); err != nil {
-		return nil, p, fmt.Errorf("not a valid %s: %s", kind, oneLine(err.Error()))
+		return nil, p, fmt.Errorf("not a valid %s: %s", kind, oneLine(k8sErrorText(err.Error())))
 	}
 	return obj, p, nil
 }
@@ -501,7 +496,7 @@ type podSettings struct {
 	skipInbound  []string
 	skipOutbound []string
 	opaquePorts  []string
-	resources    corev1.ResourceRequirements
+	resources    k8sCoreResourceRequirements
 }
 
 // podAnnotation returns the value of key on the pod template, or else on the
@@ -540,7 +535,7 @@ func injectPod(p podRef, cfg injectConfig, warn func(string)) (bool, error) {
 	// with other flags) converges on the same result.
 	p.Spec.InitContainers = withoutContainers(p.Spec.InitContainers)
 	p.Spec.Containers = withoutContainers(p.Spec.Containers)
-	var vols []corev1.Volume
+	var vols []k8sCoreVolume
 	for _, v := range p.Spec.Volumes {
 		if v.Name != anchorsVolume && v.Name != tokenVolume {
 			vols = append(vols, v)
@@ -553,12 +548,12 @@ func injectPod(p podRef, cfg injectConfig, warn func(string)) (bool, error) {
 	initC := initContainer(cfg, s)
 	proxy := proxyContainer(cfg, s)
 	if cfg.Legacy {
-		p.Spec.InitContainers = append([]corev1.Container{initC}, p.Spec.InitContainers...)
-		p.Spec.Containers = append([]corev1.Container{proxy}, p.Spec.Containers...)
+		p.Spec.InitContainers = append([]k8sCoreContainer{initC}, p.Spec.InitContainers...)
+		p.Spec.Containers = append([]k8sCoreContainer{proxy}, p.Spec.Containers...)
 	} else {
-		always := corev1.ContainerRestartPolicyAlways
+		always := k8sRestartPolicyAlways
 		proxy.RestartPolicy = &always
-		p.Spec.InitContainers = append([]corev1.Container{initC, proxy}, p.Spec.InitContainers...)
+		p.Spec.InitContainers = append([]k8sCoreContainer{initC, proxy}, p.Spec.InitContainers...)
 	}
 	p.Spec.Volumes = append(vols, proxyVolumes()...)
 	if p.Meta.Annotations == nil {
@@ -569,8 +564,8 @@ func injectPod(p podRef, cfg injectConfig, warn func(string)) (bool, error) {
 }
 
 // withoutContainers returns cs without the containers injection adds.
-func withoutContainers(cs []corev1.Container) []corev1.Container {
-	var out []corev1.Container
+func withoutContainers(cs []k8sCoreContainer) []k8sCoreContainer {
+	var out []k8sCoreContainer
 	for _, c := range cs {
 		if c.Name != injectInitName && c.Name != injectProxyName {
 			out = append(out, c)
@@ -581,13 +576,13 @@ func withoutContainers(cs []corev1.Container) []corev1.Container {
 
 // checkPortClashes fails when an application container declares a port
 // number or port name the proxy needs.
-func checkPortClashes(spec *corev1.PodSpec) error {
+func checkPortClashes(spec *k8sCorePodSpec) error {
 	ours := map[int32]bool{proxyOutboundPort: true, proxyInboundPort: true, proxyAdminPort: true}
 	names := map[string]bool{}
 	for _, pt := range proxyPorts() {
 		names[pt.Name] = true
 	}
-	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+	for _, cs := range [][]k8sCoreContainer{spec.InitContainers, spec.Containers} {
 		for _, c := range cs {
 			for _, pt := range c.Ports {
 				if ours[pt.ContainerPort] {
@@ -670,29 +665,29 @@ func parsePort(s string) (uint64, error) {
 // proxyResources returns the proxy's requests and limits: the defaults,
 // overridden by annotations. A limit set below the default request lowers
 // the request to match; an explicit request above its limit is an error.
-func proxyResources(p podRef) (corev1.ResourceRequirements, error) {
+func proxyResources(p podRef) (k8sCoreResourceRequirements, error) {
 	type pair struct {
-		res                    corev1.ResourceName
+		res                    k8sCoreResourceName
 		reqAnn, limAnn         string
 		defaultReq, defaultLim string
 	}
-	r := corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
+	r := k8sCoreResourceRequirements{Requests: k8sCoreResourceList{}, Limits: k8sCoreResourceList{}}
 	for _, pr := range []pair{
-		{res: corev1.ResourceCPU, reqAnn: annCPURequest, limAnn: annCPULimit, defaultReq: "100m", defaultLim: "1"},
-		{res: corev1.ResourceMemory, reqAnn: annMemoryRequest, limAnn: annMemoryLimit, defaultReq: "32Mi", defaultLim: "256Mi"},
+		{res: k8sResourceCPU, reqAnn: annCPURequest, limAnn: annCPULimit, defaultReq: "100m", defaultLim: "1"},
+		{res: k8sResourceMemory, reqAnn: annMemoryRequest, limAnn: annMemoryLimit, defaultReq: "32Mi", defaultLim: "256Mi"},
 	} {
-		req := resource.MustParse(pr.defaultReq)
-		lim := resource.MustParse(pr.defaultLim)
+		req := mustParseK8sQuantity(pr.defaultReq)
+		lim := mustParseK8sQuantity(pr.defaultLim)
 		explicitReq := false
 		if v, ok := podAnnotation(p, pr.reqAnn); ok {
-			q, err := resource.ParseQuantity(v)
+			q, err := parseK8sQuantity(v)
 			if err != nil {
 				return r, fmt.Errorf("annotation %s: %q is not a quantity (e.g. 100m, 64Mi)", pr.reqAnn, v)
 			}
 			req, explicitReq = q, true
 		}
 		if v, ok := podAnnotation(p, pr.limAnn); ok {
-			q, err := resource.ParseQuantity(v)
+			q, err := parseK8sQuantity(v)
 			if err != nil {
 				return r, fmt.Errorf("annotation %s: %q is not a quantity (e.g. 500m, 128Mi)", pr.limAnn, v)
 			}
@@ -702,7 +697,7 @@ func proxyResources(p podRef) (corev1.ResourceRequirements, error) {
 			if explicitReq {
 				return r, fmt.Errorf("annotation %s: request %s is above the limit %s: lower it or raise %s", pr.reqAnn, req.String(), lim.String(), pr.limAnn)
 			}
-			req = lim.DeepCopy()
+			req = lim
 		}
 		r.Requests[pr.res] = req
 		r.Limits[pr.res] = lim
@@ -713,7 +708,7 @@ func proxyResources(p podRef) (corev1.ResourceRequirements, error) {
 // initContainer builds meshproxy-init: "meshproxy init" with the flags of
 // cfg and the pod's skip-port annotations, as root with only NET_ADMIN and
 // NET_RAW.
-func initContainer(cfg injectConfig, s podSettings) corev1.Container {
+func initContainer(cfg injectConfig, s podSettings) k8sCoreContainer {
 	inIgnore := dedupePorts(append([]string{"4190", "4191"}, s.skipInbound...))
 	args := []string{
 		"init",
@@ -725,44 +720,44 @@ func initContainer(cfg injectConfig, s podSettings) corev1.Container {
 	// mesh, as with init's default.
 	outIgnore := dedupePorts(append([]string{"4190", "4191"}, s.skipOutbound...))
 	args = append(args, "--outbound-ports-to-ignore", strings.Join(outIgnore, ","))
-	return corev1.Container{
+	return k8sCoreContainer{
 		Name:    injectInitName,
 		Image:   cfg.Image,
 		Command: []string{"meshproxy"},
 		Args:    args,
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Resources: k8sCoreResourceRequirements{
+			Requests: k8sCoreResourceList{k8sResourceCPU: mustParseK8sQuantity("10m"), k8sResourceMemory: mustParseK8sQuantity("16Mi")},
+			Limits:   k8sCoreResourceList{k8sResourceCPU: mustParseK8sQuantity("100m"), k8sResourceMemory: mustParseK8sQuantity("64Mi")},
 		},
-		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-		SecurityContext: &corev1.SecurityContext{
+		TerminationMessagePolicy: k8sTerminationFallbackToLogs,
+		SecurityContext: &k8sCoreSecurityContext{
 			RunAsUser:                kptr(int64(0)),
 			RunAsNonRoot:             kptr(false),
 			AllowPrivilegeEscalation: kptr(false),
 			ReadOnlyRootFilesystem:   kptr(true),
-			Capabilities: &corev1.Capabilities{
-				Add:  []corev1.Capability{"NET_ADMIN", "NET_RAW"},
-				Drop: []corev1.Capability{"ALL"},
+			Capabilities: &k8sCoreCapabilities{
+				Add:  []k8sCoreCapability{k8sCapabilityNetAdmin, k8sCapabilityNetRaw},
+				Drop: []k8sCoreCapability{k8sCapabilityAll},
 			},
 		},
 	}
 }
 
 // proxyPorts are the proxy's named container ports.
-func proxyPorts() []corev1.ContainerPort {
-	return []corev1.ContainerPort{
-		{Name: "meshproxy-out", ContainerPort: proxyOutboundPort, Protocol: corev1.ProtocolTCP},
-		{Name: "meshproxy-in", ContainerPort: proxyInboundPort, Protocol: corev1.ProtocolTCP},
-		{Name: "meshproxy-admin", ContainerPort: proxyAdminPort, Protocol: corev1.ProtocolTCP},
+func proxyPorts() []k8sCoreContainerPort {
+	return []k8sCoreContainerPort{
+		{Name: "meshproxy-out", ContainerPort: proxyOutboundPort, Protocol: k8sProtocolTCP},
+		{Name: "meshproxy-in", ContainerPort: proxyInboundPort, Protocol: k8sProtocolTCP},
+		{Name: "meshproxy-admin", ContainerPort: proxyAdminPort, Protocol: k8sProtocolTCP},
 	}
 }
 
 // proxyContainer builds the meshproxy container ("meshproxy run"). The
 // caller makes it a native sidecar by setting its restart policy.
-func proxyContainer(cfg injectConfig, s podSettings) corev1.Container {
-	env := []corev1.EnvVar{
-		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
-		{Name: "SERVICE_ACCOUNT", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.serviceAccountName"}}},
+func proxyContainer(cfg injectConfig, s podSettings) k8sCoreContainer {
+	env := []k8sCoreEnvVar{
+		{Name: "POD_NAMESPACE", ValueFrom: &k8sCoreEnvVarSource{FieldRef: &k8sCoreObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		{Name: "SERVICE_ACCOUNT", ValueFrom: &k8sCoreEnvVarSource{FieldRef: &k8sCoreObjectFieldSelector{FieldPath: "spec.serviceAccountName"}}},
 		{Name: "MESHPROXY_MODE", Value: cfg.Mode},
 		// $(VAR) expands variables defined earlier in this list.
 		{Name: "MESHPROXY_IDENTITY", Value: "spiffe://" + cfg.TrustDomain + "/ns/$(POD_NAMESPACE)/sa/$(SERVICE_ACCOUNT)"},
@@ -773,18 +768,18 @@ func proxyContainer(cfg injectConfig, s podSettings) corev1.Container {
 		{Name: "MESHPROXY_IDENTITY_TOKEN_FILE", Value: tokenMountPath + "/token"},
 	}
 	if len(s.opaquePorts) > 0 {
-		env = append(env, corev1.EnvVar{Name: "MESHPROXY_OPAQUE_PORTS", Value: strings.Join(dedupePorts(s.opaquePorts), ",")})
+		env = append(env, k8sCoreEnvVar{Name: "MESHPROXY_OPAQUE_PORTS", Value: strings.Join(dedupePorts(s.opaquePorts), ",")})
 	}
-	httpGet := func(path string) corev1.ProbeHandler {
-		return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(proxyAdminPort)}}
+	httpGet := func(path string) k8sCoreProbeHandler {
+		return k8sCoreProbeHandler{HTTPGet: &k8sCoreHTTPGetAction{Path: path, Port: k8sIntOrStringFrom(proxyAdminPort)}}
 	}
-	sc := &corev1.SecurityContext{
+	sc := &k8sCoreSecurityContext{
 		RunAsUser:                kptr(cfg.ProxyUID),
 		RunAsGroup:               kptr(cfg.ProxyUID),
 		RunAsNonRoot:             kptr(true),
 		AllowPrivilegeEscalation: kptr(false),
 		ReadOnlyRootFilesystem:   kptr(true),
-		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		Capabilities:             &k8sCoreCapabilities{Drop: []k8sCoreCapability{k8sCapabilityAll}},
 	}
 	if cfg.Mode == "tproxy" {
 		// IP_TRANSPARENT needs CAP_NET_ADMIN. A non-root process only gets
@@ -792,49 +787,49 @@ func proxyContainer(cfg injectConfig, s podSettings) corev1.Container {
 		// must "setcap cap_net_admin+ep" the meshproxy binary), and
 		// no_new_privs, which allowPrivilegeEscalation: false sets, makes
 		// execve ignore file capabilities. So tproxy mode has to allow it.
-		sc.Capabilities.Add = []corev1.Capability{"NET_ADMIN"}
+		sc.Capabilities.Add = []k8sCoreCapability{k8sCapabilityNetAdmin}
 		sc.AllowPrivilegeEscalation = kptr(true)
 	}
-	return corev1.Container{
+	return k8sCoreContainer{
 		Name:    injectProxyName,
 		Image:   cfg.Image,
 		Command: []string{"meshproxy"},
 		Args:    []string{"run"},
 		Env:     env,
 		Ports:   proxyPorts(),
-		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:  httpGet("/ready"),
-			PeriodSeconds: 5, FailureThreshold: 3, TimeoutSeconds: 1, SuccessThreshold: 1,
+		ReadinessProbe: &k8sCoreProbe{
+			k8sCoreProbeHandler: httpGet("/ready"),
+			PeriodSeconds:       5, FailureThreshold: 3, TimeoutSeconds: 1, SuccessThreshold: 1,
 		},
-		LivenessProbe: &corev1.Probe{
-			ProbeHandler:  httpGet("/live"),
-			PeriodSeconds: 10, FailureThreshold: 3, TimeoutSeconds: 1, SuccessThreshold: 1,
+		LivenessProbe: &k8sCoreProbe{
+			k8sCoreProbeHandler: httpGet("/live"),
+			PeriodSeconds:       10, FailureThreshold: 3, TimeoutSeconds: 1, SuccessThreshold: 1,
 		},
 		// As a native sidecar, the application containers start only once
 		// this probe passes: their first connections find a ready proxy.
-		StartupProbe: &corev1.Probe{
-			ProbeHandler:  httpGet("/ready"),
-			PeriodSeconds: 1, FailureThreshold: 120, TimeoutSeconds: 1, SuccessThreshold: 1,
+		StartupProbe: &k8sCoreProbe{
+			k8sCoreProbeHandler: httpGet("/ready"),
+			PeriodSeconds:       1, FailureThreshold: 120, TimeoutSeconds: 1, SuccessThreshold: 1,
 		},
 		Resources: s.resources,
-		VolumeMounts: []corev1.VolumeMount{
+		VolumeMounts: []k8sCoreVolumeMount{
 			{Name: anchorsVolume, MountPath: anchorsMountPath, ReadOnly: true},
 			{Name: tokenVolume, MountPath: tokenMountPath, ReadOnly: true},
 		},
-		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		TerminationMessagePolicy: k8sTerminationFallbackToLogs,
 		SecurityContext:          sc,
 	}
 }
 
 // proxyVolumes are the trust anchors (a ConfigMap in the pod's own
 // namespace) and the projected ServiceAccount token.
-func proxyVolumes() []corev1.Volume {
-	return []corev1.Volume{
-		{Name: anchorsVolume, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-			LocalObjectReference: corev1.LocalObjectReference{Name: anchorsConfigMap},
+func proxyVolumes() []k8sCoreVolume {
+	return []k8sCoreVolume{
+		{Name: anchorsVolume, k8sCoreVolumeSource: k8sCoreVolumeSource{ConfigMap: &k8sCoreConfigMapVolumeSource{
+			k8sCoreLocalObjectReference: k8sCoreLocalObjectReference{Name: anchorsConfigMap},
 		}}},
-		{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
-			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+		{Name: tokenVolume, k8sCoreVolumeSource: k8sCoreVolumeSource{Projected: &k8sCoreProjectedVolumeSource{
+			Sources: []k8sCoreVolumeProjection{{ServiceAccountToken: &k8sCoreServiceAccountTokenProjection{
 				Audience: tokenAudience, ExpirationSeconds: kptr(int64(tokenExpirySecs)), Path: "token",
 			}}},
 		}}},
