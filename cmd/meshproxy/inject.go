@@ -351,8 +351,8 @@ func isCoreGroup(apiVersion string) bool {
 // podRef points into a decoded workload: its own metadata and its pod
 // template's metadata and spec.
 type podRef struct {
-	Owner *k8sMetaObjectMeta
-	Meta  *k8sMetaObjectMeta
+	Owner *K8sMetaObjectMeta
+	Meta  *K8sMetaObjectMeta
 	Spec  *k8sCorePodSpec
 }
 
@@ -368,26 +368,26 @@ func decodeWorkload(kind string, doc []byte) (any, podRef, error) {
 	switch kind {
 	case "Pod":
 		o := &k8sCorePod{}
-		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.k8sMetaObjectMeta, &o.Spec}
+		obj, p = o, podRef{&o.K8sMetaObjectMeta, &o.K8sMetaObjectMeta, &o.Spec}
 	case "Deployment":
 		o := &k8sAppsDeployment{}
-		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
+		obj, p = o, podRef{&o.K8sMetaObjectMeta, &o.Spec.Template.K8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "StatefulSet":
 		o := &k8sAppsStatefulSet{}
-		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
+		obj, p = o, podRef{&o.K8sMetaObjectMeta, &o.Spec.Template.K8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "DaemonSet":
 		o := &k8sAppsDaemonSet{}
-		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
+		obj, p = o, podRef{&o.K8sMetaObjectMeta, &o.Spec.Template.K8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "ReplicaSet":
 		o := &k8sAppsReplicaSet{}
-		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
+		obj, p = o, podRef{&o.K8sMetaObjectMeta, &o.Spec.Template.K8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "Job":
 		o := &k8sBatchJob{}
-		obj, p = o, podRef{&o.k8sMetaObjectMeta, &o.Spec.Template.k8sMetaObjectMeta, &o.Spec.Template.Spec}
+		obj, p = o, podRef{&o.K8sMetaObjectMeta, &o.Spec.Template.K8sMetaObjectMeta, &o.Spec.Template.Spec}
 	case "CronJob":
 		o := &k8sBatchCronJob{}
 		t := &o.Spec.JobTemplate.Spec.Template
-		obj, p = o, podRef{&o.k8sMetaObjectMeta, &t.k8sMetaObjectMeta, &t.Spec}
+		obj, p = o, podRef{&o.K8sMetaObjectMeta, &t.K8sMetaObjectMeta, &t.Spec}
 	default:
 		return nil, p, fmt.Errorf("kind %s cannot be injected", kind)
 	}
@@ -770,8 +770,8 @@ func proxyContainer(cfg injectConfig, s podSettings) k8sCoreContainer {
 	if len(s.opaquePorts) > 0 {
 		env = append(env, k8sCoreEnvVar{Name: "MESHPROXY_OPAQUE_PORTS", Value: strings.Join(dedupePorts(s.opaquePorts), ",")})
 	}
-	httpGet := func(path string) k8sCoreProbeHandler {
-		return k8sCoreProbeHandler{HTTPGet: &k8sCoreHTTPGetAction{Path: path, Port: k8sIntOrStringFrom(proxyAdminPort)}}
+	httpGet := func(path string) K8sCoreProbeHandler {
+		return K8sCoreProbeHandler{HTTPGet: &k8sCoreHTTPGetAction{Path: path, Port: k8sIntOrStringFrom(proxyAdminPort)}}
 	}
 	sc := &k8sCoreSecurityContext{
 		RunAsUser:                kptr(cfg.ProxyUID),
@@ -798,17 +798,17 @@ func proxyContainer(cfg injectConfig, s podSettings) k8sCoreContainer {
 		Env:     env,
 		Ports:   proxyPorts(),
 		ReadinessProbe: &k8sCoreProbe{
-			k8sCoreProbeHandler: httpGet("/ready"),
+			K8sCoreProbeHandler: httpGet("/ready"),
 			PeriodSeconds:       5, FailureThreshold: 3, TimeoutSeconds: 1, SuccessThreshold: 1,
 		},
 		LivenessProbe: &k8sCoreProbe{
-			k8sCoreProbeHandler: httpGet("/live"),
+			K8sCoreProbeHandler: httpGet("/live"),
 			PeriodSeconds:       10, FailureThreshold: 3, TimeoutSeconds: 1, SuccessThreshold: 1,
 		},
 		// As a native sidecar, the application containers start only once
 		// this probe passes: their first connections find a ready proxy.
 		StartupProbe: &k8sCoreProbe{
-			k8sCoreProbeHandler: httpGet("/ready"),
+			K8sCoreProbeHandler: httpGet("/ready"),
 			PeriodSeconds:       1, FailureThreshold: 120, TimeoutSeconds: 1, SuccessThreshold: 1,
 		},
 		Resources: s.resources,
@@ -825,10 +825,10 @@ func proxyContainer(cfg injectConfig, s podSettings) k8sCoreContainer {
 // namespace) and the projected ServiceAccount token.
 func proxyVolumes() []k8sCoreVolume {
 	return []k8sCoreVolume{
-		{Name: anchorsVolume, k8sCoreVolumeSource: k8sCoreVolumeSource{ConfigMap: &k8sCoreConfigMapVolumeSource{
-			k8sCoreLocalObjectReference: k8sCoreLocalObjectReference{Name: anchorsConfigMap},
+		{Name: anchorsVolume, K8sCoreVolumeSource: K8sCoreVolumeSource{ConfigMap: &k8sCoreConfigMapVolumeSource{
+			K8sCoreLocalObjectReference: K8sCoreLocalObjectReference{Name: anchorsConfigMap},
 		}}},
-		{Name: tokenVolume, k8sCoreVolumeSource: k8sCoreVolumeSource{Projected: &k8sCoreProjectedVolumeSource{
+		{Name: tokenVolume, K8sCoreVolumeSource: K8sCoreVolumeSource{Projected: &k8sCoreProjectedVolumeSource{
 			Sources: []k8sCoreVolumeProjection{{ServiceAccountToken: &k8sCoreServiceAccountTokenProjection{
 				Audience: tokenAudience, ExpirationSeconds: kptr(int64(tokenExpirySecs)), Path: "token",
 			}}},

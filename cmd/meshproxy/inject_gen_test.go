@@ -58,9 +58,43 @@ func k8sPrefix(pkg string) (string, bool) {
 	return p, true
 }
 
+// k8sEmbedded holds the struct types that some mirrored struct embeds.
+// Their mirrors get exported names (K8s...): sigs.k8s.io/yaml, which
+// converts YAML scalars to the JSON type of the target field, does not look
+// into embedded fields of unexported types, where encoding/json does.
+var k8sEmbedded = map[reflect.Type]bool{}
+
+// k8sTypeName is the name of the mirror of t.
 func k8sTypeName(t reflect.Type) string {
 	p, _ := k8sPrefix(t.PkgPath())
+	if k8sEmbedded[t] {
+		return "K8s" + p + t.Name()
+	}
 	return "k8s" + p + t.Name()
+}
+
+// findEmbedded records in k8sEmbedded every struct type embedded in a
+// struct reachable from t.
+func findEmbedded(t reflect.Type, seen map[reflect.Type]bool) {
+	if seen[t] {
+		return
+	}
+	seen[t] = true
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Slice:
+		findEmbedded(t.Elem(), seen)
+	case reflect.Map:
+		findEmbedded(t.Key(), seen)
+		findEmbedded(t.Elem(), seen)
+	case reflect.Struct:
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if f.Anonymous && f.Type.Kind() == reflect.Struct {
+				k8sEmbedded[f.Type] = true
+			}
+			findEmbedded(f.Type, seen)
+		}
+	}
 }
 
 // generateK8sTypes writes Go declarations mirroring the JSON shape of the
@@ -144,8 +178,10 @@ func generateK8sTypes() ([]byte, error) {
 		}
 		return "", fmt.Errorf("type %s (%s) is not supported", t, t.Kind())
 	}
+	walked := map[reflect.Type]bool{}
 	for _, t := range queue {
 		seen[t] = true
+		findEmbedded(t, walked)
 	}
 	for len(queue) > 0 {
 		t := queue[0]

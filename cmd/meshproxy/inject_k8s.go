@@ -531,6 +531,9 @@ func k8sErrorText(s string) string {
 	var b strings.Builder
 	for {
 		i := strings.Index(s, "k8s")
+		if j := strings.Index(s, "K8s"); j >= 0 && (i < 0 || j < i) {
+			i = j
+		}
 		if i < 0 {
 			b.WriteString(s)
 			return b.String()
@@ -576,8 +579,10 @@ func k8sMirrorName(s string) (name, pkg, rest string, ok bool) {
 	}
 	for _, pp := range strings.Fields(k8sTypePackages) {
 		prefix, pkg, _ := strings.Cut(pp, "=")
-		if n, found := strings.CutPrefix(ident, "k8s"+prefix); found && n != "" && 'A' <= n[0] && n[0] <= 'Z' {
-			return n, pkg, rest, true
+		for _, k := range []string{"k8s", "K8s"} {
+			if n, found := strings.CutPrefix(ident, k+prefix); found && n != "" && 'A' <= n[0] && n[0] <= 'Z' {
+				return n, pkg, rest, true
+			}
 		}
 	}
 	return "", "", s, false

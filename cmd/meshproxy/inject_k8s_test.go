@@ -231,6 +231,25 @@ spec:
 	"apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: s}\nspec:\n  serviceName: s\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 10Gi}}}\n  template: {spec: {containers: [{name: a, image: b}]}}\n",
 	"apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  updateStrategy: {rollingUpdate: {maxUnavailable: '10%'}}\n  template: {spec: {hostNetwork: false, containers: [{name: a, image: b}]}}\n",
 	"apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: r}\nspec: {replicas: 1, template: {spec: {containers: [{name: a, image: b}]}}}\n",
+	// YAML scalars that sigs.k8s.io/yaml converts to the type of the target
+	// field, inside embedded structs (metadata, probe handlers, volume
+	// sources, local object references).
+	`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: 0, labels: {version: 2, stable: true}, annotations: {ratio: 1.5}}
+spec:
+  selector: {matchLabels: {version: 2}}
+  template:
+    metadata: {labels: {version: 2}, annotations: {on: yes}}
+    spec:
+      containers:
+      - name: 7
+        image: b
+        env: [{name: N, value: 10}]
+        readinessProbe: {httpGet: {path: 404, port: 8080, host: 1}, exec: {command: [1, true]}}
+      volumes:
+      - {name: v, configMap: {name: 12, optional: false}, secret: {secretName: 3}}
+`,
 	// Refused alike:
 	"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w}\nspec: {replicas: '2'}\n",
 	"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w}\nspec: {replicas: 2.5}\n",

@@ -5,10 +5,111 @@ package main
 // k8sTypePackages lists PREFIX=PACKAGE pairs: the mirror of PACKAGE.Name is k8s+PREFIX+Name.
 const k8sTypePackages = "SchedulingV1alpha3=v1alpha3 Batch=v1 Apps=v1 Core=v1 Meta=v1"
 
+// K8sCoreEphemeralContainerCommon mirrors k8s.io/api/core/v1.EphemeralContainerCommon.
+type K8sCoreEphemeralContainerCommon struct {
+	Name                     string                          `json:"name"`
+	Image                    string                          `json:"image,omitempty"`
+	Command                  []string                        `json:"command,omitempty"`
+	Args                     []string                        `json:"args,omitempty"`
+	WorkingDir               string                          `json:"workingDir,omitempty"`
+	Ports                    []k8sCoreContainerPort          `json:"ports,omitempty"`
+	EnvFrom                  []k8sCoreEnvFromSource          `json:"envFrom,omitempty"`
+	Env                      []k8sCoreEnvVar                 `json:"env,omitempty"`
+	Resources                k8sCoreResourceRequirements     `json:"resources,omitempty"`
+	ResizePolicy             []k8sCoreContainerResizePolicy  `json:"resizePolicy,omitempty"`
+	RestartPolicy            *k8sCoreContainerRestartPolicy  `json:"restartPolicy,omitempty"`
+	RestartPolicyRules       []k8sCoreContainerRestartRule   `json:"restartPolicyRules,omitempty"`
+	VolumeMounts             []k8sCoreVolumeMount            `json:"volumeMounts,omitempty"`
+	VolumeDevices            []k8sCoreVolumeDevice           `json:"volumeDevices,omitempty"`
+	LivenessProbe            *k8sCoreProbe                   `json:"livenessProbe,omitempty"`
+	ReadinessProbe           *k8sCoreProbe                   `json:"readinessProbe,omitempty"`
+	StartupProbe             *k8sCoreProbe                   `json:"startupProbe,omitempty"`
+	Lifecycle                *k8sCoreLifecycle               `json:"lifecycle,omitempty"`
+	TerminationMessagePath   string                          `json:"terminationMessagePath,omitempty"`
+	TerminationMessagePolicy k8sCoreTerminationMessagePolicy `json:"terminationMessagePolicy,omitempty"`
+	ImagePullPolicy          k8sCorePullPolicy               `json:"imagePullPolicy,omitempty"`
+	SecurityContext          *k8sCoreSecurityContext         `json:"securityContext,omitempty"`
+	Stdin                    bool                            `json:"stdin,omitempty"`
+	StdinOnce                bool                            `json:"stdinOnce,omitempty"`
+	TTY                      bool                            `json:"tty,omitempty"`
+}
+
+// K8sCoreLocalObjectReference mirrors k8s.io/api/core/v1.LocalObjectReference.
+type K8sCoreLocalObjectReference struct {
+	Name string `json:"name,omitempty"`
+}
+
+// K8sCoreProbeHandler mirrors k8s.io/api/core/v1.ProbeHandler.
+type K8sCoreProbeHandler struct {
+	Exec      *k8sCoreExecAction      `json:"exec,omitempty"`
+	HTTPGet   *k8sCoreHTTPGetAction   `json:"httpGet,omitempty"`
+	TCPSocket *k8sCoreTCPSocketAction `json:"tcpSocket,omitempty"`
+	GRPC      *k8sCoreGRPCAction      `json:"grpc,omitempty"`
+}
+
+// K8sCoreVolumeSource mirrors k8s.io/api/core/v1.VolumeSource.
+type K8sCoreVolumeSource struct {
+	HostPath              *k8sCoreHostPathVolumeSource              `json:"hostPath,omitempty"`
+	EmptyDir              *k8sCoreEmptyDirVolumeSource              `json:"emptyDir,omitempty"`
+	GCEPersistentDisk     *k8sCoreGCEPersistentDiskVolumeSource     `json:"gcePersistentDisk,omitempty"`
+	AWSElasticBlockStore  *k8sCoreAWSElasticBlockStoreVolumeSource  `json:"awsElasticBlockStore,omitempty"`
+	GitRepo               *k8sCoreGitRepoVolumeSource               `json:"gitRepo,omitempty"`
+	Secret                *k8sCoreSecretVolumeSource                `json:"secret,omitempty"`
+	NFS                   *k8sCoreNFSVolumeSource                   `json:"nfs,omitempty"`
+	ISCSI                 *k8sCoreISCSIVolumeSource                 `json:"iscsi,omitempty"`
+	Glusterfs             *k8sCoreGlusterfsVolumeSource             `json:"glusterfs,omitempty"`
+	PersistentVolumeClaim *k8sCorePersistentVolumeClaimVolumeSource `json:"persistentVolumeClaim,omitempty"`
+	RBD                   *k8sCoreRBDVolumeSource                   `json:"rbd,omitempty"`
+	FlexVolume            *k8sCoreFlexVolumeSource                  `json:"flexVolume,omitempty"`
+	Cinder                *k8sCoreCinderVolumeSource                `json:"cinder,omitempty"`
+	CephFS                *k8sCoreCephFSVolumeSource                `json:"cephfs,omitempty"`
+	Flocker               *k8sCoreFlockerVolumeSource               `json:"flocker,omitempty"`
+	DownwardAPI           *k8sCoreDownwardAPIVolumeSource           `json:"downwardAPI,omitempty"`
+	FC                    *k8sCoreFCVolumeSource                    `json:"fc,omitempty"`
+	AzureFile             *k8sCoreAzureFileVolumeSource             `json:"azureFile,omitempty"`
+	ConfigMap             *k8sCoreConfigMapVolumeSource             `json:"configMap,omitempty"`
+	VsphereVolume         *k8sCoreVsphereVirtualDiskVolumeSource    `json:"vsphereVolume,omitempty"`
+	Quobyte               *k8sCoreQuobyteVolumeSource               `json:"quobyte,omitempty"`
+	AzureDisk             *k8sCoreAzureDiskVolumeSource             `json:"azureDisk,omitempty"`
+	PhotonPersistentDisk  *k8sCorePhotonPersistentDiskVolumeSource  `json:"photonPersistentDisk,omitempty"`
+	Projected             *k8sCoreProjectedVolumeSource             `json:"projected,omitempty"`
+	PortworxVolume        *k8sCorePortworxVolumeSource              `json:"portworxVolume,omitempty"`
+	ScaleIO               *k8sCoreScaleIOVolumeSource               `json:"scaleIO,omitempty"`
+	StorageOS             *k8sCoreStorageOSVolumeSource             `json:"storageos,omitempty"`
+	CSI                   *k8sCoreCSIVolumeSource                   `json:"csi,omitempty"`
+	Ephemeral             *k8sCoreEphemeralVolumeSource             `json:"ephemeral,omitempty"`
+	Image                 *k8sCoreImageVolumeSource                 `json:"image,omitempty"`
+}
+
+// K8sMetaObjectMeta mirrors k8s.io/apimachinery/pkg/apis/meta/v1.ObjectMeta.
+type K8sMetaObjectMeta struct {
+	Name                       string                      `json:"name,omitempty"`
+	GenerateName               string                      `json:"generateName,omitempty"`
+	Namespace                  string                      `json:"namespace,omitempty"`
+	SelfLink                   string                      `json:"selfLink,omitempty"`
+	UID                        string                      `json:"uid,omitempty"`
+	ResourceVersion            string                      `json:"resourceVersion,omitempty"`
+	Generation                 int64                       `json:"generation,omitempty"`
+	CreationTimestamp          k8sTime                     `json:"creationTimestamp,omitempty,omitzero"`
+	DeletionTimestamp          *k8sTime                    `json:"deletionTimestamp,omitempty"`
+	DeletionGracePeriodSeconds *int64                      `json:"deletionGracePeriodSeconds,omitempty"`
+	Labels                     map[string]string           `json:"labels,omitempty"`
+	Annotations                map[string]string           `json:"annotations,omitempty"`
+	OwnerReferences            []k8sMetaOwnerReference     `json:"ownerReferences,omitempty"`
+	Finalizers                 []string                    `json:"finalizers,omitempty"`
+	ManagedFields              []k8sMetaManagedFieldsEntry `json:"managedFields,omitempty"`
+}
+
+// K8sMetaTypeMeta mirrors k8s.io/apimachinery/pkg/apis/meta/v1.TypeMeta.
+type K8sMetaTypeMeta struct {
+	Kind       string `json:"kind,omitempty"`
+	APIVersion string `json:"apiVersion,omitempty"`
+}
+
 // k8sAppsDaemonSet mirrors k8s.io/api/apps/v1.DaemonSet.
 type k8sAppsDaemonSet struct {
-	k8sMetaTypeMeta   `json:""`
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaTypeMeta   `json:""`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sAppsDaemonSetSpec   `json:"spec,omitempty"`
 	Status            k8sAppsDaemonSetStatus `json:"status,omitempty"`
 }
@@ -59,8 +160,8 @@ type k8sAppsDaemonSetUpdateStrategyType string
 
 // k8sAppsDeployment mirrors k8s.io/api/apps/v1.Deployment.
 type k8sAppsDeployment struct {
-	k8sMetaTypeMeta   `json:""`
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaTypeMeta   `json:""`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sAppsDeploymentSpec   `json:"spec,omitempty"`
 	Status            k8sAppsDeploymentStatus `json:"status,omitempty"`
 }
@@ -120,8 +221,8 @@ type k8sAppsPodManagementPolicyType string
 
 // k8sAppsReplicaSet mirrors k8s.io/api/apps/v1.ReplicaSet.
 type k8sAppsReplicaSet struct {
-	k8sMetaTypeMeta   `json:""`
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaTypeMeta   `json:""`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sAppsReplicaSetSpec   `json:"spec,omitempty"`
 	Status            k8sAppsReplicaSetStatus `json:"status,omitempty"`
 }
@@ -177,8 +278,8 @@ type k8sAppsRollingUpdateStatefulSetStrategy struct {
 
 // k8sAppsStatefulSet mirrors k8s.io/api/apps/v1.StatefulSet.
 type k8sAppsStatefulSet struct {
-	k8sMetaTypeMeta   `json:""`
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaTypeMeta   `json:""`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sAppsStatefulSetSpec   `json:"spec,omitempty"`
 	Status            k8sAppsStatefulSetStatus `json:"status,omitempty"`
 }
@@ -252,8 +353,8 @@ type k8sBatchConcurrencyPolicy string
 
 // k8sBatchCronJob mirrors k8s.io/api/batch/v1.CronJob.
 type k8sBatchCronJob struct {
-	k8sMetaTypeMeta   `json:""`
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaTypeMeta   `json:""`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sBatchCronJobSpec   `json:"spec,omitempty"`
 	Status            k8sBatchCronJobStatus `json:"status,omitempty"`
 }
@@ -279,8 +380,8 @@ type k8sBatchCronJobStatus struct {
 
 // k8sBatchJob mirrors k8s.io/api/batch/v1.Job.
 type k8sBatchJob struct {
-	k8sMetaTypeMeta   `json:""`
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaTypeMeta   `json:""`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sBatchJobSpec   `json:"spec,omitempty"`
 	Status            k8sBatchJobStatus `json:"status,omitempty"`
 }
@@ -344,7 +445,7 @@ type k8sBatchJobStatus struct {
 
 // k8sBatchJobTemplateSpec mirrors k8s.io/api/batch/v1.JobTemplateSpec.
 type k8sBatchJobTemplateSpec struct {
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sBatchJobSpec `json:"spec,omitempty"`
 }
 
@@ -452,7 +553,7 @@ type k8sCoreCSIVolumeSource struct {
 	ReadOnly             *bool                        `json:"readOnly,omitempty"`
 	FSType               *string                      `json:"fsType,omitempty"`
 	VolumeAttributes     map[string]string            `json:"volumeAttributes,omitempty"`
-	NodePublishSecretRef *k8sCoreLocalObjectReference `json:"nodePublishSecretRef,omitempty"`
+	NodePublishSecretRef *K8sCoreLocalObjectReference `json:"nodePublishSecretRef,omitempty"`
 }
 
 // k8sCoreCapabilities mirrors k8s.io/api/core/v1.Capabilities.
@@ -470,7 +571,7 @@ type k8sCoreCephFSVolumeSource struct {
 	Path       string                       `json:"path,omitempty"`
 	User       string                       `json:"user,omitempty"`
 	SecretFile string                       `json:"secretFile,omitempty"`
-	SecretRef  *k8sCoreLocalObjectReference `json:"secretRef,omitempty"`
+	SecretRef  *K8sCoreLocalObjectReference `json:"secretRef,omitempty"`
 	ReadOnly   bool                         `json:"readOnly,omitempty"`
 }
 
@@ -479,7 +580,7 @@ type k8sCoreCinderVolumeSource struct {
 	VolumeID  string                       `json:"volumeID"`
 	FSType    string                       `json:"fsType,omitempty"`
 	ReadOnly  bool                         `json:"readOnly,omitempty"`
-	SecretRef *k8sCoreLocalObjectReference `json:"secretRef,omitempty"`
+	SecretRef *K8sCoreLocalObjectReference `json:"secretRef,omitempty"`
 }
 
 // k8sCoreClaimResourceStatus mirrors k8s.io/api/core/v1.ClaimResourceStatus.
@@ -500,27 +601,27 @@ type k8sCoreConditionStatus string
 
 // k8sCoreConfigMapEnvSource mirrors k8s.io/api/core/v1.ConfigMapEnvSource.
 type k8sCoreConfigMapEnvSource struct {
-	k8sCoreLocalObjectReference `json:""`
+	K8sCoreLocalObjectReference `json:""`
 	Optional                    *bool `json:"optional,omitempty"`
 }
 
 // k8sCoreConfigMapKeySelector mirrors k8s.io/api/core/v1.ConfigMapKeySelector.
 type k8sCoreConfigMapKeySelector struct {
-	k8sCoreLocalObjectReference `json:""`
+	K8sCoreLocalObjectReference `json:""`
 	Key                         string `json:"key"`
 	Optional                    *bool  `json:"optional,omitempty"`
 }
 
 // k8sCoreConfigMapProjection mirrors k8s.io/api/core/v1.ConfigMapProjection.
 type k8sCoreConfigMapProjection struct {
-	k8sCoreLocalObjectReference `json:""`
+	K8sCoreLocalObjectReference `json:""`
 	Items                       []k8sCoreKeyToPath `json:"items,omitempty"`
 	Optional                    *bool              `json:"optional,omitempty"`
 }
 
 // k8sCoreConfigMapVolumeSource mirrors k8s.io/api/core/v1.ConfigMapVolumeSource.
 type k8sCoreConfigMapVolumeSource struct {
-	k8sCoreLocalObjectReference `json:""`
+	K8sCoreLocalObjectReference `json:""`
 	Items                       []k8sCoreKeyToPath `json:"items,omitempty"`
 	DefaultMode                 *int32             `json:"defaultMode,omitempty"`
 	Optional                    *bool              `json:"optional,omitempty"`
@@ -708,37 +809,8 @@ type k8sCoreEnvVarSource struct {
 
 // k8sCoreEphemeralContainer mirrors k8s.io/api/core/v1.EphemeralContainer.
 type k8sCoreEphemeralContainer struct {
-	k8sCoreEphemeralContainerCommon `json:""`
+	K8sCoreEphemeralContainerCommon `json:""`
 	TargetContainerName             string `json:"targetContainerName,omitempty"`
-}
-
-// k8sCoreEphemeralContainerCommon mirrors k8s.io/api/core/v1.EphemeralContainerCommon.
-type k8sCoreEphemeralContainerCommon struct {
-	Name                     string                          `json:"name"`
-	Image                    string                          `json:"image,omitempty"`
-	Command                  []string                        `json:"command,omitempty"`
-	Args                     []string                        `json:"args,omitempty"`
-	WorkingDir               string                          `json:"workingDir,omitempty"`
-	Ports                    []k8sCoreContainerPort          `json:"ports,omitempty"`
-	EnvFrom                  []k8sCoreEnvFromSource          `json:"envFrom,omitempty"`
-	Env                      []k8sCoreEnvVar                 `json:"env,omitempty"`
-	Resources                k8sCoreResourceRequirements     `json:"resources,omitempty"`
-	ResizePolicy             []k8sCoreContainerResizePolicy  `json:"resizePolicy,omitempty"`
-	RestartPolicy            *k8sCoreContainerRestartPolicy  `json:"restartPolicy,omitempty"`
-	RestartPolicyRules       []k8sCoreContainerRestartRule   `json:"restartPolicyRules,omitempty"`
-	VolumeMounts             []k8sCoreVolumeMount            `json:"volumeMounts,omitempty"`
-	VolumeDevices            []k8sCoreVolumeDevice           `json:"volumeDevices,omitempty"`
-	LivenessProbe            *k8sCoreProbe                   `json:"livenessProbe,omitempty"`
-	ReadinessProbe           *k8sCoreProbe                   `json:"readinessProbe,omitempty"`
-	StartupProbe             *k8sCoreProbe                   `json:"startupProbe,omitempty"`
-	Lifecycle                *k8sCoreLifecycle               `json:"lifecycle,omitempty"`
-	TerminationMessagePath   string                          `json:"terminationMessagePath,omitempty"`
-	TerminationMessagePolicy k8sCoreTerminationMessagePolicy `json:"terminationMessagePolicy,omitempty"`
-	ImagePullPolicy          k8sCorePullPolicy               `json:"imagePullPolicy,omitempty"`
-	SecurityContext          *k8sCoreSecurityContext         `json:"securityContext,omitempty"`
-	Stdin                    bool                            `json:"stdin,omitempty"`
-	StdinOnce                bool                            `json:"stdinOnce,omitempty"`
-	TTY                      bool                            `json:"tty,omitempty"`
 }
 
 // k8sCoreEphemeralVolumeSource mirrors k8s.io/api/core/v1.EphemeralVolumeSource.
@@ -778,7 +850,7 @@ type k8sCoreFileKeySelector struct {
 type k8sCoreFlexVolumeSource struct {
 	Driver    string                       `json:"driver"`
 	FSType    string                       `json:"fsType,omitempty"`
-	SecretRef *k8sCoreLocalObjectReference `json:"secretRef,omitempty"`
+	SecretRef *K8sCoreLocalObjectReference `json:"secretRef,omitempty"`
 	ReadOnly  bool                         `json:"readOnly,omitempty"`
 	Options   map[string]string            `json:"options,omitempty"`
 }
@@ -871,7 +943,7 @@ type k8sCoreISCSIVolumeSource struct {
 	Portals           []string                     `json:"portals,omitempty"`
 	DiscoveryCHAPAuth bool                         `json:"chapAuthDiscovery,omitempty"`
 	SessionCHAPAuth   bool                         `json:"chapAuthSession,omitempty"`
-	SecretRef         *k8sCoreLocalObjectReference `json:"secretRef,omitempty"`
+	SecretRef         *K8sCoreLocalObjectReference `json:"secretRef,omitempty"`
 	InitiatorName     *string                      `json:"initiatorName,omitempty"`
 }
 
@@ -914,11 +986,6 @@ type k8sCoreLinuxContainerUser struct {
 	UID                int64   `json:"uid"`
 	GID                int64   `json:"gid"`
 	SupplementalGroups []int64 `json:"supplementalGroups,omitempty"`
-}
-
-// k8sCoreLocalObjectReference mirrors k8s.io/api/core/v1.LocalObjectReference.
-type k8sCoreLocalObjectReference struct {
-	Name string `json:"name,omitempty"`
 }
 
 // k8sCoreModifyVolumeStatus mirrors k8s.io/api/core/v1.ModifyVolumeStatus.
@@ -1013,8 +1080,8 @@ type k8sCorePersistentVolumeAccessMode string
 
 // k8sCorePersistentVolumeClaim mirrors k8s.io/api/core/v1.PersistentVolumeClaim.
 type k8sCorePersistentVolumeClaim struct {
-	k8sMetaTypeMeta   `json:""`
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaTypeMeta   `json:""`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sCorePersistentVolumeClaimSpec   `json:"spec,omitempty"`
 	Status            k8sCorePersistentVolumeClaimStatus `json:"status,omitempty"`
 }
@@ -1066,7 +1133,7 @@ type k8sCorePersistentVolumeClaimStatus struct {
 
 // k8sCorePersistentVolumeClaimTemplate mirrors k8s.io/api/core/v1.PersistentVolumeClaimTemplate.
 type k8sCorePersistentVolumeClaimTemplate struct {
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sCorePersistentVolumeClaimSpec `json:"spec"`
 }
 
@@ -1087,8 +1154,8 @@ type k8sCorePhotonPersistentDiskVolumeSource struct {
 
 // k8sCorePod mirrors k8s.io/api/core/v1.Pod.
 type k8sCorePod struct {
-	k8sMetaTypeMeta   `json:""`
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaTypeMeta   `json:""`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sCorePodSpec   `json:"spec,omitempty"`
 	Status            k8sCorePodStatus `json:"status,omitempty"`
 }
@@ -1250,7 +1317,7 @@ type k8sCorePodSpec struct {
 	HostIPC                       bool                              `json:"hostIPC,omitempty"`
 	ShareProcessNamespace         *bool                             `json:"shareProcessNamespace,omitempty"`
 	SecurityContext               *k8sCorePodSecurityContext        `json:"securityContext,omitempty"`
-	ImagePullSecrets              []k8sCoreLocalObjectReference     `json:"imagePullSecrets,omitempty"`
+	ImagePullSecrets              []K8sCoreLocalObjectReference     `json:"imagePullSecrets,omitempty"`
 	Hostname                      string                            `json:"hostname,omitempty"`
 	Subdomain                     string                            `json:"subdomain,omitempty"`
 	Affinity                      *k8sCoreAffinity                  `json:"affinity,omitempty"`
@@ -1305,7 +1372,7 @@ type k8sCorePodStatus struct {
 
 // k8sCorePodTemplateSpec mirrors k8s.io/api/core/v1.PodTemplateSpec.
 type k8sCorePodTemplateSpec struct {
-	k8sMetaObjectMeta `json:"metadata,omitempty"`
+	K8sMetaObjectMeta `json:"metadata,omitempty"`
 	Spec              k8sCorePodSpec `json:"spec,omitempty"`
 }
 
@@ -1334,21 +1401,13 @@ type k8sCorePreferredSchedulingTerm struct {
 
 // k8sCoreProbe mirrors k8s.io/api/core/v1.Probe.
 type k8sCoreProbe struct {
-	k8sCoreProbeHandler           `json:""`
+	K8sCoreProbeHandler           `json:""`
 	InitialDelaySeconds           int32  `json:"initialDelaySeconds,omitempty"`
 	TimeoutSeconds                int32  `json:"timeoutSeconds,omitempty"`
 	PeriodSeconds                 int32  `json:"periodSeconds,omitempty"`
 	SuccessThreshold              int32  `json:"successThreshold,omitempty"`
 	FailureThreshold              int32  `json:"failureThreshold,omitempty"`
 	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds,omitempty"`
-}
-
-// k8sCoreProbeHandler mirrors k8s.io/api/core/v1.ProbeHandler.
-type k8sCoreProbeHandler struct {
-	Exec      *k8sCoreExecAction      `json:"exec,omitempty"`
-	HTTPGet   *k8sCoreHTTPGetAction   `json:"httpGet,omitempty"`
-	TCPSocket *k8sCoreTCPSocketAction `json:"tcpSocket,omitempty"`
-	GRPC      *k8sCoreGRPCAction      `json:"grpc,omitempty"`
 }
 
 // k8sCoreProcMountType mirrors k8s.io/api/core/v1.ProcMountType.
@@ -1385,7 +1444,7 @@ type k8sCoreRBDVolumeSource struct {
 	RBDPool      string                       `json:"pool,omitempty"`
 	RadosUser    string                       `json:"user,omitempty"`
 	Keyring      string                       `json:"keyring,omitempty"`
-	SecretRef    *k8sCoreLocalObjectReference `json:"secretRef,omitempty"`
+	SecretRef    *K8sCoreLocalObjectReference `json:"secretRef,omitempty"`
 	ReadOnly     bool                         `json:"readOnly,omitempty"`
 }
 
@@ -1455,7 +1514,7 @@ type k8sCoreSELinuxOptions struct {
 type k8sCoreScaleIOVolumeSource struct {
 	Gateway          string                       `json:"gateway"`
 	System           string                       `json:"system"`
-	SecretRef        *k8sCoreLocalObjectReference `json:"secretRef"`
+	SecretRef        *K8sCoreLocalObjectReference `json:"secretRef"`
 	SSLEnabled       bool                         `json:"sslEnabled,omitempty"`
 	ProtectionDomain string                       `json:"protectionDomain,omitempty"`
 	StoragePool      string                       `json:"storagePool,omitempty"`
@@ -1476,20 +1535,20 @@ type k8sCoreSeccompProfileType string
 
 // k8sCoreSecretEnvSource mirrors k8s.io/api/core/v1.SecretEnvSource.
 type k8sCoreSecretEnvSource struct {
-	k8sCoreLocalObjectReference `json:""`
+	K8sCoreLocalObjectReference `json:""`
 	Optional                    *bool `json:"optional,omitempty"`
 }
 
 // k8sCoreSecretKeySelector mirrors k8s.io/api/core/v1.SecretKeySelector.
 type k8sCoreSecretKeySelector struct {
-	k8sCoreLocalObjectReference `json:""`
+	K8sCoreLocalObjectReference `json:""`
 	Key                         string `json:"key"`
 	Optional                    *bool  `json:"optional,omitempty"`
 }
 
 // k8sCoreSecretProjection mirrors k8s.io/api/core/v1.SecretProjection.
 type k8sCoreSecretProjection struct {
-	k8sCoreLocalObjectReference `json:""`
+	K8sCoreLocalObjectReference `json:""`
 	Items                       []k8sCoreKeyToPath `json:"items,omitempty"`
 	Optional                    *bool              `json:"optional,omitempty"`
 }
@@ -1544,7 +1603,7 @@ type k8sCoreStorageOSVolumeSource struct {
 	VolumeNamespace string                       `json:"volumeNamespace,omitempty"`
 	FSType          string                       `json:"fsType,omitempty"`
 	ReadOnly        bool                         `json:"readOnly,omitempty"`
-	SecretRef       *k8sCoreLocalObjectReference `json:"secretRef,omitempty"`
+	SecretRef       *K8sCoreLocalObjectReference `json:"secretRef,omitempty"`
 }
 
 // k8sCoreSupplementalGroupsPolicy mirrors k8s.io/api/core/v1.SupplementalGroupsPolicy.
@@ -1616,7 +1675,7 @@ type k8sCoreUnsatisfiableConstraintAction string
 // k8sCoreVolume mirrors k8s.io/api/core/v1.Volume.
 type k8sCoreVolume struct {
 	Name                string `json:"name"`
-	k8sCoreVolumeSource `json:""`
+	K8sCoreVolumeSource `json:""`
 }
 
 // k8sCoreVolumeDevice mirrors k8s.io/api/core/v1.VolumeDevice.
@@ -1678,40 +1737,6 @@ type k8sCoreVolumeResourceRequirements struct {
 	Requests k8sCoreResourceList `json:"requests,omitempty"`
 }
 
-// k8sCoreVolumeSource mirrors k8s.io/api/core/v1.VolumeSource.
-type k8sCoreVolumeSource struct {
-	HostPath              *k8sCoreHostPathVolumeSource              `json:"hostPath,omitempty"`
-	EmptyDir              *k8sCoreEmptyDirVolumeSource              `json:"emptyDir,omitempty"`
-	GCEPersistentDisk     *k8sCoreGCEPersistentDiskVolumeSource     `json:"gcePersistentDisk,omitempty"`
-	AWSElasticBlockStore  *k8sCoreAWSElasticBlockStoreVolumeSource  `json:"awsElasticBlockStore,omitempty"`
-	GitRepo               *k8sCoreGitRepoVolumeSource               `json:"gitRepo,omitempty"`
-	Secret                *k8sCoreSecretVolumeSource                `json:"secret,omitempty"`
-	NFS                   *k8sCoreNFSVolumeSource                   `json:"nfs,omitempty"`
-	ISCSI                 *k8sCoreISCSIVolumeSource                 `json:"iscsi,omitempty"`
-	Glusterfs             *k8sCoreGlusterfsVolumeSource             `json:"glusterfs,omitempty"`
-	PersistentVolumeClaim *k8sCorePersistentVolumeClaimVolumeSource `json:"persistentVolumeClaim,omitempty"`
-	RBD                   *k8sCoreRBDVolumeSource                   `json:"rbd,omitempty"`
-	FlexVolume            *k8sCoreFlexVolumeSource                  `json:"flexVolume,omitempty"`
-	Cinder                *k8sCoreCinderVolumeSource                `json:"cinder,omitempty"`
-	CephFS                *k8sCoreCephFSVolumeSource                `json:"cephfs,omitempty"`
-	Flocker               *k8sCoreFlockerVolumeSource               `json:"flocker,omitempty"`
-	DownwardAPI           *k8sCoreDownwardAPIVolumeSource           `json:"downwardAPI,omitempty"`
-	FC                    *k8sCoreFCVolumeSource                    `json:"fc,omitempty"`
-	AzureFile             *k8sCoreAzureFileVolumeSource             `json:"azureFile,omitempty"`
-	ConfigMap             *k8sCoreConfigMapVolumeSource             `json:"configMap,omitempty"`
-	VsphereVolume         *k8sCoreVsphereVirtualDiskVolumeSource    `json:"vsphereVolume,omitempty"`
-	Quobyte               *k8sCoreQuobyteVolumeSource               `json:"quobyte,omitempty"`
-	AzureDisk             *k8sCoreAzureDiskVolumeSource             `json:"azureDisk,omitempty"`
-	PhotonPersistentDisk  *k8sCorePhotonPersistentDiskVolumeSource  `json:"photonPersistentDisk,omitempty"`
-	Projected             *k8sCoreProjectedVolumeSource             `json:"projected,omitempty"`
-	PortworxVolume        *k8sCorePortworxVolumeSource              `json:"portworxVolume,omitempty"`
-	ScaleIO               *k8sCoreScaleIOVolumeSource               `json:"scaleIO,omitempty"`
-	StorageOS             *k8sCoreStorageOSVolumeSource             `json:"storageos,omitempty"`
-	CSI                   *k8sCoreCSIVolumeSource                   `json:"csi,omitempty"`
-	Ephemeral             *k8sCoreEphemeralVolumeSource             `json:"ephemeral,omitempty"`
-	Image                 *k8sCoreImageVolumeSource                 `json:"image,omitempty"`
-}
-
 // k8sCoreVolumeStatus mirrors k8s.io/api/core/v1.VolumeStatus.
 type k8sCoreVolumeStatus struct {
 	Image *k8sCoreImageVolumeStatus `json:"image,omitempty"`
@@ -1769,25 +1794,6 @@ type k8sMetaManagedFieldsEntry struct {
 // k8sMetaManagedFieldsOperationType mirrors k8s.io/apimachinery/pkg/apis/meta/v1.ManagedFieldsOperationType.
 type k8sMetaManagedFieldsOperationType string
 
-// k8sMetaObjectMeta mirrors k8s.io/apimachinery/pkg/apis/meta/v1.ObjectMeta.
-type k8sMetaObjectMeta struct {
-	Name                       string                      `json:"name,omitempty"`
-	GenerateName               string                      `json:"generateName,omitempty"`
-	Namespace                  string                      `json:"namespace,omitempty"`
-	SelfLink                   string                      `json:"selfLink,omitempty"`
-	UID                        string                      `json:"uid,omitempty"`
-	ResourceVersion            string                      `json:"resourceVersion,omitempty"`
-	Generation                 int64                       `json:"generation,omitempty"`
-	CreationTimestamp          k8sTime                     `json:"creationTimestamp,omitempty,omitzero"`
-	DeletionTimestamp          *k8sTime                    `json:"deletionTimestamp,omitempty"`
-	DeletionGracePeriodSeconds *int64                      `json:"deletionGracePeriodSeconds,omitempty"`
-	Labels                     map[string]string           `json:"labels,omitempty"`
-	Annotations                map[string]string           `json:"annotations,omitempty"`
-	OwnerReferences            []k8sMetaOwnerReference     `json:"ownerReferences,omitempty"`
-	Finalizers                 []string                    `json:"finalizers,omitempty"`
-	ManagedFields              []k8sMetaManagedFieldsEntry `json:"managedFields,omitempty"`
-}
-
 // k8sMetaOwnerReference mirrors k8s.io/apimachinery/pkg/apis/meta/v1.OwnerReference.
 type k8sMetaOwnerReference struct {
 	APIVersion         string `json:"apiVersion"`
@@ -1796,12 +1802,6 @@ type k8sMetaOwnerReference struct {
 	UID                string `json:"uid"`
 	Controller         *bool  `json:"controller,omitempty"`
 	BlockOwnerDeletion *bool  `json:"blockOwnerDeletion,omitempty"`
-}
-
-// k8sMetaTypeMeta mirrors k8s.io/apimachinery/pkg/apis/meta/v1.TypeMeta.
-type k8sMetaTypeMeta struct {
-	Kind       string `json:"kind,omitempty"`
-	APIVersion string `json:"apiVersion,omitempty"`
 }
 
 // k8sSchedulingV1alpha3TopologyConstraint mirrors k8s.io/api/scheduling/v1alpha3.TopologyConstraint.
