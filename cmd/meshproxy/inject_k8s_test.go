@@ -335,6 +335,16 @@ func FuzzK8sTypesRoundTrip(f *testing.F) {
 	for _, d := range roundTripCorpus {
 		f.Add([]byte(d))
 	}
+	ins, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "inject", "*.yaml"))
+	for _, in := range ins {
+		data, err := os.ReadFile(in)
+		if err != nil {
+			f.Fatal(err)
+		}
+		for _, d := range splitYAMLDocuments(data) {
+			f.Add(d)
+		}
+	}
 	f.Fuzz(func(t *testing.T, doc []byte) {
 		if len(doc) > 4096 || hugeExponent(string(doc)) {
 			return
