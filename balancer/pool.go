@@ -50,6 +50,11 @@ type PoolConfig[C io.Closer] struct {
 	// recently used one is evicted and its idle connections closed. Zero
 	// or negative means DefaultMaxEndpoints.
 	MaxEndpoints int
+	// MaxIdle bounds the idle connections of all endpoints together: Put
+	// beyond it closes the least recently returned idle connection of
+	// the least recently used endpoint. Zero or negative means no bound
+	// but MaxIdlePerEndpoint and MaxEndpoints.
+	MaxIdle int
 	// Metrics, when not nil, counts dials, reuses and stale connections.
 	Metrics *Metrics
 }
@@ -92,6 +97,7 @@ type Pool[C io.Closer] struct {
 	mu      sync.Mutex
 	lru     *simplelru.LRU[netip.AddrPort, *[]idleConn[C]]
 	evicted []C // closed after mu is released
+	idleN   int // idle connections over all endpoints
 	closed  bool
 
 	done chan struct{}
@@ -129,6 +135,7 @@ func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
 		for _, ic := range *idle {
 			p.evicted = append(p.evicted, ic.pc.Conn)
 		}
+		p.idleN -= len(*idle)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pool: %w", err)
@@ -193,6 +200,7 @@ func (p *Pool[C]) popIdle(addr netip.AddrPort) (idleConn[C], bool, error) {
 	ic := (*idle)[n]
 	(*idle)[n] = idleConn[C]{}
 	*idle = (*idle)[:n]
+	p.idleN--
 	return ic, true, nil
 }
 
@@ -220,15 +228,46 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 		}
 		if len(*idle) < p.cfg.MaxIdlePerEndpoint {
 			*idle = append(*idle, ic)
+			p.idleN++
 		} else {
 			keep = false
 		}
+	}
+	if keep && p.cfg.MaxIdle > 0 && p.idleN > p.cfg.MaxIdle {
+		p.dropOldestLocked()
 	}
 	evicted := p.takeEvictedLocked()
 	p.mu.Unlock()
 	if !keep {
 		pc.Conn.Close()
 	}
+	closeAll(evicted)
+}
+
+// dropOldestLocked closes (after mu) the least recently returned idle
+// connection of the least recently used endpoint.
+func (p *Pool[C]) dropOldestLocked() {
+	addr, idle, ok := p.lru.GetOldest()
+	if !ok {
+		return
+	}
+	if len(*idle) <= 1 {
+		p.lru.Remove(addr) // the evict callback takes its connection
+		return
+	}
+	p.evicted = append(p.evicted, (*idle)[0].pc.Conn)
+	copy(*idle, (*idle)[1:])
+	(*idle)[len(*idle)-1] = idleConn[C]{}
+	*idle = (*idle)[:len(*idle)-1]
+	p.idleN--
+}
+
+// CloseIdle closes every idle connection; the pool stays open.
+func (p *Pool[C]) CloseIdle() {
+	p.mu.Lock()
+	p.lru.Purge()
+	evicted := p.takeEvictedLocked()
+	p.mu.Unlock()
 	closeAll(evicted)
 }
 
@@ -315,6 +354,7 @@ func (p *Pool[C]) sweep(now time.Time) {
 			}
 		}
 		clear((*idle)[len(kept):])
+		p.idleN -= len(*idle) - len(kept)
 		*idle = kept
 		if len(kept) == 0 {
 			p.lru.Remove(k) // calls the evict callback with nothing to close

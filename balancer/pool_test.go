@@ -309,3 +309,40 @@ func TestPoolDialError(t *testing.T) {
 		t.Error("NewPool without Dial: err = nil; want an error")
 	}
 }
+
+// TestPoolMaxIdle: the idle connections of all endpoints together stay
+// within MaxIdle; the least recently used endpoint's go first.
+func TestPoolMaxIdle(t *testing.T) {
+	srvs := []*echoServer{newEchoServer(t, nil), newEchoServer(t, nil)}
+	p := newTestPool(t, PoolConfig[net.Conn]{MaxIdle: 3})
+	var pcs []PooledConn[net.Conn]
+	for _, s := range srvs {
+		for range 2 {
+			pc, _ := get(t, p, s.addr)
+			pcs = append(pcs, pc)
+		}
+	}
+	for _, pc := range pcs {
+		p.Put(pc)
+	}
+	srvs[0].waitEOFs(t, 1) // the first endpoint's oldest
+	if st := p.Stats(); st.Idle != 3 {
+		t.Errorf("idle = %d; want 3", st.Idle)
+	}
+}
+
+// TestPoolCloseIdle closes the idle connections and keeps the pool open.
+func TestPoolCloseIdle(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	p := newTestPool(t, PoolConfig[net.Conn]{})
+	pc, _ := get(t, p, srv.addr)
+	p.Put(pc)
+	p.CloseIdle()
+	srv.waitEOFs(t, 1)
+	if _, reused := get(t, p, srv.addr); reused {
+		t.Error("a closed idle connection was reused")
+	}
+	if st := p.Stats(); st.Idle != 0 || st.Dials != 2 {
+		t.Errorf("stats = %+v; want 0 idle, 2 dials", st)
+	}
+}
