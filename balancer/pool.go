@@ -55,6 +55,11 @@ type PoolConfig[C io.Closer] struct {
 	// the least recently used endpoint. Zero or negative means no bound
 	// but MaxIdlePerEndpoint and MaxEndpoints.
 	MaxIdle int
+	// WatchClose closes and drops an idle connection as soon as its
+	// peer closes it (one goroutine watches every idle socket through
+	// epoll), instead of at the next Get or the idle timeout. For
+	// net.Conn (and *tls.Conn) connections.
+	WatchClose bool
 	// Metrics, when not nil, counts dials, reuses and stale connections.
 	Metrics *Metrics
 }
@@ -74,6 +79,7 @@ type PooledConn[C io.Closer] struct {
 type idleConn[C io.Closer] struct {
 	pc    PooledConn[C]
 	since time.Time
+	fd    int32 // watched socket, -1 none
 }
 
 // Pool keeps idle connections per endpoint for reuse. Get hands out the
@@ -98,6 +104,8 @@ type Pool[C io.Closer] struct {
 	lru     *simplelru.LRU[netip.AddrPort, *[]idleConn[C]]
 	evicted []C // closed after mu is released
 	idleN   int // idle connections over all endpoints
+	watch   *closeWatcher
+	watched map[int32]netip.AddrPort // watched idle sockets' endpoints
 	closed  bool
 
 	done chan struct{}
@@ -141,6 +149,10 @@ func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
 		return nil, fmt.Errorf("pool: %w", err)
 	}
 	p.lru = l
+	if cfg.WatchClose {
+		p.watch = newCloseWatcher(p.peerClosed)
+		p.watched = map[int32]netip.AddrPort{}
+	}
 	if iv := p.sweepInterval(); iv > 0 {
 		p.wg.Add(1)
 		go p.sweeper(iv)
@@ -201,6 +213,7 @@ func (p *Pool[C]) popIdle(addr netip.AddrPort) (idleConn[C], bool, error) {
 	(*idle)[n] = idleConn[C]{}
 	*idle = (*idle)[:n]
 	p.idleN--
+	p.unwatchLocked(ic)
 	return ic, true, nil
 }
 
@@ -217,7 +230,7 @@ func (p *Pool[C]) expired(ic idleConn[C], now time.Time) bool {
 // already has MaxIdlePerEndpoint idle connections.
 func (p *Pool[C]) Put(pc PooledConn[C]) {
 	now := time.Now()
-	ic := idleConn[C]{pc: pc, since: now}
+	ic := idleConn[C]{pc: pc, since: now, fd: -1}
 	p.mu.Lock()
 	keep := !p.closed && !p.expired(ic, now) && p.cfg.MaxIdlePerEndpoint > 0
 	if keep {
@@ -227,6 +240,7 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 			p.lru.Add(pc.Addr, idle)
 		}
 		if len(*idle) < p.cfg.MaxIdlePerEndpoint {
+			p.watchLocked(&ic)
 			*idle = append(*idle, ic)
 			p.idleN++
 		} else {
@@ -242,6 +256,64 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 		pc.Conn.Close()
 	}
 	closeAll(evicted)
+}
+
+// watchLocked starts watching an idle connection's socket for a close.
+func (p *Pool[C]) watchLocked(ic *idleConn[C]) {
+	if p.watch == nil {
+		return
+	}
+	nc, ok := any(ic.pc.Conn).(net.Conn)
+	if !ok {
+		return
+	}
+	if fd := fdOf(nc); fd >= 0 && p.watch.add(fd) {
+		ic.fd = fd
+		p.watched[fd] = ic.pc.Addr
+	}
+}
+
+// unwatchLocked stops watching a connection leaving the idle set.
+func (p *Pool[C]) unwatchLocked(ic idleConn[C]) {
+	if ic.fd >= 0 && p.watch != nil {
+		p.watch.remove(ic.fd)
+		delete(p.watched, ic.fd)
+	}
+}
+
+// peerClosed drops and closes the idle connection on socket fd, whose
+// peer closed it.
+func (p *Pool[C]) peerClosed(fd int32) {
+	p.mu.Lock()
+	addr, ok := p.watched[fd]
+	if !ok {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.watched, fd)
+	var gone []C
+	if idle, ok := p.lru.Peek(addr); ok {
+		for i, ic := range *idle {
+			if ic.fd != fd {
+				continue
+			}
+			gone = append(gone, ic.pc.Conn)
+			copy((*idle)[i:], (*idle)[i+1:])
+			(*idle)[len(*idle)-1] = idleConn[C]{}
+			*idle = (*idle)[:len(*idle)-1]
+			p.idleN--
+			break
+		}
+		if len(*idle) == 0 {
+			p.lru.Remove(addr)
+		}
+	}
+	p.mu.Unlock()
+	if len(gone) > 0 {
+		p.stale.Add(1)
+		p.metrics.poolStaleConn()
+	}
+	closeAll(gone)
 }
 
 // dropOldestLocked closes (after mu) the least recently returned idle
@@ -370,6 +442,9 @@ func (p *Pool[C]) Close() error {
 	p.once.Do(func() {
 		close(p.done)
 		p.wg.Wait()
+		if p.watch != nil {
+			p.watch.close()
+		}
 		p.mu.Lock()
 		p.closed = true
 		p.lru.Purge()

@@ -346,3 +346,43 @@ func TestPoolCloseIdle(t *testing.T) {
 		t.Errorf("stats = %+v; want 0 idle, 2 dials", st)
 	}
 }
+
+// TestPoolWatchClose: with WatchClose, an idle connection whose peer
+// closes it is closed and dropped at once, before any Get.
+func TestPoolWatchClose(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	p := newTestPool(t, PoolConfig[net.Conn]{WatchClose: true})
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	pc, _ := get(t, p, addr)
+	p.Put(pc)
+	srv := <-accepted
+	srv.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().Idle != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle connection the peer closed is still pooled after 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := p.Stats(); st.Stale != 1 || st.Endpoints != 0 {
+		t.Errorf("stats = %+v; want 1 stale, no endpoint", st)
+	}
+	// Its socket is closed: reading the server side... the client end
+	// reports closed.
+	if _, err := pc.Conn.Write([]byte("x")); err == nil {
+		if _, err := pc.Conn.Write([]byte("x")); err == nil {
+			t.Error("the dropped connection is still open")
+		}
+	}
+}

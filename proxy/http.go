@@ -208,6 +208,7 @@ type httpRuntime struct {
 	h2c     *rotating[*http2.Transport] // unmeshed h2c
 	mesh    *rotating[*http2.Transport] // meshed: mesh-h2 over mTLS
 	upgrade *http.Transport             // upgrades: a fresh connection each
+	pool    *balancer.Pool[net.Conn]    // the HTTP/1 fast path's upstreams
 
 	budgets *budgets // retry budgets of routed services
 	limit   *limiter // concurrency limits per service
@@ -230,6 +231,7 @@ func newHTTPRuntime(s *Server, cfg HTTPConfig) *httpRuntime {
 		DisableCompression: true,
 		Proxy:              nil,
 	}
+	h.pool = h.newH1Pool()
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:       rewriteTransparent,
 		Transport:     h,
@@ -283,6 +285,11 @@ func (s *Server) closeIdleHTTP() {
 		h.h2c.closeAll()
 		h.mesh.closeAll()
 		h.upgrade.CloseIdleConnections()
+		if s.isShutdown() {
+			h.pool.Close()
+		} else {
+			h.pool.CloseIdle()
+		}
 	}
 	s.in.closeIdle(s)
 }
@@ -364,6 +371,15 @@ func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 		hc.Close()
 		return k.ctx.Err()
 	}
+	if h.fastOK() {
+		c := &h1Conn{s: s, k: k, c: k.c, tcp: k.c, h: h}
+		rest, err := c.serve(peek)
+		if rest == nil {
+			return err
+		}
+		peek = rest
+		hc.peek = rest
+	}
 	// HTTP/1: frame checks (smuggling shapes) on the raw bytes.
 	// The shared server serves it from here on, on its own goroutine:
 	// when it closes the connection (or the hijacker of an upgrade does),
@@ -423,6 +439,19 @@ func (e *httpError) Unwrap() error { return e.err }
 // errorResponse writes the response for a request that got no upstream
 // response.
 func (h *httpRuntime) errorResponse(w http.ResponseWriter, r *http.Request, err error) {
+	status, reason := proxyErrorStatus(err)
+	if r.Context().Err() == nil {
+		h.s.log.Debug("http request failed", "src", infoOf(r).k.src, "authority", r.Host,
+			"status", status, "reason", reason, "error", err)
+	}
+	w.Header().Set(headerProxyError, reason)
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(status)
+}
+
+// proxyErrorStatus is the status and meshproxy-error reason of the
+// response the proxy makes for a request that failed with err.
+func proxyErrorStatus(err error) (int, string) {
 	status, reason := http.StatusBadGateway, "upstream"
 	var he *httpError
 	var ce *connectError
@@ -438,13 +467,7 @@ func (h *httpRuntime) errorResponse(w http.ResponseWriter, r *http.Request, err 
 	case errors.As(err, &ce):
 		reason = "connect"
 	}
-	if r.Context().Err() == nil {
-		h.s.log.Debug("http request failed", "src", infoOf(r).k.src, "authority", r.Host,
-			"status", status, "reason", reason, "error", err)
-	}
-	w.Header().Set(headerProxyError, reason)
-	w.Header().Set("Content-Length", "0")
-	w.WriteHeader(status)
+	return status, reason
 }
 
 func infoOf(r *http.Request) *reqInfo {
