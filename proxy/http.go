@@ -352,6 +352,16 @@ func (s *Server) plainLabel() string {
 func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	h := s.http
 	k.c.SetDeadline(time.Time{})
+	if proto == ProtocolHTTP1 && h.fastOK() {
+		// The fast path; what it leaves goes on as below, after the
+		// bytes it read.
+		c := &h1Conn{s: s, k: k, c: k.c, tcp: k.c, h: h}
+		rest, err := c.serve(peek)
+		if rest == nil {
+			return err
+		}
+		peek = rest
+	}
 	hc := &httpConn{Conn: k.c, peek: peek, k: k}
 	info := &reqInfo{k: k, appProto: "http/1.1"}
 	if proto == ProtocolH2 {
@@ -370,15 +380,6 @@ func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 		h2s.ServeConn(hc, &http2.ServeConnOpts{Context: hc.base, BaseConfig: srv, Handler: h.handler})
 		hc.Close()
 		return k.ctx.Err()
-	}
-	if h.fastOK() {
-		c := &h1Conn{s: s, k: k, c: k.c, tcp: k.c, h: h}
-		rest, err := c.serve(peek)
-		if rest == nil {
-			return err
-		}
-		peek = rest
-		hc.peek = rest
 	}
 	// HTTP/1: frame checks (smuggling shapes) on the raw bytes.
 	// The shared server serves it from here on, on its own goroutine:
