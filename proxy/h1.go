@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -41,6 +42,10 @@ type h1Bufs struct {
 	out       []byte // heads being written
 	req, resp h1Msg
 }
+
+// h1Held counts the request buffers taken and not returned: the tests'
+// check that idle connections hold none.
+var h1Held atomic.Int64
 
 var h1Pool = sync.Pool{New: func() any {
 	return &h1Bufs{in: make([]byte, h1BufSize), up: make([]byte, h1BufSize), out: make([]byte, 0, 2*h1BufSize)}
@@ -83,6 +88,7 @@ type h1Conn struct {
 func (c *h1Conn) take() {
 	if c.b == nil {
 		c.b = h1Pool.Get().(*h1Bufs)
+		h1Held.Add(1)
 		c.cr = h1Reader{c: c.c, buf: c.b.in}
 	}
 }
@@ -92,6 +98,7 @@ func (c *h1Conn) release() {
 	if c.b != nil {
 		c.b.out = c.b.out[:0]
 		h1Pool.Put(c.b)
+		h1Held.Add(-1)
 		c.b = nil
 		c.cr, c.ur = h1Reader{}, h1Reader{}
 	}
@@ -441,7 +448,7 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 	if cl == 0 {
 		return true, nil
 	}
-	err = relayBody(&c.cr, write, cl, m.chunked, c.s.cfg.idleTimeout(), c.countIn)
+	err = relayBody(&c.cr, write, cl, m.chunked, c.s.cfg.idleTimeout(), c.countIn, nil)
 	var we *writeError
 	switch {
 	case errors.As(err, &we):
@@ -499,9 +506,10 @@ func (e *writeError) Unwrap() error { return e.err }
 
 // relayBody copies a body from src to write: n bytes (n >= 0), chunked,
 // or until src's end (n < 0, not chunked), each read within rd (0: no
-// limit). consumed is told of the bytes taken from src. Failures to
+// limit). consumed is told of the bytes taken from src; onEnd, if not
+// nil, runs once the last byte is read, before it is written. Failures to
 // write come back as *writeError.
-func relayBody(src *h1Reader, write func([]byte) error, n int64, chunked bool, rd time.Duration, consumed func(int)) error {
+func relayBody(src *h1Reader, write func([]byte) error, n int64, chunked bool, rd time.Duration, consumed func(int), onEnd func()) error {
 	var cs chunkScanner
 	for {
 		b := src.buffered()
@@ -521,13 +529,16 @@ func relayBody(src *h1Reader, write func([]byte) error, n int64, chunked bool, r
 		default:
 			take = len(b)
 		}
+		src.r += take
+		if consumed != nil && take > 0 {
+			consumed(take)
+		}
+		if done && onEnd != nil {
+			onEnd()
+		}
 		if take > 0 {
 			if err := write(b[:take]); err != nil {
 				return &writeError{err}
-			}
-			src.r += take
-			if consumed != nil {
-				consumed(take)
 			}
 		}
 		if done {
@@ -549,17 +560,29 @@ func relayBody(src *h1Reader, write func([]byte) error, n int64, chunked bool, r
 }
 
 // relayResponse relays the response whose head (n bytes) is in c.ur to
-// the client. upKeep says whether the upstream connection may be used
-// again; clientKeep whether the client connection stays open. bodyErr
-// is why the body broke off (the client then closes), if it did.
-func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1Result) (upKeep, clientKeep bool, bodyErr error) {
+// the client. release is called once, as soon as the whole response is
+// read from the upstream (before its last bytes are written to the
+// client, so the next request finds the connection back in its pool),
+// or when the relay failed: keep says whether the upstream connection
+// may be used again. clientKeep says whether the client connection stays
+// open; bodyErr is why the body broke off (the client then closes), if
+// it did.
+func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1Result, release func(keep bool)) (clientKeep bool, bodyErr error) {
 	req, m := &c.b.req, &c.b.resp
 	res.status = m.status
 	res.proxyErr = m.proxyErr != nil
 	noBody := string(req.method) == http.MethodHead || m.status == http.StatusNoContent || m.status == http.StatusNotModified
 	untilClose := !noBody && !m.chunked && m.cl < 0
 	clientKeep = !req.connClose && !untilClose && !c.s.in.fast.isClosing()
-	upKeep = !untilClose && !m.connClose && !m.http10
+	upKeep := !untilClose && !m.connClose && !m.http10
+	released := false
+	end := func() {
+		if !released {
+			released = true
+			// Bytes past the response: never reuse.
+			release(upKeep && c.ur.r == c.ur.w)
+		}
+	}
 
 	head := c.ur.buf[c.ur.r : c.ur.r+n]
 	line, _, _ := nextLine(head)
@@ -595,10 +618,15 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	// The head goes out with the body bytes already read, or alone at
 	// once when none are.
 	pending := out
+	if cl == 0 {
+		end()
+	}
 	if cl == 0 || len(c.ur.buffered()) == 0 {
 		pending = nil
 		if err := c.writeClient(out); err != nil {
-			return false, false, err
+			upKeep = false
+			end()
+			return false, &writeError{err}
 		}
 	}
 	write := func(b []byte) error {
@@ -616,18 +644,21 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	}
 	var err error
 	if cl != 0 {
-		err = relayBody(&c.ur, write, cl, m.chunked, rd, nil)
-	}
-	if err == nil && pending != nil {
-		err = c.writeClient(pending)
+		err = relayBody(&c.ur, write, cl, m.chunked, rd, nil, end)
 	}
 	if err != nil {
-		return false, false, err
+		upKeep = false
 	}
-	if c.ur.r != c.ur.w {
-		upKeep = false // bytes past the response: never reuse
+	end()
+	if err == nil && pending != nil {
+		if err = c.writeClient(pending); err != nil {
+			err = &writeError{err}
+		}
 	}
-	return upKeep, clientKeep, nil
+	if err != nil {
+		return false, err
+	}
+	return clientKeep, nil
 }
 
 // writeError writes a response the proxy makes itself.

@@ -114,12 +114,13 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		if replay {
 			c.consumeSent(n)
 		}
-		upKeep, clientKeep, berr := c.relayResponse(hn, authority, start, res)
-		c.setCur(nil)
-		if berr != nil || !upKeep {
-			up.Close()
-			c.app = nil
-		}
+		clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
+			c.setCur(nil)
+			if !keep {
+				up.Close()
+				c.app = nil
+			}
+		})
 		return berr == nil && clientKeep
 	}
 }

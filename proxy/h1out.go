@@ -136,14 +136,15 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 			if replay {
 				c.consumeSent(n)
 			}
-			upKeep, clientKeep, berr := c.relayResponse(hn, authority, start, res)
-			c.setCur(nil)
-			if berr == nil && upKeep {
-				up.Conn.SetDeadline(time.Time{})
-				h.pool.Put(up)
-			} else {
-				up.Conn.Close()
-			}
+			clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
+				c.setCur(nil)
+				if keep {
+					up.Conn.SetDeadline(time.Time{})
+					h.pool.Put(up)
+				} else {
+					up.Conn.Close()
+				}
+			})
 			if ep != nil {
 				rerr := berr
 				var we *writeError
