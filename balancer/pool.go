@@ -73,6 +73,9 @@ type PooledConn[C io.Closer] struct {
 	Addr netip.AddrPort
 	// Created is when it was dialed.
 	Created time.Time
+	// watchFD is its socket plus one once the pool's close watcher has
+	// it (WatchClose), 0 before.
+	watchFD int32
 }
 
 // idleConn is a connection waiting in the pool.
@@ -178,7 +181,9 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 			ic.pc.Conn.Close()
 			continue
 		}
-		if !p.usable(ic.pc.Conn) {
+		// A watched connection the peer closed is gone from the pool
+		// already (no peek needed).
+		if (ic.pc.watchFD == 0 || p.cfg.Usable != nil) && !p.usable(ic.pc.Conn) {
 			p.stale.Add(1)
 			p.metrics.poolStaleConn()
 			ic.pc.Conn.Close()
@@ -213,7 +218,6 @@ func (p *Pool[C]) popIdle(addr netip.AddrPort) (idleConn[C], bool, error) {
 	(*idle)[n] = idleConn[C]{}
 	*idle = (*idle)[:n]
 	p.idleN--
-	p.unwatchLocked(ic)
 	return ic, true, nil
 }
 
@@ -258,27 +262,26 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 	closeAll(evicted)
 }
 
-// watchLocked starts watching an idle connection's socket for a close.
+// watchLocked has the close watcher watch an idle connection's socket:
+// registered at its first Put, it stays so until closed (a hang-up while
+// the connection is in use is the user's to see, and ignored).
 func (p *Pool[C]) watchLocked(ic *idleConn[C]) {
 	if p.watch == nil {
 		return
 	}
-	nc, ok := any(ic.pc.Conn).(net.Conn)
-	if !ok {
-		return
+	if ic.pc.watchFD == 0 {
+		nc, ok := any(ic.pc.Conn).(net.Conn)
+		if !ok {
+			return
+		}
+		fd := fdOf(nc)
+		if fd < 0 || !p.watch.add(fd) {
+			return
+		}
+		ic.pc.watchFD = fd + 1
 	}
-	if fd := fdOf(nc); fd >= 0 && p.watch.add(fd) {
-		ic.fd = fd
-		p.watched[fd] = ic.pc.Addr
-	}
-}
-
-// unwatchLocked stops watching a connection leaving the idle set.
-func (p *Pool[C]) unwatchLocked(ic idleConn[C]) {
-	if ic.fd >= 0 && p.watch != nil {
-		p.watch.remove(ic.fd)
-		delete(p.watched, ic.fd)
-	}
+	ic.fd = ic.pc.watchFD - 1
+	p.watched[ic.fd] = ic.pc.Addr
 }
 
 // peerClosed drops and closes the idle connection on socket fd, whose
@@ -290,7 +293,6 @@ func (p *Pool[C]) peerClosed(fd int32) {
 		p.mu.Unlock()
 		return
 	}
-	delete(p.watched, fd)
 	var gone []C
 	if idle, ok := p.lru.Peek(addr); ok {
 		for i, ic := range *idle {
@@ -298,6 +300,7 @@ func (p *Pool[C]) peerClosed(fd int32) {
 				continue
 			}
 			gone = append(gone, ic.pc.Conn)
+			delete(p.watched, fd)
 			copy((*idle)[i:], (*idle)[i+1:])
 			(*idle)[len(*idle)-1] = idleConn[C]{}
 			*idle = (*idle)[:len(*idle)-1]

@@ -366,6 +366,12 @@ func TestPoolWatchClose(t *testing.T) {
 	addr := netip.MustParseAddrPort(ln.Addr().String())
 	pc, _ := get(t, p, addr)
 	p.Put(pc)
+	// Reused once, and back: still watched.
+	pc, reused := get(t, p, addr)
+	if !reused {
+		t.Fatal("idle connection not reused")
+	}
+	p.Put(pc)
 	srv := <-accepted
 	srv.Close()
 	deadline := time.Now().Add(5 * time.Second)

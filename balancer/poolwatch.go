@@ -79,15 +79,11 @@ func fdOf(c net.Conn) int32 {
 	return fd
 }
 
-// add watches fd for a hang-up (once).
+// add watches fd for a hang-up, edge-triggered: one event when the peer
+// closes, and none for data.
 func (w *closeWatcher) add(fd int32) bool {
-	ev := syscall.EpollEvent{Events: syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: fd}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLRDHUP | -syscall.EPOLLET, Fd: fd}
 	return syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev) == nil
-}
-
-// remove stops watching fd.
-func (w *closeWatcher) remove(fd int32) {
-	syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
 }
 
 // close stops the watcher; its goroutine ends within a wait.
