@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -66,6 +67,7 @@ type h1Conn struct {
 	k   *conn
 	c   net.Conn     // the client
 	tcp *net.TCPConn // c when it is a plain TCP socket; nil for TLS
+	rc  syscall.RawConn
 	h   *httpRuntime // outbound; nil inbound
 
 	// inbound: the app, its connection (nil until dialed) and the
@@ -231,11 +233,7 @@ func (c *h1Conn) waitIdle() error {
 		c.mu.Unlock()
 	}()
 	if c.tcp != nil {
-		if err := waitReadable(c.tcp); err != nil {
-			return err
-		}
-		c.take()
-		return nil
+		return c.readIdle()
 	}
 	var one [1]byte
 	n, err := c.c.Read(one[:])
@@ -247,6 +245,46 @@ func (c *h1Conn) waitIdle() error {
 	}
 	if err == nil {
 		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// readIdle waits for the client's bytes and reads them, taking the
+// buffers only once bytes are there: the read is tried with a buffer,
+// which goes back to its pool while the socket has nothing.
+func (c *h1Conn) readIdle() error {
+	if c.rc == nil {
+		rc, err := c.tcp.SyscallConn()
+		if err != nil {
+			return err
+		}
+		c.rc = rc
+	}
+	var n int
+	var rerr error
+	err := c.rc.Read(func(fd uintptr) bool {
+		c.take()
+		for {
+			n, rerr = syscall.Read(int(fd), c.cr.buf[c.cr.w:])
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			c.release()
+			return false
+		}
+		return true
+	})
+	if err == nil {
+		err = rerr
+	}
+	if n > 0 {
+		c.cr.w += n
+		return nil
+	}
+	if err == nil {
+		err = io.EOF
 	}
 	return err
 }
