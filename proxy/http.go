@@ -61,9 +61,17 @@ const headerAppProtocol = "Meshproxy-App-Protocol"
 // prior-knowledge preface (h2c) is served as HTTP: each request goes to an
 // endpoint Balancer picks for its authority (Host), or to the connection's
 // original destination when the host is an IP literal or not in DNS.
-// Meshed endpoints get HTTP/2 over one multiplexed mutual-TLS connection
-// each; others get HTTP/1.1 (or h2c when the application spoke h2c) over
-// pooled connections. Other protocols are forwarded as without HTTP.
+// HTTP/1.1 client connections are served by the proxy's own HTTP/1.1
+// engine (h1*.go): one goroutine per connection, requests one at a time
+// over pooled upstream connections, mutual TLS (transport header protocol
+// http/1) to meshed endpoints and plain TCP to others. Upgrades, CONNECT,
+// HTTP/1.0, Expect, hosts with a route, and heads the engine does not
+// strictly accept go to net/http instead, as do all connections when
+// AccessLog or MaxConcurrentPerService is set: there meshed endpoints get
+// HTTP/2 over one multiplexed mutual-TLS connection each (mesh-h2), others
+// HTTP/1.1 over pooled connections. h2c clients are served by x/net/http2
+// and use mesh-h2 (h2c to unmeshed endpoints). Other protocols are
+// forwarded as without HTTP.
 //
 // Detection then waits for the client's first bytes without dialing, so
 // a server-speaks-first protocol on a port that is not opaque starts after

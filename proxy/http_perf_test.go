@@ -108,7 +108,7 @@ func oneRequest(c net.Conn, req []byte) error {
 // keep-alive clients send small requests, addressed to an IP literal as
 // wrk does, through an outbound proxy and an inbound proxy to the app.
 // "plain" is the pair without the mesh (pooled HTTP/1.1 between them),
-// "mtls" with it (mesh-h2 over mutual TLS). dials/req counts the
+// "mtls" with it (HTTP/1.1 over pooled mutual TLS). dials/req counts the
 // connections the inbound proxy accepted per request: pooling works when
 // it is near 0.
 func BenchmarkHTTPTwoHop(b *testing.B) {
