@@ -41,6 +41,7 @@ func (h *httpRuntime) newH1Pool() *balancer.Pool[net.Conn] {
 		MaxLifetime:        h.cfg.MaxLifetime,
 		MaxIdle:            h.cfg.MaxIdleConns,
 		WatchClose:         true,
+		Metrics:            h.cfg.PoolMetrics,
 	})
 	if err != nil {
 		panic(fmt.Sprintf("proxy: the HTTP/1 pool: %v", err)) // only a missing Dial fails

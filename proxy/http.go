@@ -148,6 +148,9 @@ type HTTPConfig struct {
 	// starts (no valid traceparent came) is marked sampled. A valid
 	// traceparent keeps its own flags.
 	TraceSampleRate float64
+	// PoolMetrics, when not nil, counts the dials, reuses and stale
+	// connections of the HTTP/1.1 upstream pool (meshproxy_pool_*).
+	PoolMetrics *balancer.Metrics
 	// AccessLog, when not nil, gets one Info record per request with
 	// trace_id, span_id, client_id, server_id, authority, route, method,
 	// path, status, latency_ms, attempts and bytes (give it a
