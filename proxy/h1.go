@@ -352,8 +352,10 @@ func (c *h1Conn) handoffBytes() []byte {
 
 // h1Result is the outcome of a request, for the metrics.
 type h1Result struct {
-	status   int
-	proxyErr bool
+	status    int
+	proxyErr  bool
+	authority string
+	counted   bool
 }
 
 func (r h1Result) class() string {
@@ -370,17 +372,25 @@ func (c *h1Conn) exchange(n int) bool {
 	start := time.Now()
 	authority := string(c.b.req.host)
 	c.s.m.requests.WithLabelValues(c.s.m.dir, authority).Inc()
-	var res h1Result
+	res := h1Result{authority: authority}
 	var keep bool
 	if c.h != nil {
 		keep = c.exchangeOut(n, authority, start, &res)
 	} else {
 		keep = c.exchangeIn(n, authority, start, &res)
 	}
-	if res.status != 0 {
-		c.s.m.responses.WithLabelValues(c.s.m.dir, authority, strconv.Itoa(res.status), res.class()).Inc()
-	}
+	c.countResponse(&res)
 	return keep
+}
+
+// countResponse counts the response in responses_total, once: before its
+// last bytes go to the client (so a client that read it sees it
+// counted), or when the exchange ends.
+func (c *h1Conn) countResponse(res *h1Result) {
+	if res.status != 0 && !res.counted {
+		res.counted = true
+		c.s.m.responses.WithLabelValues(c.s.m.dir, res.authority, strconv.Itoa(res.status), res.class()).Inc()
+	}
 }
 
 // observe records the latency of a response whose head goes out now.
@@ -615,6 +625,7 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	upKeep := !untilClose && !m.connClose && !m.http10
 	released := false
 	end := func() {
+		c.countResponse(res)
 		if !released {
 			released = true
 			// Bytes past the response: never reuse.
@@ -716,5 +727,6 @@ func (c *h1Conn) writeProxyError(status int, reason string, keep bool, authority
 	}
 	out = append(out, "\r\n"...)
 	c.b.out = out
+	c.countResponse(res)
 	c.writeClient(out)
 }
