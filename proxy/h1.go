@@ -320,7 +320,7 @@ func (c *h1Conn) serve(peek []byte) (handoff []byte, err error) {
 			}
 		}
 		c.c.SetReadDeadline(time.Now().Add(c.s.cfg.headerTimeout()))
-		n, err := readHead(&c.cr, 0)
+		n, err := readHead(&c.cr, 0, requestLineOK)
 		if err != nil {
 			if isTimeout(err) || c.cr.r == c.cr.w {
 				return nil, nil // a slow or silent client: closed as net/http does
@@ -520,9 +520,9 @@ func (c *h1Conn) readResponse(up net.Conn) (n int, got bool, err error) {
 	c.ur = h1Reader{c: up, buf: c.b.up}
 	m := &c.b.resp
 	for i := 0; ; i++ {
-		n, err := readHead(&c.ur, h1MaxResponseHead)
+		n, err := readHead(&c.ur, h1MaxResponseHead, statusLineOK)
 		if err != nil {
-			if errors.Is(err, errHeadTooLarge) {
+			if errors.Is(err, errHeadTooLarge) || errors.Is(err, errNotStrict) {
 				err = errBadResponse
 			}
 			return 0, c.ur.w > 0, err

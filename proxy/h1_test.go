@@ -557,3 +557,20 @@ func TestH1ShutdownClosesIdleConnections(t *testing.T) {
 		t.Errorf("idle client connection after Shutdown: read %v; want EOF", err)
 	}
 }
+
+// TestH1GarbledHeadAnsweredAtOnce: a head that turns to garbage before
+// its end is answered (400, by net/http after the hand-off) at once, not
+// after the header timeout.
+func TestH1GarbledHeadAnsweredAtOnce(t *testing.T) {
+	_, _, d, authority := h1Env(t, echoPath, 0)
+	rc := dialRaw(t, d)
+	rc.c.SetDeadline(time.Now().Add(5 * time.Second)) // the header timeout is 10s
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\nX-Bad: \x01\x02\r\nX-More: ")
+	resp, err := http.ReadResponse(rc.r, nil)
+	if err != nil {
+		t.Fatalf("no answer to a garbled head: %v", err)
+	}
+	if resp.StatusCode != 400 {
+		t.Errorf("garbled head: %d; want 400", resp.StatusCode)
+	}
+}

@@ -104,13 +104,22 @@ func headEnd(b []byte, from int) int {
 	return -1
 }
 
+// errNotStrict: a head being read already has a line the strict parser
+// refuses, so there is no point waiting for its end.
+var errNotStrict = errors.New("http head not strictly well-formed")
+
 // readHead reads until b holds a complete head and returns its length.
 // grow, when above len(b.buf), lets the buffer grow up to that size.
-func readHead(b *h1Reader, grow int) (int, error) {
+// While the head is incomplete, its lines so far are checked (the
+// first with firstOK): a bad one ends the wait with errNotStrict.
+func readHead(b *h1Reader, grow int, firstOK func([]byte) bool) (int, error) {
 	from := 0
 	for {
 		if n := headEnd(b.buffered(), from); n >= 0 {
 			return n, nil
+		}
+		if !partialHeadOK(b.buffered(), firstOK) {
+			return -1, errNotStrict
 		}
 		from = max(b.w-b.r-3, 0)
 		if b.r == 0 && b.w == len(b.buf) && len(b.buf) < grow {
@@ -122,6 +131,65 @@ func readHead(b *h1Reader, grow int) (int, error) {
 			return -1, err
 		}
 	}
+}
+
+// partialHeadOK checks the lines of an incomplete head: the complete
+// ones strictly, the last one for bytes no head line may hold.
+func partialHeadOK(b []byte, firstOK func([]byte) bool) bool {
+	for i := 0; len(b) > 0; i++ {
+		j := bytes.IndexByte(b, '\n')
+		if j < 0 {
+			for _, c := range b {
+				if c < ' ' && c != '\t' && c != '\r' || c == 0x7f {
+					return false
+				}
+			}
+			return true
+		}
+		line, rest, ok := nextLine(b)
+		if !ok {
+			return false
+		}
+		if i == 0 {
+			if !firstOK(line) {
+				return false
+			}
+		} else if !fieldLineOK(line) {
+			return false
+		}
+		b = rest
+	}
+	return true
+}
+
+// fieldLineOK checks a header line as parseFields does.
+func fieldLineOK(line []byte) bool {
+	name, value, ok := bytes.Cut(line, []byte(":"))
+	if !ok || !isTokenBytes(name) {
+		return false
+	}
+	for _, c := range value {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// requestLineOK checks a request line's shape (method, target, version).
+func requestLineOK(line []byte) bool {
+	method, rest, ok := bytes.Cut(line, []byte(" "))
+	if !ok || !isTokenBytes(method) {
+		return false
+	}
+	target, version, ok := bytes.Cut(rest, []byte(" "))
+	return ok && string(version) == "HTTP/1.1" && validTarget(target)
+}
+
+// statusLineOK checks a status line's shape.
+func statusLineOK(line []byte) bool {
+	var m h1Msg
+	return parseResponseHead(append(append([]byte(nil), line...), "\r\n\r\n"...), &m)
 }
 
 // nextLine splits the first CRLF-terminated line off b; ok is false
