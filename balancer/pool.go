@@ -50,6 +50,16 @@ type PoolConfig[C io.Closer] struct {
 	// recently used one is evicted and its idle connections closed. Zero
 	// or negative means DefaultMaxEndpoints.
 	MaxEndpoints int
+	// MaxIdle bounds the idle connections of all endpoints together: Put
+	// beyond it closes the least recently returned idle connection of
+	// the least recently used endpoint. Zero or negative means no bound
+	// but MaxIdlePerEndpoint and MaxEndpoints.
+	MaxIdle int
+	// WatchClose closes and drops an idle connection as soon as its
+	// peer closes it (one goroutine watches every idle socket through
+	// epoll), instead of at the next Get or the idle timeout. For
+	// net.Conn (and *tls.Conn) connections.
+	WatchClose bool
 	// Metrics, when not nil, counts dials, reuses and stale connections.
 	Metrics *Metrics
 }
@@ -63,12 +73,16 @@ type PooledConn[C io.Closer] struct {
 	Addr netip.AddrPort
 	// Created is when it was dialed.
 	Created time.Time
+	// watchFD is its socket plus one once the pool's close watcher has
+	// it (WatchClose), 0 before.
+	watchFD int32
 }
 
 // idleConn is a connection waiting in the pool.
 type idleConn[C io.Closer] struct {
 	pc    PooledConn[C]
 	since time.Time
+	fd    int32 // watched socket, -1 none
 }
 
 // Pool keeps idle connections per endpoint for reuse. Get hands out the
@@ -92,6 +106,9 @@ type Pool[C io.Closer] struct {
 	mu      sync.Mutex
 	lru     *simplelru.LRU[netip.AddrPort, *[]idleConn[C]]
 	evicted []C // closed after mu is released
+	idleN   int // idle connections over all endpoints
+	watch   *closeWatcher
+	watched map[int32]netip.AddrPort // watched idle sockets' endpoints
 	closed  bool
 
 	done chan struct{}
@@ -129,11 +146,16 @@ func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
 		for _, ic := range *idle {
 			p.evicted = append(p.evicted, ic.pc.Conn)
 		}
+		p.idleN -= len(*idle)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pool: %w", err)
 	}
 	p.lru = l
+	if cfg.WatchClose {
+		p.watch = newCloseWatcher(p.peerClosed)
+		p.watched = map[int32]netip.AddrPort{}
+	}
 	if iv := p.sweepInterval(); iv > 0 {
 		p.wg.Add(1)
 		go p.sweeper(iv)
@@ -159,7 +181,9 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 			ic.pc.Conn.Close()
 			continue
 		}
-		if !p.usable(ic.pc.Conn) {
+		// A watched connection the peer closed is gone from the pool
+		// already (no peek needed).
+		if (ic.pc.watchFD == 0 || p.cfg.Usable != nil) && !p.usable(ic.pc.Conn) {
 			p.stale.Add(1)
 			p.metrics.poolStaleConn()
 			ic.pc.Conn.Close()
@@ -193,6 +217,7 @@ func (p *Pool[C]) popIdle(addr netip.AddrPort) (idleConn[C], bool, error) {
 	ic := (*idle)[n]
 	(*idle)[n] = idleConn[C]{}
 	*idle = (*idle)[:n]
+	p.idleN--
 	return ic, true, nil
 }
 
@@ -209,7 +234,7 @@ func (p *Pool[C]) expired(ic idleConn[C], now time.Time) bool {
 // already has MaxIdlePerEndpoint idle connections.
 func (p *Pool[C]) Put(pc PooledConn[C]) {
 	now := time.Now()
-	ic := idleConn[C]{pc: pc, since: now}
+	ic := idleConn[C]{pc: pc, since: now, fd: -1}
 	p.mu.Lock()
 	keep := !p.closed && !p.expired(ic, now) && p.cfg.MaxIdlePerEndpoint > 0
 	if keep {
@@ -219,16 +244,105 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 			p.lru.Add(pc.Addr, idle)
 		}
 		if len(*idle) < p.cfg.MaxIdlePerEndpoint {
+			p.watchLocked(&ic)
 			*idle = append(*idle, ic)
+			p.idleN++
 		} else {
 			keep = false
 		}
+	}
+	if keep && p.cfg.MaxIdle > 0 && p.idleN > p.cfg.MaxIdle {
+		p.dropOldestLocked()
 	}
 	evicted := p.takeEvictedLocked()
 	p.mu.Unlock()
 	if !keep {
 		pc.Conn.Close()
 	}
+	closeAll(evicted)
+}
+
+// watchLocked has the close watcher watch an idle connection's socket:
+// registered at its first Put, it stays so until closed (a hang-up while
+// the connection is in use is the user's to see, and ignored).
+func (p *Pool[C]) watchLocked(ic *idleConn[C]) {
+	if p.watch == nil {
+		return
+	}
+	if ic.pc.watchFD == 0 {
+		nc, ok := any(ic.pc.Conn).(net.Conn)
+		if !ok {
+			return
+		}
+		fd := fdOf(nc)
+		if fd < 0 || !p.watch.add(fd) {
+			return
+		}
+		ic.pc.watchFD = fd + 1
+	}
+	ic.fd = ic.pc.watchFD - 1
+	p.watched[ic.fd] = ic.pc.Addr
+}
+
+// peerClosed drops and closes the idle connection on socket fd, whose
+// peer closed it.
+func (p *Pool[C]) peerClosed(fd int32) {
+	p.mu.Lock()
+	addr, ok := p.watched[fd]
+	if !ok {
+		p.mu.Unlock()
+		return
+	}
+	var gone []C
+	if idle, ok := p.lru.Peek(addr); ok {
+		for i, ic := range *idle {
+			if ic.fd != fd {
+				continue
+			}
+			gone = append(gone, ic.pc.Conn)
+			delete(p.watched, fd)
+			copy((*idle)[i:], (*idle)[i+1:])
+			(*idle)[len(*idle)-1] = idleConn[C]{}
+			*idle = (*idle)[:len(*idle)-1]
+			p.idleN--
+			break
+		}
+		if len(*idle) == 0 {
+			p.lru.Remove(addr)
+		}
+	}
+	p.mu.Unlock()
+	if len(gone) > 0 {
+		p.stale.Add(1)
+		p.metrics.poolStaleConn()
+	}
+	closeAll(gone)
+}
+
+// dropOldestLocked closes (after mu) the least recently returned idle
+// connection of the least recently used endpoint.
+func (p *Pool[C]) dropOldestLocked() {
+	addr, idle, ok := p.lru.GetOldest()
+	if !ok {
+		return
+	}
+	if len(*idle) <= 1 {
+		p.lru.Remove(addr) // the evict callback takes its connection
+		return
+	}
+	p.evicted = append(p.evicted, (*idle)[0].pc.Conn)
+	copy(*idle, (*idle)[1:])
+	(*idle)[len(*idle)-1] = idleConn[C]{}
+	*idle = (*idle)[:len(*idle)-1]
+	p.idleN--
+}
+
+// CloseIdle closes every idle connection; the pool stays open.
+func (p *Pool[C]) CloseIdle() {
+	p.mu.Lock()
+	p.lru.Purge()
+	evicted := p.takeEvictedLocked()
+	p.mu.Unlock()
 	closeAll(evicted)
 }
 
@@ -315,6 +429,7 @@ func (p *Pool[C]) sweep(now time.Time) {
 			}
 		}
 		clear((*idle)[len(kept):])
+		p.idleN -= len(*idle) - len(kept)
 		*idle = kept
 		if len(kept) == 0 {
 			p.lru.Remove(k) // calls the evict callback with nothing to close
@@ -330,6 +445,9 @@ func (p *Pool[C]) Close() error {
 	p.once.Do(func() {
 		close(p.done)
 		p.wg.Wait()
+		if p.watch != nil {
+			p.watch.close()
+		}
 		p.mu.Lock()
 		p.closed = true
 		p.lru.Purge()

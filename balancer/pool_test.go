@@ -309,3 +309,86 @@ func TestPoolDialError(t *testing.T) {
 		t.Error("NewPool without Dial: err = nil; want an error")
 	}
 }
+
+// TestPoolMaxIdle: the idle connections of all endpoints together stay
+// within MaxIdle; the least recently used endpoint's go first.
+func TestPoolMaxIdle(t *testing.T) {
+	srvs := []*echoServer{newEchoServer(t, nil), newEchoServer(t, nil)}
+	p := newTestPool(t, PoolConfig[net.Conn]{MaxIdle: 3})
+	var pcs []PooledConn[net.Conn]
+	for _, s := range srvs {
+		for range 2 {
+			pc, _ := get(t, p, s.addr)
+			pcs = append(pcs, pc)
+		}
+	}
+	for _, pc := range pcs {
+		p.Put(pc)
+	}
+	srvs[0].waitEOFs(t, 1) // the first endpoint's oldest
+	if st := p.Stats(); st.Idle != 3 {
+		t.Errorf("idle = %d; want 3", st.Idle)
+	}
+}
+
+// TestPoolCloseIdle closes the idle connections and keeps the pool open.
+func TestPoolCloseIdle(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	p := newTestPool(t, PoolConfig[net.Conn]{})
+	pc, _ := get(t, p, srv.addr)
+	p.Put(pc)
+	p.CloseIdle()
+	srv.waitEOFs(t, 1)
+	if _, reused := get(t, p, srv.addr); reused {
+		t.Error("a closed idle connection was reused")
+	}
+	if st := p.Stats(); st.Idle != 0 || st.Dials != 2 {
+		t.Errorf("stats = %+v; want 0 idle, 2 dials", st)
+	}
+}
+
+// TestPoolWatchClose: with WatchClose, an idle connection whose peer
+// closes it is closed and dropped at once, before any Get.
+func TestPoolWatchClose(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	p := newTestPool(t, PoolConfig[net.Conn]{WatchClose: true})
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	pc, _ := get(t, p, addr)
+	p.Put(pc)
+	// Reused once, and back: still watched.
+	pc, reused := get(t, p, addr)
+	if !reused {
+		t.Fatal("idle connection not reused")
+	}
+	p.Put(pc)
+	srv := <-accepted
+	srv.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().Idle != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle connection the peer closed is still pooled after 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := p.Stats(); st.Stale != 1 || st.Endpoints != 0 {
+		t.Errorf("stats = %+v; want 1 stale, no endpoint", st)
+	}
+	// Its socket is closed: reading the server side... the client end
+	// reports closed.
+	if _, err := pc.Conn.Write([]byte("x")); err == nil {
+		if _, err := pc.Conn.Write([]byte("x")); err == nil {
+			t.Error("the dropped connection is still open")
+		}
+	}
+}

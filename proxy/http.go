@@ -61,9 +61,17 @@ const headerAppProtocol = "Meshproxy-App-Protocol"
 // prior-knowledge preface (h2c) is served as HTTP: each request goes to an
 // endpoint Balancer picks for its authority (Host), or to the connection's
 // original destination when the host is an IP literal or not in DNS.
-// Meshed endpoints get HTTP/2 over one multiplexed mutual-TLS connection
-// each; others get HTTP/1.1 (or h2c when the application spoke h2c) over
-// pooled connections. Other protocols are forwarded as without HTTP.
+// HTTP/1.1 client connections are served by the proxy's own HTTP/1.1
+// engine (h1*.go): one goroutine per connection, requests one at a time
+// over pooled upstream connections, mutual TLS (transport header protocol
+// http/1) to meshed endpoints and plain TCP to others. Upgrades, CONNECT,
+// HTTP/1.0, Expect, hosts with a route, and heads the engine does not
+// strictly accept go to net/http instead, as do all connections when
+// AccessLog or MaxConcurrentPerService is set: there meshed endpoints get
+// HTTP/2 over one multiplexed mutual-TLS connection each (mesh-h2), others
+// HTTP/1.1 over pooled connections. h2c clients are served by x/net/http2
+// and use mesh-h2 (h2c to unmeshed endpoints). Other protocols are
+// forwarded as without HTTP.
 //
 // Detection then waits for the client's first bytes without dialing, so
 // a server-speaks-first protocol on a port that is not opaque starts after
@@ -140,6 +148,9 @@ type HTTPConfig struct {
 	// starts (no valid traceparent came) is marked sampled. A valid
 	// traceparent keeps its own flags.
 	TraceSampleRate float64
+	// PoolMetrics, when not nil, counts the dials, reuses and stale
+	// connections of the HTTP/1.1 upstream pool (meshproxy_pool_*).
+	PoolMetrics *balancer.Metrics
 	// AccessLog, when not nil, gets one Info record per request with
 	// trace_id, span_id, client_id, server_id, authority, route, method,
 	// path, status, latency_ms, attempts and bytes (give it a
@@ -208,6 +219,7 @@ type httpRuntime struct {
 	h2c     *rotating[*http2.Transport] // unmeshed h2c
 	mesh    *rotating[*http2.Transport] // meshed: mesh-h2 over mTLS
 	upgrade *http.Transport             // upgrades: a fresh connection each
+	pool    *balancer.Pool[net.Conn]    // the HTTP/1 fast path's upstreams
 
 	budgets *budgets // retry budgets of routed services
 	limit   *limiter // concurrency limits per service
@@ -230,6 +242,7 @@ func newHTTPRuntime(s *Server, cfg HTTPConfig) *httpRuntime {
 		DisableCompression: true,
 		Proxy:              nil,
 	}
+	h.pool = h.newH1Pool()
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:       rewriteTransparent,
 		Transport:     h,
@@ -283,6 +296,11 @@ func (s *Server) closeIdleHTTP() {
 		h.h2c.closeAll()
 		h.mesh.closeAll()
 		h.upgrade.CloseIdleConnections()
+		if s.isShutdown() {
+			h.pool.Close()
+		} else {
+			h.pool.CloseIdle()
+		}
 	}
 	s.in.closeIdle(s)
 }
@@ -345,6 +363,16 @@ func (s *Server) plainLabel() string {
 func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	h := s.http
 	k.c.SetDeadline(time.Time{})
+	if proto == ProtocolHTTP1 && h.fastOK() {
+		// The fast path; what it leaves goes on as below, after the
+		// bytes it read.
+		c := &h1Conn{s: s, k: k, c: k.c, tcp: k.c, h: h}
+		rest, err := c.serve(peek)
+		if rest == nil {
+			return err
+		}
+		peek = rest
+	}
 	hc := &httpConn{Conn: k.c, peek: peek, k: k}
 	info := &reqInfo{k: k, appProto: "http/1.1"}
 	if proto == ProtocolH2 {
@@ -423,6 +451,19 @@ func (e *httpError) Unwrap() error { return e.err }
 // errorResponse writes the response for a request that got no upstream
 // response.
 func (h *httpRuntime) errorResponse(w http.ResponseWriter, r *http.Request, err error) {
+	status, reason := proxyErrorStatus(err)
+	if r.Context().Err() == nil {
+		h.s.log.Debug("http request failed", "src", infoOf(r).k.src, "authority", r.Host,
+			"status", status, "reason", reason, "error", err)
+	}
+	w.Header().Set(headerProxyError, reason)
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(status)
+}
+
+// proxyErrorStatus is the status and meshproxy-error reason of the
+// response the proxy makes for a request that failed with err.
+func proxyErrorStatus(err error) (int, string) {
 	status, reason := http.StatusBadGateway, "upstream"
 	var he *httpError
 	var ce *connectError
@@ -438,13 +479,7 @@ func (h *httpRuntime) errorResponse(w http.ResponseWriter, r *http.Request, err 
 	case errors.As(err, &ce):
 		reason = "connect"
 	}
-	if r.Context().Err() == nil {
-		h.s.log.Debug("http request failed", "src", infoOf(r).k.src, "authority", r.Host,
-			"status", status, "reason", reason, "error", err)
-	}
-	w.Header().Set(headerProxyError, reason)
-	w.Header().Set("Content-Length", "0")
-	w.WriteHeader(status)
+	return status, reason
 }
 
 func infoOf(r *http.Request) *reqInfo {

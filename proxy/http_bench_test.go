@@ -10,7 +10,8 @@ import (
 // BenchmarkHTTPRequests measures small HTTP/1.1 requests (keep-alive, 16
 // in parallel): "direct" to the app, "outbound" through the HTTP-aware
 // outbound proxy alone (unmeshed, pooled HTTP/1.1 upstream) and "mesh"
-// through outbound and inbound proxies (mesh-h2 over mTLS on loopback).
+// through outbound and inbound proxies (HTTP/1.1 over pooled mTLS on
+// loopback).
 // Compare the req/s of the three.
 func BenchmarkHTTPRequests(b *testing.B) {
 	hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })

@@ -27,6 +27,8 @@ type inboundHTTP struct {
 	// Shutdown sends every such connection a GOAWAY.
 	h2   *http2.Server
 	base *http.Server
+	// fast tracks the HTTP/1 fast path's connections (both directions).
+	fast h1Registry
 }
 
 func (in *inboundHTTP) init(s *Server) {
@@ -75,6 +77,7 @@ func (in *inboundHTTP) init(s *Server) {
 // The outbound HTTP/1 client connections likewise: idle ones close now,
 // busy ones after their response.
 func (in *inboundHTTP) shutdown(s *Server) {
+	in.fast.shutdown()
 	if s.http != nil {
 		s.http.h1srv.shutdown()
 	}

@@ -78,6 +78,11 @@ func (s *Server) handleMeshInbound(k *conn) error {
 			"protocol", string(hdr.Protocol), "tls", TLSTrue, "client_id", client)
 		return s.serveMeshH2(k, tc, target, xfcc)
 	}
+	if hdr.Protocol == ProtocolHTTP1 {
+		s.log.Debug("connection opened", "src", k.src, "dst", k.orig.String(), "target", target.String(),
+			"protocol", string(hdr.Protocol), "tls", TLSTrue, "client_id", client)
+		return s.serveH1Inbound(k, tc, target, xfcc)
+	}
 	up, err := s.dial(k.ctx, target)
 	if err != nil {
 		s.connectFailed(k, target, &connectError{err})
@@ -86,9 +91,6 @@ func (s *Server) handleMeshInbound(k *conn) error {
 	k.track(up)
 	s.log.Debug("connection opened", "src", k.src, "dst", k.orig.String(), "target", target.String(),
 		"protocol", string(hdr.Protocol), "tls", TLSTrue, "client_id", client)
-	if hdr.Protocol == ProtocolHTTP1 {
-		return s.serveHTTP1(k, tc, nil, up, target, xfcc)
-	}
 	return s.forwardBuffered(k, tc, up)
 }
 

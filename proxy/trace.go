@@ -87,16 +87,27 @@ func randomNonZero(b []byte) {
 // new trace, sampled with probability rate, and tracestate is dropped
 // with it (W3C: it must not be read without a valid traceparent).
 func traceRequest(r *http.Request, rate float64) traceContext {
-	tc, ok := parseTraceparent(r.Header.Get(headerTraceparent))
-	if !ok || len(r.Header.Values(headerTraceparent)) > 1 {
+	tc, fresh := continueTrace(r.Header.Get(headerTraceparent), len(r.Header.Values(headerTraceparent)), rate)
+	if fresh {
+		r.Header.Del("Tracestate") // it belonged to a trace we do not continue
+	}
+	r.Header.Set(headerTraceparent, tc.String())
+	return tc
+}
+
+// continueTrace gives a request our span, from its first traceparent
+// value v of count: see traceRequest. fresh says a new trace started
+// (tracestate must go).
+func continueTrace(v string, count int, rate float64) (tc traceContext, fresh bool) {
+	tc, ok := parseTraceparent(v)
+	if !ok || count > 1 {
+		fresh = true
 		tc = traceContext{}
 		randomNonZero(tc.traceID[:])
 		if rate > 0 && rand.Float64() < rate {
 			tc.flags = 0x01
 		}
-		r.Header.Del("Tracestate") // it belonged to a trace we do not continue
 	}
 	randomNonZero(tc.spanID[:])
-	r.Header.Set(headerTraceparent, tc.String())
-	return tc
+	return tc, fresh
 }

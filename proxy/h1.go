@@ -1,0 +1,732 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The HTTP/1.1 fast path: one goroutine per client connection reads a
+// request head with the strict parser (h1parse.go), forwards it with its
+// body to an upstream connection, and relays the response, one request
+// at a time; no hand-off between goroutines. Buffers are taken from a
+// pool only while a request is in flight: an idle client connection
+// holds none (it waits for readability first) and costs its goroutine.
+// What the fast path does not do (upgrades, CONNECT, HTTP/1.0, Expect,
+// heads it does not strictly accept, routed hosts...) is handed, with
+// the bytes read so far, to the net/http path, which keeps the
+// connection for good.
+
+// h1BufSize is the size of the client and upstream read buffers; a
+// request head that does not fit goes to net/http.
+const h1BufSize = 16 << 10
+
+// h1MaxReplay is the largest request body kept to send again when a
+// reused upstream connection turns out dead.
+const h1MaxReplay = 8 << 10
+
+// h1MaxResponseHead bounds a response head (net/http's client default).
+const h1MaxResponseHead = 1 << 20
+
+// h1Bufs are the buffers of one request in flight.
+type h1Bufs struct {
+	in, up    []byte
+	out       []byte // heads being written
+	req, resp h1Msg
+}
+
+// h1Held counts the request buffers taken and not returned: the tests'
+// check that idle connections hold none.
+var h1Held atomic.Int64
+
+var h1Pool = sync.Pool{New: func() any {
+	return &h1Bufs{in: make([]byte, h1BufSize), up: make([]byte, h1BufSize), out: make([]byte, 0, 2*h1BufSize)}
+}}
+
+// Errors of the fast path.
+var (
+	errBadResponse   = errors.New("malformed response from the upstream")
+	errTooMany1xx    = errors.New("too many 1xx responses")
+	errClientBody    = errors.New("reading the request body from the client")
+	errFastClosing   = errors.New("the proxy is shutting down")
+	errUpstreamWrite = errors.New("writing the request to the upstream")
+)
+
+// h1Conn is one client connection on the fast path.
+type h1Conn struct {
+	s   *Server
+	k   *conn
+	c   net.Conn     // the client
+	tcp *net.TCPConn // c when it is a plain TCP socket; nil for TLS
+	rc  syscall.RawConn
+	h   *httpRuntime // outbound; nil inbound
+
+	// inbound: the app, its connection (nil until dialed) and the
+	// x-forwarded-client-cert value.
+	target netip.AddrPort
+	app    net.Conn
+	xfcc   string
+
+	b  *h1Bufs  // nil while idle
+	cr h1Reader // the client
+	ur h1Reader // the upstream of the request in flight
+
+	mu   sync.Mutex
+	idle bool
+	dead bool
+	cur  net.Conn // the upstream in use
+}
+
+// take gets the request buffers.
+func (c *h1Conn) take() {
+	if c.b == nil {
+		c.b = h1Pool.Get().(*h1Bufs)
+		h1Held.Add(1)
+		c.cr = h1Reader{c: c.c, buf: c.b.in}
+	}
+}
+
+// release returns the buffers (only when no client byte is pending).
+func (c *h1Conn) release() {
+	if c.b != nil {
+		c.b.out = c.b.out[:0]
+		h1Pool.Put(c.b)
+		h1Held.Add(-1)
+		c.b = nil
+		c.cr, c.ur = h1Reader{}, h1Reader{}
+	}
+}
+
+// kill stops the upstream exchange in flight (the connection's context
+// ended; the client conn is closed by the conn's abort).
+func (c *h1Conn) kill() {
+	c.mu.Lock()
+	c.dead = true
+	if c.cur != nil {
+		c.cur.SetDeadline(time.Unix(1, 0))
+	}
+	c.mu.Unlock()
+}
+
+func (c *h1Conn) setCur(up net.Conn) {
+	c.mu.Lock()
+	c.cur = up
+	dead := c.dead
+	c.mu.Unlock()
+	if dead && up != nil {
+		up.SetDeadline(time.Unix(1, 0))
+	}
+}
+
+// poke wakes the connection if it is idle (shutdown).
+func (c *h1Conn) poke() {
+	c.mu.Lock()
+	if c.idle {
+		c.c.SetReadDeadline(time.Unix(1, 0))
+	}
+	c.mu.Unlock()
+}
+
+// consume takes n bytes from the client buffer, counting them.
+func (c *h1Conn) consume(n int) {
+	if n <= 0 {
+		return
+	}
+	c.cr.r += n
+	c.countIn(n)
+}
+
+// countIn counts n bytes read from the client.
+func (c *h1Conn) countIn(n int) {
+	c.k.m.readBytes.Add(float64(n))
+	c.k.bytesIn.Add(int64(n))
+}
+
+// writeClient writes b to the client, counting it.
+func (c *h1Conn) writeClient(b []byte) error {
+	if d := c.s.cfg.idleTimeout(); d > 0 {
+		c.c.SetWriteDeadline(time.Now().Add(d))
+	}
+	n, err := c.c.Write(b)
+	if n > 0 {
+		c.k.m.writeBytes.Add(float64(n))
+		c.k.bytesOut.Add(int64(n))
+	}
+	return err
+}
+
+// h1Registry tracks the fast-path connections of a Server, to close the
+// idle ones at shutdown.
+type h1Registry struct {
+	mu      sync.Mutex
+	conns   map[*h1Conn]struct{}
+	closing bool
+}
+
+func (r *h1Registry) add(c *h1Conn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closing {
+		return false
+	}
+	if r.conns == nil {
+		r.conns = map[*h1Conn]struct{}{}
+	}
+	r.conns[c] = struct{}{}
+	return true
+}
+
+func (r *h1Registry) remove(c *h1Conn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
+}
+
+func (r *h1Registry) isClosing() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closing
+}
+
+// shutdown closes the idle connections now; busy ones close after their
+// response.
+func (r *h1Registry) shutdown() {
+	r.mu.Lock()
+	r.closing = true
+	cs := make([]*h1Conn, 0, len(r.conns))
+	for c := range r.conns {
+		cs = append(cs, c)
+	}
+	r.mu.Unlock()
+	for _, c := range cs {
+		c.poke()
+	}
+}
+
+// waitIdle waits, holding no buffer, for the client's next request (up
+// to the idle timeout). It takes the buffers once bytes are there.
+func (c *h1Conn) waitIdle() error {
+	c.mu.Lock()
+	if c.dead || c.s.in.fast.isClosing() {
+		c.mu.Unlock()
+		return errFastClosing
+	}
+	c.idle = true
+	if d := c.s.cfg.idleTimeout(); d > 0 {
+		c.c.SetReadDeadline(time.Now().Add(d))
+	} else {
+		c.c.SetReadDeadline(time.Time{})
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.idle = false
+		c.mu.Unlock()
+	}()
+	if c.tcp != nil {
+		return c.readIdle()
+	}
+	var one [1]byte
+	n, err := c.c.Read(one[:])
+	if n == 1 {
+		c.take()
+		c.cr.buf[0] = one[0]
+		c.cr.w = 1
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// readIdle waits for the client's bytes and reads them, taking the
+// buffers only once bytes are there: the read is tried with a buffer,
+// which goes back to its pool while the socket has nothing.
+func (c *h1Conn) readIdle() error {
+	if c.rc == nil {
+		rc, err := c.tcp.SyscallConn()
+		if err != nil {
+			return err
+		}
+		c.rc = rc
+	}
+	var n int
+	var rerr error
+	err := c.rc.Read(func(fd uintptr) bool {
+		c.take()
+		for {
+			n, rerr = syscall.Read(int(fd), c.cr.buf[c.cr.w:])
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			c.release()
+			return false
+		}
+		return true
+	})
+	if err == nil {
+		err = rerr
+	}
+	if n > 0 {
+		c.cr.w += n
+		return nil
+	}
+	if err == nil {
+		err = io.EOF
+	}
+	return err
+}
+
+// serve runs the client's requests until the connection is done. A
+// non-nil handoff is what was read of a request the fast path leaves to
+// net/http (nothing of it was sent): the caller hands the connection
+// over with these bytes first.
+func (c *h1Conn) serve(peek []byte) (handoff []byte, err error) {
+	if !c.s.in.fast.add(c) {
+		return nil, errFastClosing
+	}
+	defer c.s.in.fast.remove(c)
+	stop := context.AfterFunc(c.k.ctx, c.kill)
+	defer stop()
+	defer c.release()
+	if len(peek) > 0 {
+		c.take()
+		c.cr.w = copy(c.cr.buf, peek)
+	}
+	maxHead := DefaultMaxHeaderBytes
+	if c.h != nil {
+		maxHead = c.h.cfg.MaxHeaderBytes
+	}
+	for {
+		if c.b == nil || c.cr.r == c.cr.w {
+			c.release()
+			if err := c.waitIdle(); err != nil {
+				if errors.Is(err, io.EOF) || isTimeout(err) || errors.Is(err, errFastClosing) {
+					return nil, nil
+				}
+				return nil, err
+			}
+		}
+		c.c.SetReadDeadline(time.Now().Add(c.s.cfg.headerTimeout()))
+		n, err := readHead(&c.cr, 0, requestLineOK)
+		if err != nil {
+			if isTimeout(err) || c.cr.r == c.cr.w {
+				return nil, nil // a slow or silent client: closed as net/http does
+			}
+			return c.handoffBytes(), nil // too large, or cut short: net/http answers
+		}
+		m := &c.b.req
+		if n > maxHead || !parseRequestHead(c.cr.buf[c.cr.r:c.cr.r+n], m) || m.upgrade || m.expect ||
+			c.h != nil && c.h.routed(m, c.k.orig) {
+			return c.handoffBytes(), nil
+		}
+		c.c.SetReadDeadline(time.Time{})
+		if !c.exchange(n) || c.s.in.fast.isClosing() {
+			return nil, nil
+		}
+	}
+}
+
+// handoffBytes copies the unconsumed client bytes (the head of a request
+// the fast path leaves to net/http, and anything after it).
+func (c *h1Conn) handoffBytes() []byte {
+	b := append([]byte(nil), c.cr.buffered()...)
+	if len(b) == 0 {
+		b = []byte{}
+	}
+	c.cr.r = c.cr.w
+	return b
+}
+
+// h1Result is the outcome of a request, for the metrics.
+type h1Result struct {
+	status    int
+	proxyErr  bool
+	authority string
+	counted   bool
+}
+
+func (r h1Result) class() string {
+	if r.status >= 500 || r.proxyErr {
+		return classFailure
+	}
+	return classSuccess
+}
+
+// exchange serves the request whose head (n bytes) is at the start of
+// the client buffer, with the metrics instrument records: false when the
+// client connection must close.
+func (c *h1Conn) exchange(n int) bool {
+	start := time.Now()
+	authority := string(c.b.req.host)
+	c.s.m.requests.WithLabelValues(c.s.m.dir, authority).Inc()
+	res := h1Result{authority: authority}
+	var keep bool
+	if c.h != nil {
+		keep = c.exchangeOut(n, authority, start, &res)
+	} else {
+		keep = c.exchangeIn(n, authority, start, &res)
+	}
+	c.countResponse(&res)
+	return keep
+}
+
+// countResponse counts the response in responses_total, once: before its
+// last bytes go to the client (so a client that read it sees it
+// counted), or when the exchange ends.
+func (c *h1Conn) countResponse(res *h1Result) {
+	if res.status != 0 && !res.counted {
+		res.counted = true
+		c.s.m.responses.WithLabelValues(c.s.m.dir, res.authority, strconv.Itoa(res.status), res.class()).Inc()
+	}
+}
+
+// observe records the latency of a response whose head goes out now.
+func (c *h1Conn) observe(authority string, start time.Time, res *h1Result) {
+	c.s.m.latency.WithLabelValues(c.s.m.dir, authority, strconv.Itoa(res.status), res.class()).
+		Observe(time.Since(start).Seconds())
+}
+
+// bodyKind is how a request's body is framed.
+func (m *h1Msg) hasBody() bool { return m.chunked || m.cl > 0 }
+
+// replayable reports whether the request (head of n bytes) can be sent
+// again from the client buffer: no body, or a small one already there.
+func (c *h1Conn) replayable(n int) bool {
+	m := &c.b.req
+	if m.chunked {
+		return false
+	}
+	if m.cl <= 0 {
+		return true
+	}
+	return m.cl <= h1MaxReplay && int64(c.cr.w-c.cr.r-n) >= m.cl
+}
+
+// buildRequestHead writes the outgoing head of the request into c.b.out:
+// the request line and fields, less hop-by-hop ones and those drop
+// names, then extra lines.
+func (c *h1Conn) buildRequestHead(drop func(name []byte) bool, extra func(out []byte) []byte) {
+	m := &c.b.req
+	out := c.b.out[:0]
+	out = append(out, m.method...)
+	out = append(out, ' ')
+	out = append(out, m.target...)
+	out = append(out, " HTTP/1.1\r\n"...)
+	for _, f := range m.fields {
+		if m.hopByHop(f.name) && !isTrailersTE(f) || drop(f.name) {
+			continue
+		}
+		out = appendField(out, f)
+	}
+	out = extra(out)
+	out = append(out, "\r\n"...)
+	c.b.out = out
+}
+
+// isTrailersTE is "TE: trailers", which passes (as in ReverseProxy).
+func isTrailersTE(f h1Field) bool {
+	return asciiEqualFold(f.name, "Te") && asciiEqualFold(f.value, "trailers")
+}
+
+func appendField(out []byte, f h1Field) []byte {
+	out = append(out, f.name...)
+	out = append(out, ": "...)
+	out = append(out, f.value...)
+	return append(out, "\r\n"...)
+}
+
+// sendRequest writes the request (head in c.b.out, n bytes of client
+// head) and its body to up. A replayable request is written from the
+// client buffer without consuming it (consumeSent does that once a
+// response comes); others are consumed as they stream, and touched says
+// whether any body byte was taken from the client.
+func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err error) {
+	m := &c.b.req
+	if replay {
+		body := c.cr.buf[c.cr.r+n : c.cr.r+n+int(max(m.cl, 0))]
+		out := c.b.out
+		if len(body) > 0 && len(out)+len(body) <= cap(out) {
+			out = append(out, body...)
+			body = nil
+		}
+		if _, err := up.Write(out); err != nil {
+			return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
+		}
+		if len(body) > 0 {
+			if _, err := up.Write(body); err != nil {
+				return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
+			}
+		}
+		return false, nil
+	}
+	c.consume(n)
+	write := func(b []byte) error {
+		_, err := up.Write(b)
+		return err
+	}
+	// The head goes with what is buffered of the body.
+	out := c.b.out
+	buf := c.cr.buffered()
+	if m.cl > 0 && len(out)+len(buf) <= cap(out) {
+		k := int(min(int64(len(buf)), m.cl))
+		out = append(out, buf[:k]...)
+		c.consume(k)
+		m.cl -= int64(k)
+	}
+	if _, err := up.Write(out); err != nil {
+		return true, fmt.Errorf("%w: %w", errUpstreamWrite, err)
+	}
+	cl := m.cl
+	if m.chunked {
+		cl = -1
+	}
+	if cl == 0 {
+		return true, nil
+	}
+	err = relayBody(&c.cr, write, cl, m.chunked, c.s.cfg.idleTimeout(), c.countIn, nil)
+	var we *writeError
+	switch {
+	case errors.As(err, &we):
+		return true, fmt.Errorf("%w: %w", errUpstreamWrite, we.err)
+	case err != nil:
+		return true, fmt.Errorf("%w: %w", errClientBody, err)
+	}
+	return true, nil
+}
+
+// consumeSent consumes a replayable request (head of n bytes and body)
+// once it is sent for good.
+func (c *h1Conn) consumeSent(n int) {
+	c.consume(n + int(max(c.b.req.cl, 0)))
+}
+
+// readResponse reads the final response head from up into c.b.resp,
+// relaying 1xx responses to the client; it returns the head's length.
+// got says whether any response byte came.
+func (c *h1Conn) readResponse(up net.Conn) (n int, got bool, err error) {
+	c.ur = h1Reader{c: up, buf: c.b.up}
+	m := &c.b.resp
+	for i := 0; ; i++ {
+		n, err := readHead(&c.ur, h1MaxResponseHead, statusLineOK)
+		if err != nil {
+			if errors.Is(err, errHeadTooLarge) || errors.Is(err, errNotStrict) {
+				err = errBadResponse
+			}
+			return 0, c.ur.w > 0, err
+		}
+		head := c.ur.buf[c.ur.r : c.ur.r+n]
+		if !parseResponseHead(head, m) {
+			return 0, true, errBadResponse
+		}
+		switch {
+		case m.status == http.StatusSwitchingProtocols:
+			return 0, true, errUnaskedUpgrade
+		case m.status >= 200:
+			return n, true, nil
+		case i >= 5:
+			return 0, true, errTooMany1xx
+		}
+		if err := c.writeClient(head); err != nil {
+			return 0, true, fmt.Errorf("relaying a %d response: %w", m.status, err)
+		}
+		c.ur.r += n
+	}
+}
+
+// writeError marks a failure to write the relayed bytes.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return "write: " + e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
+
+// relayBody copies a body from src to write: n bytes (n >= 0), chunked,
+// or until src's end (n < 0, not chunked), each read within rd (0: no
+// limit). consumed is told of the bytes taken from src; onEnd, if not
+// nil, runs once the last byte is read, before it is written. Failures to
+// write come back as *writeError.
+func relayBody(src *h1Reader, write func([]byte) error, n int64, chunked bool, rd time.Duration, consumed func(int), onEnd func()) error {
+	var cs chunkScanner
+	for {
+		b := src.buffered()
+		var take int
+		done := false
+		switch {
+		case chunked:
+			k, err := cs.scan(b)
+			if err != nil {
+				return err
+			}
+			take, done = k, cs.state == csDone
+		case n >= 0:
+			take = int(min(int64(len(b)), n))
+			n -= int64(take)
+			done = n == 0
+		default:
+			take = len(b)
+		}
+		src.r += take
+		if consumed != nil && take > 0 {
+			consumed(take)
+		}
+		if done && onEnd != nil {
+			onEnd()
+		}
+		if take > 0 {
+			if err := write(b[:take]); err != nil {
+				return &writeError{err}
+			}
+		}
+		if done {
+			return nil
+		}
+		if rd > 0 {
+			src.c.SetReadDeadline(time.Now().Add(rd))
+		}
+		if _, err := src.fill(); err != nil {
+			if errors.Is(err, io.EOF) {
+				if n < 0 && !chunked {
+					return nil // the body ends with the connection
+				}
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+}
+
+// relayResponse relays the response whose head (n bytes) is in c.ur to
+// the client. release is called once, as soon as the whole response is
+// read from the upstream (before its last bytes are written to the
+// client, so the next request finds the connection back in its pool),
+// or when the relay failed: keep says whether the upstream connection
+// may be used again. clientKeep says whether the client connection stays
+// open; bodyErr is why the body broke off (the client then closes), if
+// it did.
+func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1Result, release func(keep bool)) (clientKeep bool, bodyErr error) {
+	req, m := &c.b.req, &c.b.resp
+	res.status = m.status
+	res.proxyErr = m.proxyErr != nil
+	noBody := string(req.method) == http.MethodHead || m.status == http.StatusNoContent || m.status == http.StatusNotModified
+	untilClose := !noBody && !m.chunked && m.cl < 0
+	clientKeep = !req.connClose && !untilClose && !c.s.in.fast.isClosing()
+	upKeep := !untilClose && !m.connClose && !m.http10
+	released := false
+	end := func() {
+		c.countResponse(res)
+		if !released {
+			released = true
+			// Bytes past the response: never reuse.
+			release(upKeep && c.ur.r == c.ur.w)
+		}
+	}
+
+	head := c.ur.buf[c.ur.r : c.ur.r+n]
+	line, _, _ := nextLine(head)
+	out := c.b.out[:0]
+	out = append(out, "HTTP/1.1"...)
+	out = append(out, line[8:]...)
+	out = append(out, "\r\n"...)
+	for _, f := range m.fields {
+		if m.hopByHop(f.name) {
+			continue
+		}
+		out = appendField(out, f)
+	}
+	if !clientKeep {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(out, "\r\n"...)
+	c.ur.r += n
+	c.b.out = out
+
+	rd := c.s.cfg.idleTimeout()
+	if c.h != nil && c.h.cfg.StreamIdleTimeout > 0 {
+		rd = c.h.cfg.StreamIdleTimeout
+	}
+	c.observe(authority, start, res)
+	cl := m.cl
+	switch {
+	case noBody:
+		cl = 0
+	case m.chunked:
+		cl = -1
+	}
+	// The head goes out with the body bytes already read, or alone at
+	// once when none are.
+	pending := out
+	if cl == 0 {
+		end()
+	}
+	if cl == 0 || len(c.ur.buffered()) == 0 {
+		pending = nil
+		if err := c.writeClient(out); err != nil {
+			upKeep = false
+			end()
+			return false, &writeError{err}
+		}
+	}
+	write := func(b []byte) error {
+		if pending != nil {
+			p := pending
+			pending = nil
+			if len(p)+len(b) <= cap(p) {
+				return c.writeClient(append(p, b...))
+			}
+			if err := c.writeClient(p); err != nil {
+				return err
+			}
+		}
+		return c.writeClient(b)
+	}
+	var err error
+	if cl != 0 {
+		err = relayBody(&c.ur, write, cl, m.chunked, rd, nil, end)
+	}
+	if err != nil {
+		upKeep = false
+	}
+	end()
+	if err == nil && pending != nil {
+		if err = c.writeClient(pending); err != nil {
+			err = &writeError{err}
+		}
+	}
+	if err != nil {
+		return false, err
+	}
+	return clientKeep, nil
+}
+
+// writeError writes a response the proxy makes itself.
+func (c *h1Conn) writeProxyError(status int, reason string, keep bool, authority string, start time.Time, res *h1Result) {
+	res.status, res.proxyErr = status, true
+	c.observe(authority, start, res)
+	out := c.b.out[:0]
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(status), 10)
+	out = append(out, ' ')
+	out = append(out, http.StatusText(status)...)
+	out = append(out, "\r\nMeshproxy-Error: "...)
+	out = append(out, reason...)
+	out = append(out, "\r\nContent-Length: 0\r\n"...)
+	if !keep {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(out, "\r\n"...)
+	c.b.out = out
+	c.countResponse(res)
+	c.writeClient(out)
+}

@@ -1,0 +1,576 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// h1Env is an HTTP-aware outbound proxy (no mesh) in front of backends
+// named web.test in DNS.
+func h1Env(t *testing.T, h http.Handler, idle time.Duration, ips ...string) (*Server, []*backend, *proxyDialer, string) {
+	t.Helper()
+	if len(ips) == 0 {
+		ips = []string{"127.0.0.1"}
+	}
+	bs := startBackends(t, h, idle, ips...)
+	z := newZoneDNS(t)
+	z.set("web.test.", ips...)
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{Balancer: balancerFor(t, z)}}, nil, nil)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	d := newProxyDialer(t, srv, bs[0].addr)
+	return srv, bs, d, fmt.Sprintf("web.test:%d", bs[0].addr.Port())
+}
+
+// rawConn is a client connection through the proxy read with its own
+// bufio.Reader.
+type rawConn struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialRaw(t *testing.T, d *proxyDialer) *rawConn {
+	t.Helper()
+	c, err := d.dial(t.Context(), "tcp", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return &rawConn{t: t, c: c, r: bufio.NewReader(c)}
+}
+
+func (rc *rawConn) send(s string) {
+	rc.t.Helper()
+	if _, err := io.WriteString(rc.c, s); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
+// read reads one response to a request of method and its whole body.
+func (rc *rawConn) read(method string) (*http.Response, string) {
+	rc.t.Helper()
+	resp, err := http.ReadResponse(rc.r, &http.Request{Method: method})
+	if err != nil {
+		rc.t.Fatalf("reading the response to %s: %v", method, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		rc.t.Fatalf("reading the body of the response to %s: %v", method, err)
+	}
+	return resp, string(b)
+}
+
+// echoPath answers with the request's path.
+var echoPath = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) })
+
+// TestH1UpstreamConnectionsReused: sequential requests over several
+// client connections share one pooled upstream connection.
+func TestH1UpstreamConnectionsReused(t *testing.T) {
+	srv, bs, d, authority := h1Env(t, echoPath, 0)
+	for i := range 3 {
+		rc := dialRaw(t, d)
+		for j := range 5 {
+			path := fmt.Sprintf("/%d/%d", i, j)
+			rc.send("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+			if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != path {
+				t.Fatalf("GET %s = %d %q", path, resp.StatusCode, body)
+			}
+		}
+	}
+	if n := bs[0].conns.Load(); n != 1 {
+		t.Errorf("backend accepted %d connections for 15 sequential requests; want 1", n)
+	}
+	if st := srv.http.pool.Stats(); st.Dials != 1 || st.Reuses != 14 {
+		t.Errorf("pool stats %+v; want 1 dial, 14 reuses", st)
+	}
+}
+
+// TestH1MeshConnectionsReused: through both proxies, sequential
+// requests use one mesh connection and one app connection.
+func TestH1MeshConnectionsReused(t *testing.T) {
+	e, d, authority := meshHTTPEnv(t, echoPath)
+	for i := range 2 {
+		rc := dialRaw(t, d)
+		for j := range 5 {
+			path := fmt.Sprintf("/%d/%d", i, j)
+			rc.send("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+			if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != path {
+				t.Fatalf("GET %s = %d %q", path, resp.StatusCode, body)
+			}
+		}
+	}
+	if got := testutil.ToFloat64(e.inM.open.WithLabelValues("inbound", TLSTrue, clientID.String(), "")); got != 1 {
+		t.Errorf("mesh connections accepted = %v; want 1", got)
+	}
+	if got := testutil.ToFloat64(e.inM.requests.WithLabelValues("inbound", authority)); got != 10 {
+		t.Errorf("inbound requests_total = %v; want 10", got)
+	}
+	if got := testutil.ToFloat64(e.outM.responses.WithLabelValues("outbound", authority, "200", classSuccess)); got != 10 {
+		t.Errorf("outbound responses_total{200} = %v; want 10", got)
+	}
+}
+
+// TestH1ChunkedAndTrailersBothWays: a chunked request body with a
+// trailer reaches the app through both proxies, and a chunked response
+// with a trailer comes back.
+func TestH1ChunkedAndTrailersBothWays(t *testing.T) {
+	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		w.Header().Set("Trailer", "X-Resp-Trailer")
+		fmt.Fprintf(w, "te=%v body=%s ", r.TransferEncoding, body)
+		w.(http.Flusher).Flush()
+		io.WriteString(w, "trailer="+r.Trailer.Get("X-Req-Trailer"))
+		w.Header().Set("X-Resp-Trailer", "bye")
+	}))
+	rc := dialRaw(t, d)
+	rc.send("POST /c HTTP/1.1\r\nHost: " + authority + "\r\nTransfer-Encoding: chunked\r\nTrailer: X-Req-Trailer\r\n\r\n" +
+		"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Req-Trailer: hi\r\n\r\n")
+	resp, body := rc.read("POST")
+	if want := "te=[chunked] body=abcdefg trailer=hi"; resp.StatusCode != 200 || body != want {
+		t.Errorf("POST = %d %q; want 200 %q", resp.StatusCode, body, want)
+	}
+	if len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" {
+		t.Errorf("response Transfer-Encoding %v; want chunked", resp.TransferEncoding)
+	}
+	if got := resp.Trailer.Get("X-Resp-Trailer"); got != "bye" {
+		t.Errorf("response trailer %q; want bye", got)
+	}
+	// The connection goes on.
+	rc.send("GET /after HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+		t.Errorf("GET after = %d", resp.StatusCode)
+	}
+}
+
+// TestH1NoBodyResponses: HEAD, 204 and 304 carry no body, whatever
+// their headers say, and the connection's next response is read right.
+func TestH1NoBodyResponses(t *testing.T) {
+	_, _, d, authority := h1Env(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/204":
+			w.WriteHeader(204)
+		case "/304":
+			w.Header().Set("Etag", `"x"`)
+			w.WriteHeader(304)
+		default:
+			w.Header().Set("Content-Length", "5")
+			io.WriteString(w, "hello")
+		}
+	}), 0)
+	rc := dialRaw(t, d)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		body         string
+	}{
+		{"HEAD", "/", 200, ""},
+		{"GET", "/204", 204, ""},
+		{"GET", "/304", 304, ""},
+		{"HEAD", "/", 200, ""},
+		{"GET", "/", 200, "hello"},
+	} {
+		rc.send(tc.method + " " + tc.path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		resp, body := rc.read(tc.method)
+		if resp.StatusCode != tc.status || body != tc.body {
+			t.Errorf("%s %s = %d %q; want %d %q", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.body)
+		}
+		if tc.method == "HEAD" && resp.ContentLength != 5 {
+			t.Errorf("HEAD Content-Length %d; want 5", resp.ContentLength)
+		}
+	}
+}
+
+// TestH1PipelinedInOrder: requests sent at once are answered in order.
+func TestH1PipelinedInOrder(t *testing.T) {
+	_, _, d, authority := h1Env(t, echoPath, 0)
+	rc := dialRaw(t, d)
+	var all strings.Builder
+	for i := range 5 {
+		fmt.Fprintf(&all, "GET /p%d HTTP/1.1\r\nHost: %s\r\n\r\n", i, authority)
+	}
+	fmt.Fprintf(&all, "POST /post HTTP/1.1\r\nHost: %s\r\nContent-Length: 3\r\n\r\nxyzGET /last HTTP/1.1\r\nHost: %s\r\n\r\n", authority, authority)
+	rc.send(all.String())
+	for _, want := range []string{"/p0", "/p1", "/p2", "/p3", "/p4", "/post", "/last"} {
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != want {
+			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, body, want)
+		}
+	}
+}
+
+// TestH1PooledConnectionClosedWhileIdle: the backend closes its idle
+// keep-alive connection; the next request still succeeds, on a new one.
+func TestH1PooledConnectionClosedWhileIdle(t *testing.T) {
+	srv, bs, d, authority := h1Env(t, echoPath, 30*time.Millisecond)
+	rc := dialRaw(t, d)
+	for i := range 3 {
+		rc.send("GET /x HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/x" {
+			t.Fatalf("GET %d = %d %q", i, resp.StatusCode, body)
+		}
+		time.Sleep(150 * time.Millisecond) // the backend closes the idle connection
+	}
+	if n := bs[0].conns.Load(); n != 3 {
+		t.Errorf("backend accepted %d connections; want 3 (each closed while idle)", n)
+	}
+	if st := srv.http.pool.Stats(); st.Idle != 0 {
+		t.Errorf("pool keeps %d idle connections the backend closed", st.Idle)
+	}
+}
+
+// TestH1DeadPooledConnectionReplayed: an upstream that takes the second
+// request of a kept connection and closes without answering (the race of
+// a keep-alive timeout): the proxy sends the request again on a new
+// connection, and the client never sees the failure.
+func TestH1DeadPooledConnectionReplayed(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for n := 0; ; n++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if n == 1 {
+						c.SetLinger(0) // the second request on a connection: reset
+						return
+					}
+					body := req.Method + " " + req.URL.Path
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+				}
+			}()
+		}
+	}()
+	up := netip.MustParseAddrPort(ln.Addr().String())
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, up)
+	rc := dialRaw(t, d)
+	for i, req := range []string{
+		"GET /a HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n",
+		"GET /b HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n",                           // reset, replayed
+		"POST /c HTTP/1.1\r\nHost: " + up.String() + "\r\nContent-Length: 4\r\n\r\nbody", // reset, small body kept, replayed
+	} {
+		rc.send(req)
+		method, _, _ := strings.Cut(req, " ")
+		resp, body := rc.read(method)
+		want := method + " /" + string(rune('a'+i))
+		if resp.StatusCode != 200 || body != want {
+			t.Errorf("request %d = %d %q; want 200 %q", i, resp.StatusCode, body, want)
+		}
+	}
+	if n := accepted.Load(); n != 3 {
+		t.Errorf("upstream accepted %d connections; want 3", n)
+	}
+}
+
+// TestH1RetriesDeadEndpoint: with one of two endpoints gone, every
+// request succeeds (connect failures are retried on the other).
+func TestH1RetriesDeadEndpoint(t *testing.T) {
+	_, bs, d, authority := h1Env(t, echoPath, 0, "127.0.0.1", "127.0.0.2")
+	bs[1].kill()
+	c := d.client()
+	for i := range 20 {
+		code, backend, _, err := get(t, c, "http://"+bs[0].addr.String()+"/", authority)
+		if err != nil || code != 200 || backend != "127.0.0.1" {
+			t.Fatalf("request %d = %d from %q, %v; want 200 from 127.0.0.1", i, code, backend, err)
+		}
+	}
+	// A POST too: a connect failure is retried whatever the method.
+	rc := dialRaw(t, d)
+	for i := range 4 {
+		rc.send("POST /p HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: 2\r\n\r\nhi")
+		if resp, body := rc.read("POST"); resp.StatusCode != 200 || body != "/p" {
+			t.Fatalf("POST %d = %d %q", i, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestH1HandOffUpgradeMidConnection: after requests the fast path
+// served, an upgrade on the same connection goes to the net/http path
+// and tunnels.
+func TestH1HandOffUpgradeMidConnection(t *testing.T) {
+	srv, _, d, authority := h1Env(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			io.WriteString(w, r.URL.Path)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		io.Copy(c, brw)
+	}), 0)
+	rc := dialRaw(t, d)
+	for _, p := range []string{"/1", "/2"} {
+		rc.send("GET " + p + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != p {
+			t.Fatalf("GET %s = %d %q", p, resp.StatusCode, body)
+		}
+	}
+	if st := srv.http.pool.Stats(); st.Reuses != 1 {
+		t.Errorf("pool stats %+v: the first two requests did not take the fast path", st)
+	}
+	rc.send("GET /up HTTP/1.1\r\nHost: " + authority + "\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	resp, err := http.ReadResponse(rc.r, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade = %v, %v; want 101", resp, err)
+	}
+	rc.send("ping")
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(rc.r, got); err != nil || string(got) != "ping" {
+		t.Fatalf("tunnel echo = %q, %v", got, err)
+	}
+}
+
+// TestH1ForwardedHeaders: the app sees our x-forwarded-client-cert only
+// (a client's copy is removed) and a traceparent that continues the
+// client's trace with a new span.
+func TestH1ForwardedHeaders(t *testing.T) {
+	type seen struct {
+		xfcc     []string
+		tp, conn string
+	}
+	got := make(chan seen, 1)
+	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- seen{r.Header.Values(headerXFCC), r.Header.Get(headerTraceparent), r.Header.Get("X-Hop")}
+	}))
+	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	rc := dialRaw(t, d)
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\nX-Forwarded-Client-Cert: By=evil;URI=spiffe://forged\r\n" +
+		"Traceparent: " + tp + "\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n")
+	if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET = %d", resp.StatusCode)
+	}
+	s := <-got
+	if want := []string{fmt.Sprintf("By=%s;URI=%s", serverID, clientID)}; len(s.xfcc) != 1 || s.xfcc[0] != want[0] {
+		t.Errorf("app saw x-forwarded-client-cert %q; want %q", s.xfcc, want)
+	}
+	if !strings.HasPrefix(s.tp, tp[:36]) || s.tp == tp || !strings.HasSuffix(s.tp, "-01") {
+		t.Errorf("app saw traceparent %q; want trace %s with a new span, flags 01", s.tp, tp[3:35])
+	}
+	if s.conn != "" {
+		t.Errorf("app saw X-Hop %q, a header the client's Connection named", s.conn)
+	}
+}
+
+// TestH1LargeBodyStreamed: a request body is streamed, not buffered
+// whole: the app sees its first MiB while the client still holds the
+// rest back.
+func TestH1LargeBodyStreamed(t *testing.T) {
+	const size = 8 << 20
+	firstMiB := make(chan struct{})
+	_, _, d, authority := h1Env(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.ReadFull(r.Body, make([]byte, 1<<20)); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		close(firstMiB)
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		fmt.Fprint(w, n+1<<20)
+	}), 0)
+	rc := dialRaw(t, d)
+	rc.send("POST /big HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: " + strconv.Itoa(size) + "\r\n\r\n")
+	chunk := bytes.Repeat([]byte("x"), 1<<20)
+	if _, err := rc.c.Write(chunk); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-firstMiB:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app did not get the body's first MiB while the client held the rest back")
+	}
+	for range size/len(chunk) - 1 {
+		if _, err := rc.c.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if resp, body := rc.read("POST"); resp.StatusCode != 200 || body != strconv.Itoa(size) {
+		t.Errorf("POST = %d %q; want 200 %d", resp.StatusCode, body, size)
+	}
+}
+
+// openFDs counts the process's open file descriptors.
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(ents)
+}
+
+// TestH1ClientResetMidBody: a client that resets in the middle of a
+// request body leaves nothing behind (goroutines, descriptors), and the
+// app sees the body cut short.
+func TestH1ClientResetMidBody(t *testing.T) {
+	bodyErr := make(chan error, 1)
+	srv, _, d, authority := h1Env(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.Copy(io.Discard, r.Body)
+		bodyErr <- err
+	}), 0)
+	// Warm up (the pool's and the servers' own goroutines start).
+	rc := dialRaw(t, d)
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	rc.read("GET")
+	<-bodyErr
+	rc.c.Close()
+	waitConnEnded(t, srv)
+	before := goroutines()
+	fds := openFDs(t)
+
+	c, err := d.dial(t.Context(), "tcp", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "POST /x HTTP/1.1\r\nHost: "+authority+"\r\nContent-Length: 1048576\r\n\r\n")
+	c.Write(bytes.Repeat([]byte("y"), 64<<10))
+	time.Sleep(50 * time.Millisecond)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	select {
+	case err := <-bodyErr:
+		if err == nil {
+			t.Error("the app read a complete body from a client that reset mid-body")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app's request did not end 10s after the client reset")
+	}
+	waitConnEnded(t, srv)
+	waitProxyGoroutines(t, before)
+	srv.closeIdleHTTP()
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		n := openFDs(t)
+		if n <= fds {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("%d descriptors open, %d before the request", n, fds)
+		}
+	}
+}
+
+// TestH1IdleConnectionsHoldNoBuffer is the structural promise behind
+// BenchmarkHTTPIdleConnMemory: an idle HTTP/1 client connection costs one
+// goroutine and holds no request buffer.
+func TestH1IdleConnectionsHoldNoBuffer(t *testing.T) {
+	const n = 50
+	srv, _, d, authority := h1Env(t, echoPath, 0)
+	req := []byte("GET /hello HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	warm := dialRaw(t, d)
+	warm.send(string(req))
+	warm.read("GET")
+	warm.c.Close()
+	waitConnEnded(t, srv)
+	time.Sleep(20 * time.Millisecond)
+	g0 := runtime.NumGoroutine()
+	var conns []*rawConn
+	for range n {
+		rc := dialRaw(t, d)
+		rc.send(string(req))
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/hello" {
+			t.Fatalf("GET = %d %q", resp.StatusCode, body)
+		}
+		conns = append(conns, rc)
+	}
+	var held int64
+	var perConn float64
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		held = h1Held.Load()
+		perConn = float64(runtime.NumGoroutine()-g0) / n
+		if held == 0 && perConn <= 1 {
+			break
+		}
+	}
+	if held != 0 {
+		t.Errorf("%d request buffers held by %d idle connections; want 0", held, n)
+	}
+	if perConn > 1 {
+		t.Errorf("%.2f goroutines per idle connection; want at most 1", perConn)
+	}
+	if got := srv.OpenConnections(); got != n {
+		t.Errorf("%d open connections; want %d", got, n)
+	}
+	for _, rc := range conns {
+		rc.c.Close()
+	}
+	waitConnEnded(t, srv)
+}
+
+// TestH1ShutdownClosesIdleConnections: Shutdown closes idle fast-path
+// connections at once and returns.
+func TestH1ShutdownClosesIdleConnections(t *testing.T) {
+	srv, _, d, authority := h1Env(t, echoPath, 0)
+	rc := dialRaw(t, d)
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	rc.read("GET")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with an idle connection: %v", err)
+	}
+	rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := rc.r.ReadByte(); err != io.EOF {
+		t.Errorf("idle client connection after Shutdown: read %v; want EOF", err)
+	}
+}
+
+// TestH1GarbledHeadAnsweredAtOnce: a head that turns to garbage before
+// its end is answered (400, by net/http after the hand-off) at once, not
+// after the header timeout.
+func TestH1GarbledHeadAnsweredAtOnce(t *testing.T) {
+	_, _, d, authority := h1Env(t, echoPath, 0)
+	rc := dialRaw(t, d)
+	rc.c.SetDeadline(time.Now().Add(5 * time.Second)) // the header timeout is 10s
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\nX-Bad: \x01\x02\r\nX-More: ")
+	resp, err := http.ReadResponse(rc.r, nil)
+	if err != nil {
+		t.Fatalf("no answer to a garbled head: %v", err)
+	}
+	if resp.StatusCode != 400 {
+		t.Errorf("garbled head: %d; want 400", resp.StatusCode)
+	}
+}

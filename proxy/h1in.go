@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+
+	"meshproxy/balancer"
+)
+
+// The server (inbound) side of the HTTP/1.1 fast path: requests from a
+// mesh connection whose transport header says http/1 go to the app over
+// one connection pinned to the mesh connection.
+
+// serveH1Inbound serves the mesh connection tc (protocol http/1) on the
+// fast path: every request loses any x-forwarded-client-cert it came
+// with and, when xfcc is not empty, gets ours; it goes to target over
+// one app connection, dialed at the first request and again when it
+// closed. A failed dial is answered 502 with meshproxy-error
+// app-unreachable. What the fast path does not do (upgrades...) goes to
+// serveHTTP1 with the bytes read so far.
+func (s *Server) serveH1Inbound(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc string) error {
+	c := &h1Conn{s: s, k: k, c: tc, target: target, xfcc: xfcc}
+	rest, err := c.serve(nil)
+	if rest == nil {
+		if c.app != nil {
+			c.app.Close()
+		}
+		return err
+	}
+	var up net.Conn
+	if c.app != nil {
+		up = c.app
+	}
+	return s.serveHTTP1(k, tc, rest, up, target, xfcc)
+}
+
+// appConn returns the connection to the app, dialing it when there is
+// none or it closed; reused says it served a request before.
+func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
+	if c.app != nil {
+		if balancer.ConnUsable(c.app) {
+			return c.app, true, nil
+		}
+		c.app.Close()
+		c.app = nil
+	}
+	nc, err := c.s.dial(c.k.ctx, c.target)
+	if err != nil {
+		return nil, false, err
+	}
+	c.k.track(nc)
+	c.app = nc
+	return nc, false, nil
+}
+
+// exchangeIn serves one request of the mesh connection (see exchange).
+func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Result) bool {
+	m := &c.b.req
+	c.buildRequestHead(func(name []byte) bool { return asciiEqualFold(name, headerXFCC) }, func(out []byte) []byte {
+		if c.xfcc == "" {
+			return out
+		}
+		out = append(out, headerXFCC+": "...)
+		out = append(out, c.xfcc...)
+		return append(out, "\r\n"...)
+	})
+	replay := c.replayable(n)
+	fail := func(reason string, touched bool) bool {
+		if !touched {
+			c.consume(n)
+		}
+		keep := !m.hasBody() && !m.connClose && !c.s.in.fast.isClosing()
+		c.writeProxyError(502, reason, keep, authority, start, res)
+		return keep
+	}
+	for try := 0; ; try++ {
+		up, reused, err := c.appConn()
+		if err != nil {
+			if c.k.ctx.Err() != nil {
+				return false
+			}
+			c.k.m.connectErrors.Inc()
+			c.s.log.Warn("connect failed", "src", c.k.src, "dst", c.k.orig.String(), "target", c.target.String(), "error", err)
+			return fail(reasonAppUnreachable, false)
+		}
+		c.setCur(up)
+		if d := c.s.cfg.idleTimeout(); d > 0 {
+			up.SetDeadline(time.Now().Add(d))
+		} else {
+			up.SetDeadline(time.Time{})
+		}
+		touched, err := c.sendRequest(up, n, replay)
+		var hn int
+		var got bool
+		if err == nil {
+			hn, got, err = c.readResponse(up)
+		}
+		if err != nil {
+			up.Close()
+			c.app = nil
+			c.setCur(nil)
+			if errors.Is(err, errClientBody) || c.k.ctx.Err() != nil {
+				return false
+			}
+			if reused && !got && replay && try < 2 {
+				continue // the app closed the kept connection
+			}
+			c.s.log.Debug("http delivery failed", "src", c.k.src, "target", c.target.String(), "error", err)
+			return fail("upstream", touched)
+		}
+		if replay {
+			c.consumeSent(n)
+		}
+		clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
+			c.setCur(nil)
+			if !keep {
+				up.Close()
+				c.app = nil
+			}
+		})
+		return berr == nil && clientKeep
+	}
+}

@@ -1,0 +1,268 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"meshproxy/balancer"
+)
+
+// The client (outbound) side of the HTTP/1.1 fast path: each request
+// goes to an endpoint picked as RoundTrip picks without a route policy,
+// over a pooled upstream connection (mutual TLS with transport header
+// protocol http/1 to a meshed endpoint, plain TCP otherwise).
+
+// fastOK reports whether the runtime's HTTP/1 client connections may use
+// the fast path: it has no access log and no per-service concurrency
+// limits (the net/http path does those).
+func (h *httpRuntime) fastOK() bool {
+	return h.cfg.AccessLog == nil && h.cfg.MaxConcurrentPerService <= 0
+}
+
+// newH1Pool makes the pool of upstream connections of the fast path.
+func (h *httpRuntime) newH1Pool() *balancer.Pool[net.Conn] {
+	idle := h.cfg.IdleTimeout
+	if idle == 0 {
+		idle = -1 // none
+	}
+	perEP := h.cfg.MaxIdlePerEndpoint
+	if perEP == 0 {
+		perEP = -1 // keep none
+	}
+	p, err := balancer.NewPool(balancer.PoolConfig[net.Conn]{
+		Dial:               h.dialH1,
+		IdleTimeout:        idle,
+		MaxIdlePerEndpoint: perEP,
+		MaxLifetime:        h.cfg.MaxLifetime,
+		MaxIdle:            h.cfg.MaxIdleConns,
+		WatchClose:         true,
+		Metrics:            h.cfg.PoolMetrics,
+	})
+	if err != nil {
+		panic(fmt.Sprintf("proxy: the HTTP/1 pool: %v", err)) // only a missing Dial fails
+	}
+	return p
+}
+
+// dialH1 opens an upstream connection for the fast path: mutual TLS
+// with protocol http/1 when dst is meshed, plain TCP otherwise (refused
+// when outbound TLS is required).
+func (h *httpRuntime) dialH1(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	if m := h.s.mesh; m != nil {
+		if state, _ := m.meshState(dst.Addr()); state != balancer.Unmeshed {
+			c, err := h.dialMeshConn(ctx, dst.String(), ProtocolHTTP1)
+			if !errors.Is(err, errNotMeshed) {
+				return c, err
+			}
+		}
+		if m.cfg.RequireOutboundTLS {
+			return nil, errMeshRequired
+		}
+	}
+	return h.dialPlain(ctx, "tcp", dst.String())
+}
+
+// routed reports whether the request's host has a route in the route
+// table (the net/http path applies it).
+func (h *httpRuntime) routed(m *h1Msg, orig netip.AddrPort) bool {
+	if h.cfg.Routes == nil {
+		return false
+	}
+	tbl := h.cfg.Routes.Load()
+	if tbl == nil {
+		return false
+	}
+	host, port := splitAuthority(string(m.host), orig.Port())
+	return tbl.lookup(host, port, h.cfg.Namespace) != nil
+}
+
+// idempotentMethod is idempotent's method test.
+func idempotentMethod(m []byte) bool {
+	switch string(m) {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// exchangeOut serves one client request on the fast path (see exchange).
+func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Result) bool {
+	h, m := c.h, &c.b.req
+	orig := c.k.orig
+	host, port := splitAuthority(authority, orig.Port())
+	tp, dropState := traceH1(m, h.cfg.TraceSampleRate)
+	c.buildRequestHead(func(name []byte) bool {
+		return asciiEqualFold(name, headerXFCC) || asciiEqualFold(name, headerAppProtocol) ||
+			asciiEqualFold(name, headerTraceparent) || dropState && asciiEqualFold(name, "Tracestate")
+	}, func(out []byte) []byte {
+		out = append(out, "Traceparent: "...)
+		out = append(out, tp...)
+		return append(out, "\r\n"...)
+	})
+	replay := c.replayable(n)
+	canRetry := idempotentMethod(m.method) && !m.hasBody()
+	attempts := 1 + h.cfg.Retries
+	var (
+		err     error
+		failed  []netip.AddrPort
+		touched bool
+	)
+	for i := range attempts {
+		var (
+			dst netip.AddrPort
+			ep  *balancer.Endpoint
+		)
+		dst, ep, err = h.route(c.k.ctx, host, port, orig, false, failed)
+		if err != nil {
+			break
+		}
+		t0 := time.Now()
+		var up balancer.PooledConn[net.Conn]
+		var hn int
+		up, hn, touched, err = c.attemptOut(dst, host, n, replay, t0)
+		if err == nil && c.b.resp.status == http.StatusBadGateway && string(c.b.resp.proxyErr) == reasonAppUnreachable && !touched {
+			// The endpoint's proxy could not reach its app: the app
+			// saw nothing, so this is a connect failure of the
+			// endpoint (failure accrual, another pick), not an answer.
+			c.dropResponse(up, hn)
+			err = &connectError{err: errAppUnreachable}
+		}
+		if err == nil {
+			latency := time.Since(t0)
+			if replay {
+				c.consumeSent(n)
+			}
+			clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
+				c.setCur(nil)
+				if keep {
+					up.Conn.SetDeadline(time.Time{})
+					h.pool.Put(up)
+				} else {
+					up.Conn.Close()
+				}
+			})
+			if ep != nil {
+				rerr := berr
+				var we *writeError
+				if errors.As(berr, &we) {
+					rerr = context.Canceled // the client went away: not the endpoint's fault
+				}
+				if res.status >= 500 {
+					rerr = fmt.Errorf("status %d", res.status)
+				}
+				ep.Release(rerr, latency)
+			}
+			return berr == nil && clientKeep
+		}
+		if ep != nil {
+			ep.Release(err, time.Since(t0))
+		}
+		failed = append(failed, dst)
+		if c.k.ctx.Err() != nil || errors.Is(err, errRespTimeout) || errors.Is(err, errMeshRequired) || errors.Is(err, errClientBody) {
+			break
+		}
+		var ce *connectError
+		if !canRetry && (!errors.As(err, &ce) || touched) {
+			break
+		}
+		if i+1 < attempts {
+			c.s.log.Debug("retrying http request", "authority", authority, "endpoint", dst.String(), "attempt", i+1, "error", err)
+		}
+	}
+	if errors.Is(err, errClientBody) || c.k.ctx.Err() != nil {
+		return false // the client is gone or its body broke off: no answer
+	}
+	if !touched {
+		c.consume(n)
+	}
+	status, reason := proxyErrorStatus(err)
+	c.s.log.Debug("http request failed", "src", c.k.src, "authority", authority, "status", status, "reason", reason, "error", err)
+	keep := !m.hasBody() && !m.connClose && !c.s.in.fast.isClosing()
+	c.writeProxyError(status, reason, keep, authority, start, res)
+	return keep
+}
+
+// attemptOut sends the request to dst over a pooled connection and reads
+// the response head. A reused connection found dead before any response
+// byte is replaced by another when the request can be sent again.
+func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool, t0 time.Time) (up balancer.PooledConn[net.Conn], hn int, touched bool, err error) {
+	h := c.h
+	if m := c.s.mesh; m != nil && m.cfg.RequireOutboundTLS {
+		if state, _ := m.meshState(dst.Addr()); state == balancer.Unmeshed {
+			return up, 0, false, errMeshRequired
+		}
+	}
+	ctx := c.k.ctx
+	if c.s.mesh != nil {
+		ctx = context.WithValue(ctx, dialNameKey{}, host)
+	}
+	for try := 0; ; try++ {
+		var reused bool
+		up, reused, err = h.pool.Get(ctx, dst)
+		if err != nil {
+			return up, 0, false, err
+		}
+		c.setCur(up.Conn)
+		if d := h.cfg.ResponseHeaderTimeout; d > 0 {
+			up.Conn.SetDeadline(t0.Add(d))
+		} else {
+			up.Conn.SetDeadline(time.Time{})
+		}
+		touched, err = c.sendRequest(up.Conn, n, replay)
+		var got bool
+		if err == nil {
+			hn, got, err = c.readResponse(up.Conn)
+		}
+		if err == nil {
+			up.Conn.SetDeadline(time.Time{})
+			return up, hn, touched, nil
+		}
+		up.Conn.Close()
+		c.setCur(nil)
+		if errors.Is(err, errClientBody) {
+			return up, 0, touched, err
+		}
+		if isTimeout(err) {
+			return up, 0, touched, errRespTimeout
+		}
+		if reused && !got && replay && try < 8 && c.k.ctx.Err() == nil {
+			continue // a kept connection the upstream had closed
+		}
+		return up, 0, touched, err
+	}
+}
+
+// dropResponse discards a response the client does not get (head of hn
+// bytes in c.ur), keeping the connection when its body is empty.
+func (c *h1Conn) dropResponse(up balancer.PooledConn[net.Conn], hn int) {
+	m := &c.b.resp
+	c.setCur(nil)
+	if m.cl == 0 && !m.connClose && !m.http10 && c.ur.r+hn == c.ur.w {
+		c.ur.r += hn
+		c.h.pool.Put(up)
+		return
+	}
+	up.Conn.Close()
+}
+
+// traceH1 is traceRequest for a fast-path request: the traceparent to
+// send, and whether tracestate goes (a new trace).
+func traceH1(m *h1Msg, rate float64) (string, bool) {
+	var v []byte
+	count := 0
+	for _, f := range m.fields {
+		if asciiEqualFold(f.name, headerTraceparent) {
+			if count == 0 {
+				v = f.value
+			}
+			count++
+		}
+	}
+	tc, fresh := continueTrace(string(v), count, rate)
+	return tc.String(), fresh
+}
