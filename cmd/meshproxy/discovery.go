@@ -71,16 +71,17 @@ func (h *httpSettings) validate() error {
 	return nil
 }
 
-// newBalancer builds discovery and balancing from the settings; stop
-// releases them.
-func newBalancer(h *httpSettings, reg prometheus.Registerer, log *slog.Logger) (*balancer.Balancer, func(), error) {
+// newBalancer builds discovery and balancing from the settings, and
+// returns the balancer package's metrics for the connection pool too;
+// stop releases them.
+func newBalancer(h *httpSettings, reg prometheus.Registerer, log *slog.Logger) (*balancer.Balancer, *balancer.Metrics, func(), error) {
 	m, err := balancer.NewMetrics(reg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("balancer metrics: %w", err)
+		return nil, nil, nil, fmt.Errorf("balancer metrics: %w", err)
 	}
 	r, err := balancer.NewResolver(balancer.ResolverConfig{ResolvConf: h.ResolvConf, Metrics: m})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	d := balancer.NewDiscovery(r, balancer.DiscoveryConfig{Logger: log})
 	policy := balancer.P2C
@@ -88,5 +89,5 @@ func newBalancer(h *httpSettings, reg prometheus.Registerer, log *slog.Logger) (
 		policy = balancer.RoundRobin
 	}
 	b := balancer.New(d, balancer.BalancerConfig{Metrics: m, Service: balancer.ServiceConfig{Policy: policy}})
-	return b, func() { b.Close(); d.Close() }, nil
+	return b, m, func() { b.Close(); d.Close() }, nil
 }

@@ -111,7 +111,7 @@ func TestBalancingAcrossPods(t *testing.T) {
 	z := &zone{records: map[string][]netip.Addr{}}
 	z.set("web.demo.svc.cluster.local", addrs...)
 	resolv, stopDNS := serveZone(t, client, z)
-	startProxy(t, client, "redirect", meshArgs(ca, clientID, "--resolv-conf", resolv)...)
+	cp := startProxy(t, client, "redirect", meshArgs(ca, clientID, "--resolv-conf", resolv)...)
 	var serverProxies []*labProxy
 	for i, s := range servers {
 		serverProxies = append(serverProxies, startProxy(t, s, "redirect", meshArgs(ca, fmt.Sprintf("spiffe://cluster.local/ns/demo/sa/web%d", i+1))...))
@@ -189,14 +189,19 @@ func TestBalancingAcrossPods(t *testing.T) {
 			t.Errorf("web%d got %d of 300 requests; want roughly 100 (50-200)", i, c)
 		}
 	}
-	// Requests travel between proxies as HTTP/2: far fewer mesh
-	// connections than requests.
+	// Requests travel between proxies on pooled mTLS connections, one
+	// request at a time each: far fewer mesh connections than requests,
+	// and the client proxy's pool counts the reuses.
 	var meshConns float64
 	for _, p := range serverProxies {
 		meshConns += p.metric(t, `meshproxy_tcp_open_total{direction="inbound",tls="true"}`)
 	}
 	if meshConns == 0 || meshConns > 30 {
-		t.Errorf("%v mesh connections carried 300 requests; want a few multiplexed ones", meshConns)
+		t.Errorf("%v mesh connections carried 300 requests; want a few pooled ones", meshConns)
+	}
+	dials, reuses := cp.metric(t, "meshproxy_pool_dials_total"), cp.metric(t, "meshproxy_pool_reuses_total")
+	if dials == 0 || dials > 30 || reuses < 300-30 {
+		t.Errorf("client proxy pool: %v dials and %v reuses for 300 requests; want at most 30 dials and the rest reused", dials, reuses)
 	}
 
 	// One slow server: most requests go to the fast ones.

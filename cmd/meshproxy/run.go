@@ -400,7 +400,8 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 	}
 	if cfg.HTTP.Enabled {
 		var stop func()
-		bal, stop, err = newBalancer(&cfg.HTTP, reg, log)
+		var balMetrics *balancer.Metrics
+		bal, balMetrics, stop, err = newBalancer(&cfg.HTTP, reg, log)
 		if err != nil {
 			return err
 		}
@@ -416,6 +417,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 			MaxPendingPerService:    cfg.HTTP.MaxPending,
 			TraceSampleRate:         cfg.HTTP.TraceSampleRate,
 			StreamIdleTimeout:       cfg.HTTP.StreamIdleTimeout,
+			PoolMetrics:             balMetrics,
 		}
 		if cfg.HTTP.AccessLog {
 			pcfg.HTTP.AccessLog = slog.New(slog.NewJSONHandler(logw, nil)).With("log", "access")
