@@ -82,8 +82,8 @@ type Config struct {
 	// requests are balanced per request over the endpoints of their
 	// authority, on pooled connections. Nil means off: outbound HTTP is
 	// forwarded opaquely to the original destination. It has no effect on
-	// an inbound Server, which always serves the mesh-h2 connections such
-	// an outbound proxy sends.
+	// an inbound Server, which always serves the HTTP/1.1 and mesh-h2
+	// connections such an outbound proxy sends.
 	HTTP *HTTPConfig
 }
 

@@ -20,7 +20,7 @@ func markdown(o *output) string {
 	switch o.MeshproxyHTTP {
 	case "http-aware":
 		p("**HTTP through meshproxy took its HTTP-aware path** (the client-side proxy counted the requests in `meshproxy_requests_total`): ")
-		p("it parses each request and sends it over pooled upstream connections (plaintext: HTTP/1.1 to the server pod; mTLS: HTTP/2 over one multiplexed mTLS connection), as the HAProxy HTTP pair parses each request and reuses server connections. ")
+		p("it parses each request and sends it over pooled upstream connections (plaintext: HTTP/1.1 to the server pod; mTLS: HTTP/1.1 over pooled mTLS connections to the server pod's proxy, one request at a time each), as the HAProxy HTTP pair parses each request and reuses server connections. ")
 		p("The HAProxy TCP and stunnel pairs forward the bytes of each client connection on a connection of its own.\n\n")
 	case "opaque":
 		p("**HTTP through meshproxy was forwarded as opaque TCP** (its client-side proxy counted no HTTP requests): the meshproxy HTTP figures are TCP forwarding of HTTP/1.1 bytes, like the HAProxy TCP pair; the HAProxy HTTP pair parses every request.\n\n")
