@@ -18,8 +18,8 @@ import (
 // timeout from arrival, well before hello delay plus timeout.
 func TestMeshInboundSlotWaitBoundedFromArrival(t *testing.T) {
 	const (
-		timeout    = 1500 * time.Millisecond
-		helloDelay = 1000 * time.Millisecond
+		timeout    = 2 * time.Second
+		helloDelay = 1600 * time.Millisecond
 		// Halfway between the bound (timeout) and the old one
 		// (helloDelay+timeout).
 		latest = timeout + helloDelay/2
