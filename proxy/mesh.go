@@ -153,10 +153,10 @@ type Mesh struct {
 	ProxyPorts []uint16
 	// HandshakeTimeout bounds the TLS handshake and, inbound, reading the
 	// client's hello and the transport header. Inbound, the wait for the
-	// hello, for a handshake slot and the handshake itself all end this
-	// long after the connection arrived; outbound, a dial may wait four
-	// times this for a slot (see MaxHandshakes), then has this long for
-	// the handshake. Zero means 10s.
+	// hello, the wait for a handshake slot, the handshake and the header
+	// all end this long after the connection arrived; outbound, a dial
+	// may wait four times this for a slot (see MaxHandshakes), then has
+	// this long for the handshake. Zero means 10s.
 	HandshakeTimeout time.Duration
 	// MaxHandshakes bounds how many TLS handshakes of this Server run at
 	// once; the others wait their turn instead of all competing for the
