@@ -183,7 +183,7 @@ func bufferedCopy(dst, src copyEnd, self, other *halfState, idle time.Duration, 
 		switch {
 		case err == nil, err == errWouldBlock:
 		case err == io.EOF:
-			self.done.Store(true)
+			clock.finished()
 			return nil
 		case idle > 0 && errors.Is(err, os.ErrDeadlineExceeded):
 			if err := clock.readTimedOut(src.c); err != nil {

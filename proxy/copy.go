@@ -96,19 +96,31 @@ func (c *idleClock) moved(now time.Time) {
 
 // readTimedOut handles a read deadline of src that fired (idle > 0): the
 // direction is quiet when nothing moved for idle; then errIdle if the
-// other direction is quiet too, else src's read deadline is set again
-// (idle after the last byte, or idle/2 from now when already quiet).
+// other direction is quiet (or finished) and had no activity for idle
+// either, else src's read deadline is set again (idle after the last
+// byte, or idle/2 from now when already quiet).
 func (c *idleClock) readTimedOut(src net.Conn) error {
 	now := time.Now()
 	next := time.Unix(0, c.self.last.Load()).Add(c.idle)
 	if !now.Before(next) {
 		c.self.quiet.Store(true)
-		if c.other.isQuiet() {
+		// The other direction must be quiet (or finished) for idle too: a
+		// direction that just ended (its EOF counts as activity) leaves
+		// the peer its idle time to answer, as after a request whose end
+		// is the client's half-close.
+		if c.other.isQuiet() && now.Sub(time.Unix(0, c.other.last.Load())) >= c.idle {
 			return errIdle
 		}
 		next = now.Add(c.idle / 2)
 	}
 	return src.SetReadDeadline(next)
+}
+
+// finished records the direction's EOF: it is done, and the EOF counts as
+// its last activity.
+func (c *idleClock) finished() {
+	c.self.last.Store(time.Now().UnixNano())
+	c.self.done.Store(true)
 }
 
 // stalled maps a write that hit its deadline to errWriteStall.
@@ -167,7 +179,7 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 		switch {
 		case err == nil, err == errWouldBlock:
 		case err == io.EOF:
-			self.done.Store(true)
+			clock.finished()
 			return nil
 		case errors.Is(err, errReadDeadline) && idle > 0:
 			if err := clock.readTimedOut(src); err != nil {

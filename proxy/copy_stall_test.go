@@ -108,3 +108,31 @@ func TestCopyWriteStall(t *testing.T) {
 		})
 	}
 }
+
+// TestIdleAfterOtherDirectionEnds: a quiet direction whose read deadline
+// fires just after the other direction reached EOF (a client that sent
+// its request and half-closed, the server about to answer) is not idle:
+// the EOF is activity, and the connection ends only when both directions
+// had none for the idle timeout. Before, a finished direction counted as
+// quiet however recent its end, and the answer was cut (reset) when the
+// deadline fired between the EOF and the answer.
+func TestIdleAfterOtherDirectionEnds(t *testing.T) {
+	const idle = time.Minute
+	a, _ := tcpPair(t)
+	var self, other halfState
+	self.last.Store(time.Now().Add(-2 * idle).UnixNano()) // quiet for long
+	other.last.Store(time.Now().Add(-2 * idle).UnixNano())
+	(&idleClock{idle: idle, self: &other, other: &self}).finished() // its EOF, now
+	c := idleClock{idle: idle, self: &self, other: &other}
+	if err := c.readTimedOut(a); err != nil {
+		t.Fatalf("deadline just after the other direction's EOF: %v; want the read deadline set again", err)
+	}
+	if !self.quiet.Load() {
+		t.Error("the direction is not marked quiet after idle without bytes")
+	}
+	// Once the EOF is idle old too, the connection is idle.
+	other.last.Store(time.Now().Add(-idle).UnixNano())
+	if err := c.readTimedOut(a); !errors.Is(err, errIdle) {
+		t.Errorf("deadline an idle timeout after the other direction's EOF: %v; want errIdle", err)
+	}
+}
