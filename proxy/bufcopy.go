@@ -121,12 +121,8 @@ func (e copyEnd) write(p []byte) (int, error) {
 
 // bufferedCopy moves bytes from src to dst until src reaches EOF (returns
 // nil; the caller half-closes) or an error. Bytes are counted as they
-// move. With idle > 0, a read deadline idle after the last byte marks the
-// direction quiet, and the copy ends with errIdle when the other
-// direction is quiet too; a write that makes no progress for about idle
-// ends it with errWriteStall. Deadlines are re-armed lazily (read: when
-// one fires; write: at most every idle/8), so a busy stream pays few
-// timer updates.
+// move. Idle and write-stall checks follow idle as idleClock says, as in
+// proxyCopy.
 //
 // When both ends are sockets of this package (fast), the copy waits for
 // bytes without a buffer, then takes a pooled copyBufSize one and reads
@@ -154,11 +150,9 @@ func bufferedCopy(dst, src copyEnd, self, other *halfState, idle time.Duration, 
 			copyPool.Put(bp)
 		}
 	}()
-	var wdSet time.Time
-	if idle > 0 {
-		if err := src.c.SetReadDeadline(time.Unix(0, self.last.Load()).Add(idle)); err != nil {
-			return err
-		}
+	clock := idleClock{idle: idle, self: self, other: other}
+	if err := clock.start(src.c); err != nil {
+		return err
 	}
 	for {
 		var n int
@@ -173,20 +167,13 @@ func bufferedCopy(dst, src copyEnd, self, other *halfState, idle time.Duration, 
 		}
 		if n > 0 {
 			now := time.Now()
-			if idle > 0 && now.Sub(wdSet) > idle/8 {
-				dst.c.SetWriteDeadline(now.Add(idle))
-				wdSet = now
-			}
+			clock.armWrite(dst.c, now)
 			w, werr := dst.write(buf[:n])
 			count.Add(float64(w))
 			total.Add(int64(w))
-			self.last.Store(now.UnixNano())
-			self.quiet.Store(false)
+			clock.moved(now)
 			if werr != nil {
-				if isTimeout(werr) {
-					return errWriteStall
-				}
-				return werr
+				return stalled(werr)
 			}
 		}
 		if fast && bp != nil && err != nil {
@@ -196,20 +183,10 @@ func bufferedCopy(dst, src copyEnd, self, other *halfState, idle time.Duration, 
 		switch {
 		case err == nil, err == errWouldBlock:
 		case err == io.EOF:
-			self.done.Store(true)
+			clock.finished()
 			return nil
 		case idle > 0 && errors.Is(err, os.ErrDeadlineExceeded):
-			now := time.Now()
-			last := time.Unix(0, self.last.Load())
-			next := last.Add(idle)
-			if !now.Before(next) {
-				self.quiet.Store(true)
-				if other.isQuiet() {
-					return errIdle
-				}
-				next = now.Add(idle / 2)
-			}
-			if err := src.c.SetReadDeadline(next); err != nil {
+			if err := clock.readTimedOut(src.c); err != nil {
 				return err
 			}
 		default:

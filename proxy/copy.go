@@ -55,6 +55,82 @@ type halfState struct {
 // isQuiet reports whether the direction is confirmed idle or finished.
 func (h *halfState) isQuiet() bool { return h.done.Load() || h.quiet.Load() }
 
+// idleClock is the idle and write-stall bookkeeping of one direction of a
+// copy, the same for the spliced (proxyCopy) and the buffered
+// (bufferedCopy) copier. With idle > 0, a read deadline idle after the
+// direction's last byte marks it quiet (readTimedOut), and the copy ends
+// with errIdle when the other direction is quiet too, so one direction
+// busy keeps the connection; the destination's write deadline is set
+// idle ahead whenever bytes move (armWrite), so a write that makes no
+// progress for about idle fails: errWriteStall. Deadlines are re-armed
+// lazily (read: when one fires; write: at most every idle/8), so a busy
+// stream pays few timer updates. Zero idle disables both checks.
+type idleClock struct {
+	idle        time.Duration
+	self, other *halfState
+	wdSet       time.Time // when the write deadline was last set
+}
+
+// start sets src's first read deadline, idle after the last byte.
+func (c *idleClock) start(src net.Conn) error {
+	if c.idle <= 0 {
+		return nil
+	}
+	return src.SetReadDeadline(time.Unix(0, c.self.last.Load()).Add(c.idle))
+}
+
+// armWrite moves dst's write deadline to idle after now, unless it was
+// moved less than idle/8 ago.
+func (c *idleClock) armWrite(dst net.Conn, now time.Time) {
+	if c.idle > 0 && now.Sub(c.wdSet) > c.idle/8 {
+		dst.SetWriteDeadline(now.Add(c.idle))
+		c.wdSet = now
+	}
+}
+
+// moved records that bytes moved (were counted) at now.
+func (c *idleClock) moved(now time.Time) {
+	c.self.last.Store(now.UnixNano())
+	c.self.quiet.Store(false)
+}
+
+// readTimedOut handles a read deadline of src that fired (idle > 0): the
+// direction is quiet when nothing moved for idle; then errIdle if the
+// other direction is quiet (or finished) and had no activity for idle
+// either, else src's read deadline is set again (idle after the last
+// byte, or idle/2 from now when already quiet).
+func (c *idleClock) readTimedOut(src net.Conn) error {
+	now := time.Now()
+	next := time.Unix(0, c.self.last.Load()).Add(c.idle)
+	if !now.Before(next) {
+		c.self.quiet.Store(true)
+		// The other direction must be quiet (or finished) for idle too: a
+		// direction that just ended (its EOF counts as activity) leaves
+		// the peer its idle time to answer, as after a request whose end
+		// is the client's half-close.
+		if c.other.isQuiet() && now.Sub(time.Unix(0, c.other.last.Load())) >= c.idle {
+			return errIdle
+		}
+		next = now.Add(c.idle / 2)
+	}
+	return src.SetReadDeadline(next)
+}
+
+// finished records the direction's EOF: it is done, and the EOF counts as
+// its last activity.
+func (c *idleClock) finished() {
+	c.self.last.Store(time.Now().UnixNano())
+	c.self.done.Store(true)
+}
+
+// stalled maps a write that hit its deadline to errWriteStall.
+func stalled(err error) error {
+	if isTimeout(err) {
+		return errWriteStall
+	}
+	return err
+}
+
 // proxyCopy moves bytes from src to dst until src reaches EOF (returns nil,
 // leaving the half-close to the caller) or an error. It never wraps the
 // conns: the kernel splices, through a pipe the direction takes from a
@@ -62,14 +138,10 @@ func (h *halfState) isQuiet() bool { return h.done.Load() || h.quiet.Load() }
 // pipe, and no buffer). Each wake-up moves everything src has (up to
 // maxBurst) with non-blocking splices, and is counted when it ends.
 //
-// With idle > 0, a read deadline idle after the last byte marks the
-// direction quiet, and the copy ends with errIdle when the other
-// direction is quiet too (so one direction busy keeps the connection);
-// a write that makes no progress for about idle ends it with
-// errWriteStall. Deadlines are re-armed lazily (read: when one fires;
-// write: at most every idle/8), so a busy stream pays few timer updates.
-// A connection is thus closed between idle and about 1.5 times idle after
-// its last byte. Zero idle disables both checks; the counters stay live.
+// Idle and write-stall checks follow idle as idleClock says: a connection
+// is closed between idle and about 1.5 times idle after its last byte,
+// and a write that makes no progress for about idle ends the copy with
+// errWriteStall. Zero idle disables both checks; the counters stay live.
 // When no pipe can be made (out of files), the burst goes through a
 // pooled buffer instead.
 func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration, count prometheus.Counter, total *atomic.Int64) error {
@@ -81,11 +153,9 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 	if err != nil {
 		return err
 	}
-	var wdSet time.Time
-	if idle > 0 {
-		if err := src.SetReadDeadline(time.Unix(0, self.last.Load()).Add(idle)); err != nil {
-			return err
-		}
+	clock := idleClock{idle: idle, self: self, other: other}
+	if err := clock.start(src); err != nil {
+		return err
 	}
 	for {
 		err := waitReadable(src)
@@ -94,42 +164,25 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 		}
 		if err == nil {
 			if idle > 0 {
-				if now := time.Now(); now.Sub(wdSet) > idle/8 {
-					dst.SetWriteDeadline(now.Add(idle))
-					wdSet = now
-				}
+				clock.armWrite(dst, time.Now())
 			}
 			err = spliceBurst(dstRC, srcRC, dst, src, func(n int64) {
 				count.Add(float64(n))
 				total.Add(n)
 				now := time.Now()
-				self.last.Store(now.UnixNano())
-				self.quiet.Store(false)
+				clock.moved(now)
 				// A burst may be megabytes: a reader that keeps
 				// taking them is not stalled, however long it takes.
-				if idle > 0 && now.Sub(wdSet) > idle/8 {
-					dst.SetWriteDeadline(now.Add(idle))
-					wdSet = now
-				}
+				clock.armWrite(dst, now)
 			})
 		}
 		switch {
 		case err == nil, err == errWouldBlock:
 		case err == io.EOF:
-			self.done.Store(true)
+			clock.finished()
 			return nil
 		case errors.Is(err, errReadDeadline) && idle > 0:
-			now := time.Now()
-			last := time.Unix(0, self.last.Load())
-			next := last.Add(idle)
-			if !now.Before(next) {
-				self.quiet.Store(true)
-				if other.isQuiet() {
-					return errIdle
-				}
-				next = now.Add(idle / 2)
-			}
-			if err := src.SetReadDeadline(next); err != nil {
+			if err := clock.readTimedOut(src); err != nil {
 				return err
 			}
 		default:
@@ -193,11 +246,8 @@ func spliceBurst(dstRC, srcRC syscall.RawConn, dst, src *net.TCPConn, delivered 
 			if err == nil && serr != nil {
 				err = os.NewSyscallError("splice", serr)
 			}
-			if isTimeout(err) {
-				return errWriteStall
-			}
 			if err != nil {
-				return err
+				return stalled(err)
 			}
 			p.inPipe -= int(m)
 			moved += m
@@ -225,11 +275,8 @@ func copyBurst(dst, src *net.TCPConn, delivered func(int64)) error {
 		if m > 0 {
 			delivered(int64(m))
 		}
-		if isTimeout(werr) {
-			werr = errWriteStall
-		}
 		if werr != nil {
-			return werr
+			return stalled(werr)
 		}
 	}
 	return err

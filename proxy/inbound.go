@@ -24,20 +24,24 @@ func (s *Server) handleMeshInbound(k *conn) error {
 	}
 	tc := tls.Server(newBatchConn(k.c), s.mesh.serverTLS)
 	k.track(tc)
-	// Take a handshake slot (Mesh.MaxHandshakes) only once the client's
-	// hello is there, so clients that are slow to send it hold none.
-	k.c.SetReadDeadline(time.Now().Add(s.mesh.hsTimeout))
+	// The client's hello, a handshake slot (Mesh.MaxHandshakes) and the
+	// handshake all fit in one handshake timeout from the connection's
+	// arrival: past it the client gave up, and a slot spent on it would
+	// be wasted on a dead connection. The slot is taken only once the
+	// hello is there, so clients slow to send it hold none.
+	deadline := k.start.Add(s.mesh.hsTimeout)
+	k.c.SetReadDeadline(deadline)
 	if err := waitReadable(k.c); err != nil {
 		k.begin(connLabels{tls: TLSTrue})
 		return s.refuse(k, handshakeReason(err), fmt.Errorf("mesh handshake: waiting for the client hello: %w", err))
 	}
-	release, err := s.mesh.handshakeSlot(k.ctx, 1)
+	release, err := s.mesh.handshakeSlot(k.ctx, time.Until(deadline))
 	if err != nil {
 		k.begin(connLabels{tls: TLSTrue})
 		return s.refuse(k, handshakeReason(err), fmt.Errorf("mesh handshake: %w", err))
 	}
-	tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
-	err = tc.HandshakeContext(k.ctx)
+	tc.SetDeadline(deadline)
+	err = s.mesh.handshake(k.ctx, tc)
 	release()
 	if err != nil {
 		k.begin(connLabels{tls: TLSTrue})

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"meshproxy/balancer"
@@ -151,20 +152,26 @@ type Mesh struct {
 	// DefaultProxyPorts; Port is always included.
 	ProxyPorts []uint16
 	// HandshakeTimeout bounds the TLS handshake and, inbound, reading the
-	// client's hello and the transport header. A handshake may wait this
-	// long for a slot inbound, four times this outbound (see
-	// MaxHandshakes). Zero means 10s.
+	// client's hello and the transport header. Inbound, the wait for the
+	// hello, the wait for a handshake slot, the handshake and the header
+	// all end this long after the connection arrived; outbound, a dial
+	// may wait four times this for a slot (see MaxHandshakes), then has
+	// this long for the handshake. Zero means 10s.
 	HandshakeTimeout time.Duration
 	// MaxHandshakes bounds how many TLS handshakes of this Server run at
 	// once; the others wait their turn instead of all competing for the
-	// CPU. Outbound, a dial waits for its slot before it connects, so the
-	// server proxy sees the connection only when the hello follows. Without a bound, a burst of thousands of
-	// new mesh connections keeps thousands of goroutines runnable with
-	// handshake cryptography, the runtime gets to a finished connect or a
-	// waiting accept seconds late, and dials fail their connect timeout
-	// although the kernel connected them. Queued handshakes also resume
-	// the sessions the first ones established, which costs far less. Zero
-	// means DefaultMaxHandshakes.
+	// CPU. Without a bound, a burst of thousands of new mesh connections
+	// keeps thousands of goroutines runnable with handshake cryptography,
+	// the runtime gets to a finished connect or a waiting accept seconds
+	// late, and dials fail their connect timeout although the kernel
+	// connected them. Queued handshakes also resume the sessions the first
+	// ones established, which costs far less. Outbound, a dial takes its
+	// slot before it connects, so the server proxy sees the connection
+	// only when the hello follows (a connection queued at the client
+	// would use up the server's handshake timeout); a connect not done
+	// within a short grace (a destination dropping SYNs) gives its slot
+	// back and queues again once connected. Zero means
+	// DefaultMaxHandshakes.
 	MaxHandshakes int
 	// Cache remembers which destinations are meshed. Nil means a new
 	// balancer.MeshCache with its defaults (10k addresses, meshed for 1h
@@ -208,6 +215,9 @@ type meshRuntime struct {
 	localID    string
 	// hsSlots holds a token per running handshake (MaxHandshakes).
 	hsSlots chan struct{}
+	// inHandshake counts the TLS handshakes running now, peakHandshakes
+	// the most that ever ran at once (for tests: never above the slots).
+	inHandshake, peakHandshakes atomic.Int64
 }
 
 func newMeshRuntime(m Mesh) *meshRuntime {
@@ -275,7 +285,7 @@ func wrapServerTLS(cfg *tls.Config) *tls.Config {
 }
 
 // errHandshakeQueue is the error of a handshake that waited its whole
-// timeout for a slot (Mesh.MaxHandshakes).
+// allowance for a slot (Mesh.MaxHandshakes).
 var errHandshakeQueue = fmt.Errorf("waited too long for a TLS handshake slot: %w (the proxy is busy with other handshakes; see Mesh.MaxHandshakes)", os.ErrDeadlineExceeded)
 
 // slotQueueFactor is how many handshake timeouts an outbound dial may
@@ -283,15 +293,18 @@ var errHandshakeQueue = fmt.Errorf("waited too long for a TLS handshake slot: %w
 // queues for several seconds and still succeeds.
 const slotQueueFactor = 4
 
-// handshakeSlot waits for a free handshake slot until ctx ends or factor
-// handshake timeouts pass, and returns the function that frees it.
-func (r *meshRuntime) handshakeSlot(ctx context.Context, factor int) (release func(), err error) {
+// handshakeSlot waits for a free handshake slot until ctx ends or wait
+// passes, and returns the function that frees it.
+func (r *meshRuntime) handshakeSlot(ctx context.Context, wait time.Duration) (release func(), err error) {
 	select {
 	case r.hsSlots <- struct{}{}:
 		return r.releaseSlot, nil
 	default:
 	}
-	t := time.NewTimer(time.Duration(factor) * r.hsTimeout)
+	if wait <= 0 {
+		return nil, errHandshakeQueue
+	}
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case r.hsSlots <- struct{}{}:
@@ -301,6 +314,21 @@ func (r *meshRuntime) handshakeSlot(ctx context.Context, factor int) (release fu
 	case <-t.C:
 		return nil, errHandshakeQueue
 	}
+}
+
+// handshake runs tc's handshake, holding a slot the caller took, and
+// keeps count of the handshakes in progress (inHandshake, peakHandshakes).
+func (r *meshRuntime) handshake(ctx context.Context, tc *tls.Conn) error {
+	n := r.inHandshake.Add(1)
+	for {
+		peak := r.peakHandshakes.Load()
+		if n <= peak || r.peakHandshakes.CompareAndSwap(peak, n) {
+			break
+		}
+	}
+	err := tc.HandshakeContext(ctx)
+	r.inHandshake.Add(-1)
+	return err
 }
 
 func (r *meshRuntime) releaseSlot() { <-r.hsSlots }

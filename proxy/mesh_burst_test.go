@@ -115,9 +115,31 @@ func TestMeshHandshakeBurst(t *testing.T) {
 	t.Logf("%d mTLS connections opened at once: %d failed, %v", n, failed.Load(), time.Since(start).Round(10*time.Millisecond))
 	if f := failed.Load(); f > 0 {
 		t.Errorf("%d of %d connections failed; first: %v", f, n, firstErr)
-		for _, l := range []*logBuf{e.outLog, e.inLog} {
+		for name, l := range map[string]*logBuf{"outbound": e.outLog, "inbound": e.inLog} {
+			t.Logf("%s log reasons: %v", name, logReasons(l.String()))
 			lines := strings.SplitN(l.String(), "\n", 4)
-			t.Logf("log: %s", strings.Join(lines[:min(3, len(lines))], "\n"))
+			t.Logf("%s log: %s", name, strings.Join(lines[:min(3, len(lines))], "\n"))
 		}
 	}
+	// Handshakes ran in their slots: never more at once than the bound,
+	// on either side (each Server has its own).
+	for _, s := range []*Server{e.out, e.in} {
+		if peak, most := s.mesh.peakHandshakes.Load(), int64(cap(s.mesh.hsSlots)); peak > most || peak == 0 {
+			t.Errorf("%s: peak concurrent handshakes = %d; want 1 to %d (Mesh.MaxHandshakes)", s.dir, peak, most)
+		} else {
+			t.Logf("%s: peak concurrent handshakes %d (bound %d)", s.dir, peak, most)
+		}
+	}
+}
+
+// logReasons counts a log's lines by their reason= value.
+func logReasons(log string) map[string]int {
+	m := map[string]int{}
+	for line := range strings.SplitSeq(log, "\n") {
+		if _, r, ok := strings.Cut(line, " reason="); ok {
+			r, _, _ = strings.Cut(r, " ")
+			m[r]++
+		}
+	}
+	return m
 }

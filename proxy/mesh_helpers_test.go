@@ -79,6 +79,7 @@ type meshOpts struct {
 	clientCA        *identity.CA
 	noInbound       bool // leave the mesh port closed
 	outHTTP         *HTTPConfig
+	outConfig       func(*Config) // adjust the outbound Server's config
 }
 
 func newMeshEnv(t testing.TB, o meshOpts) *meshEnv {
@@ -119,6 +120,9 @@ func newMeshEnv(t testing.TB, o meshOpts) *meshEnv {
 	oc, ic := base, base
 	oc.Mesh, ic.Mesh = om, im
 	oc.HTTP = o.outHTTP
+	if o.outConfig != nil {
+		o.outConfig(&oc)
+	}
 	e.out = NewServer(Outbound, oc, e.outM, logger(e.outLog))
 	e.in = NewServer(Inbound, ic, e.inM, logger(e.inLog))
 	if ln != nil {

@@ -9,8 +9,11 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"meshproxy/balancer"
 	"meshproxy/identity"
@@ -166,17 +169,11 @@ func (s *Server) detectWhileDialing(k *conn, dialc <-chan meshDial, cancelDial c
 func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool) meshDial {
 	ip = ip.Unmap()
 	addr := netip.AddrPortFrom(ip, s.mesh.port)
-	// Wait for a handshake slot (bounded concurrency, see
-	// Mesh.MaxHandshakes) before connecting, so the server proxy sees the
-	// connection only when its hello follows, and the connect timeout
-	// covers the TCP connect only.
-	release, err := s.mesh.handshakeSlot(ctx, slotQueueFactor)
-	if err != nil {
+	d := net.Dialer{Timeout: s.connectTimeoutFor(ctx)}
+	raw, release, queued, err := s.connectInSlot(ctx, &d, addr)
+	if queued {
 		return meshDial{err: fmt.Errorf("mesh handshake with %s: %w", addr, err), reason: reasonTimeout}
 	}
-	defer release()
-	d := net.Dialer{Timeout: s.connectTimeoutFor(ctx)}
-	raw, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		if !known && ctx.Err() == nil && notListening(err) && s.mesh.cache.SetUnmeshed(ip) {
 			return meshDial{plain: true}
@@ -188,38 +185,36 @@ func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool
 		return meshDial{err: fmt.Errorf(what+": %w", addr, err), reason: reasonConnect}
 	}
 	if s.mesh.cfg.ClientTLS == nil {
+		release()
 		raw.Close()
 		return meshDial{err: errors.New("mesh: no client TLS configured (Mesh.ClientTLS is nil)"), reason: reasonHandshake}
 	}
-	tc := tls.Client(newBatchConn(raw.(*net.TCPConn)), s.mesh.cfg.ClientTLS(nil))
-	tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
-	err = tc.HandshakeContext(ctx)
-	if err != nil && ctx.Err() == nil {
+	tc, resumed, err := s.clientHandshake(ctx, raw, release, s.mesh.cfg.ClientTLS(nil))
+	if err != nil && resumed && ctx.Err() == nil {
 		// A resumed session carries the certificates of the handshake that
 		// made it; one whose peer certificate expires between the resume
 		// offer and verification fails by milliseconds. Retry once with a
-		// full handshake, without the session cache: a genuine failure
-		// fails again, and no application byte has been sent yet.
-		raw.Close()
+		// full handshake, without the session cache: no application byte
+		// has been sent yet. Only a refused resumption is retried: any
+		// other failure (an untrusted peer, a timeout) would fail again.
 		cfg := s.mesh.cfg.ClientTLS(nil)
 		cfg.ClientSessionCache = nil
-		raw, err = d.DialContext(ctx, "tcp", addr.String())
+		raw, release, queued, err = s.connectInSlot(ctx, &d, addr)
+		if queued {
+			return meshDial{err: fmt.Errorf("mesh handshake with %s, again in full: %w", addr, err), reason: reasonTimeout}
+		}
 		if err != nil {
 			return meshDial{err: fmt.Errorf("dialing mesh port %s again for a full handshake: %w", addr, err), reason: reasonConnect}
 		}
-		tc = tls.Client(newBatchConn(raw.(*net.TCPConn)), cfg)
-		tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
-		err = tc.HandshakeContext(ctx)
+		tc, _, err = s.clientHandshake(ctx, raw, release, cfg)
 	}
 	if err != nil {
-		raw.Close()
 		reason := handshakeReason(err)
 		if reason == reasonNoClientCert || reason == reasonNoALPN || reason == reasonNotTLS {
 			reason = reasonHandshake // inbound-only reasons
 		}
 		return meshDial{err: fmt.Errorf("mesh handshake with %s: %w", addr, err), reason: reason}
 	}
-	tc.SetDeadline(time.Time{})
 	id, err := identity.PeerID(tc.ConnectionState())
 	if err != nil {
 		tc.Close()
@@ -229,6 +224,101 @@ func (s *Server) dialMesh(ctx context.Context, ip netip.Addr, known, forced bool
 		s.mesh.cache.SetMeshed(ip)
 	}
 	return meshDial{tc: tc, serverID: id.String()}
+}
+
+// connectSlotGrace is how long a mesh dial keeps its handshake slot
+// while the kernel is still trying to connect: far longer than a connect
+// takes when the peer answers, far shorter than the connect timeout of
+// one that drops SYNs (its first retransmission is after 1s).
+const connectSlotGrace = 250 * time.Millisecond
+
+// connectInSlot takes a handshake slot (Mesh.MaxHandshakes), waiting up to
+// slotQueueFactor handshake timeouts (queued reports a failure of that
+// wait), then connects to addr with d. The slot is taken before the
+// connect so that the server proxy sees the connection only when the
+// hello follows: a dial queued after connecting would leave the server
+// waiting for its hello, and under a burst the server gives up first.
+// But a connect the kernel is still trying after connectSlotGrace (a
+// destination dropping SYNs waits out its connect timeout) gives its
+// slot back, so a few such dials cannot hold every slot; once connected
+// it queues for another, for up to half a handshake timeout. A connect
+// the kernel finished keeps its slot however late the dial notices (a
+// runtime busy with a burst's handshakes can take seconds). On success
+// the caller owns the connection and the slot (release).
+func (s *Server) connectInSlot(ctx context.Context, d *net.Dialer, addr netip.AddrPort) (raw *net.TCPConn, release func(), queued bool, err error) {
+	release, err = s.mesh.handshakeSlot(ctx, slotQueueFactor*s.mesh.hsTimeout)
+	if err != nil {
+		return nil, nil, true, err
+	}
+	var (
+		sock     atomic.Value // syscall.RawConn of the connecting socket
+		gaveBack atomic.Bool
+		decided  = make(chan struct{})
+	)
+	dd := *d
+	dd.Control = func(_, _ string, rc syscall.RawConn) error {
+		sock.Store(rc)
+		return nil
+	}
+	grace := time.AfterFunc(connectSlotGrace, func() {
+		defer close(decided)
+		if rc, ok := sock.Load().(syscall.RawConn); ok && synSent(rc) {
+			gaveBack.Store(true)
+			release()
+		}
+	})
+	c, err := dd.DialContext(ctx, "tcp", addr.String())
+	if !grace.Stop() {
+		<-decided
+	}
+	if err != nil {
+		if !gaveBack.Load() {
+			release()
+		}
+		return nil, nil, false, err
+	}
+	raw = c.(*net.TCPConn)
+	if !gaveBack.Load() {
+		return raw, release, false, nil
+	}
+	release, err = s.mesh.handshakeSlot(ctx, s.mesh.hsTimeout/2)
+	if err != nil {
+		raw.Close()
+		return nil, nil, true, err
+	}
+	return raw, release, false, nil
+}
+
+// synSent reports whether the kernel is still trying to connect the
+// socket rc (state SYN_SENT). A closed socket is not.
+func synSent(rc syscall.RawConn) bool {
+	var state uint8
+	err := rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			state = info.State
+		}
+	})
+	return err == nil && state == tcpSynSent
+}
+
+// tcpSynSent is the kernel's TCP_SYN_SENT socket state (include/net/tcp_states.h).
+const tcpSynSent = 2
+
+// clientHandshake runs the mesh client handshake with cfg on the
+// connected raw, holding the slot that release frees; the handshake has
+// one handshake timeout. It closes raw on failure, and then reports
+// whether the server had taken the session cfg offered (the failure is a
+// refused resumption).
+func (s *Server) clientHandshake(ctx context.Context, raw *net.TCPConn, release func(), cfg *tls.Config) (tc *tls.Conn, resumed bool, err error) {
+	defer release()
+	tc = tls.Client(newBatchConn(raw), cfg)
+	tc.SetDeadline(time.Now().Add(s.mesh.hsTimeout))
+	if err := s.mesh.handshake(ctx, tc); err != nil {
+		raw.Close()
+		return nil, tc.ConnectionState().DidResume, err
+	}
+	tc.SetDeadline(time.Time{})
+	return tc, false, nil
 }
 
 // notListening reports a dial error meaning nothing serves the port:
