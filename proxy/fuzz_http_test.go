@@ -163,6 +163,17 @@ func refParse(in []byte) (complete []refRequest, partial *refRequest) {
 		if req.Close {
 			break
 		}
+		if req.Method == http.MethodPost {
+			// net/http's server skips up to 4 CR/LF bytes after a
+			// POST (RFC 9112 2.2 allows ignoring empty lines before a
+			// request line); the reference does the same.
+			peek, _ := br.Peek(4)
+			n := 0
+			for n < len(peek) && (peek[n] == '\r' || peek[n] == '\n') {
+				n++
+			}
+			br.Discard(n)
+		}
 	}
 	return complete, nil
 }
