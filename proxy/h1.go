@@ -710,6 +710,17 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	return clientKeep, nil
 }
 
+// bodyMayFollow reports whether the response just relayed had no body by
+// its framing (HEAD, 204, 304) while its head declared one (a
+// Content-Length above zero, or chunked): a broken upstream may send that
+// body anyway, later, where the next response on the connection is
+// expected. Such a connection to an app is not reused.
+func (c *h1Conn) bodyMayFollow() bool {
+	req, m := &c.b.req, &c.b.resp
+	noBody := string(req.method) == http.MethodHead || m.status == http.StatusNoContent || m.status == http.StatusNotModified
+	return noBody && (m.chunked || m.cl > 0)
+}
+
 // writeError writes a response the proxy makes itself.
 func (c *h1Conn) writeProxyError(status int, reason string, keep bool, authority string, start time.Time, res *h1Result) {
 	res.status, res.proxyErr = status, true

@@ -574,3 +574,112 @@ func TestH1GarbledHeadAnsweredAtOnce(t *testing.T) {
 		t.Errorf("garbled head: %d; want 400", resp.StatusCode)
 	}
 }
+
+// strayUpstream is a raw HTTP/1.1 upstream that answers HEAD and GET
+// /204 with a head declaring a body, and sends that "body" (itself a
+// whole response) a moment later, as broken servers do; other requests
+// get "METHOD /path". It counts its connections.
+func strayUpstream(t *testing.T) (netip.AddrPort, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go serveStray(c, bufio.NewReader(c), nil)
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String()), &accepted
+}
+
+// serveStray serves c as strayUpstream does, first answering req when
+// not nil.
+func serveStray(c net.Conn, br *bufio.Reader, req *http.Request) {
+	const stray = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!"
+	defer c.Close()
+	for {
+		if req == nil {
+			var err error
+			if req, err = http.ReadRequest(br); err != nil {
+				return
+			}
+		}
+		io.Copy(io.Discard, req.Body)
+		switch {
+		case req.Method == "HEAD", req.URL.Path == "/204":
+			status := "200 OK"
+			if req.Method != "HEAD" {
+				status = "204 No Content"
+			}
+			fmt.Fprintf(c, "HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n", status, len(stray))
+			time.Sleep(30 * time.Millisecond) // after the proxy kept the connection
+			io.WriteString(c, stray)
+		default:
+			body := req.Method + " " + req.URL.Path
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		}
+		req = nil
+	}
+}
+
+// TestH1StrayBytesAfterBodilessResponse: an upstream that sends a body
+// after a HEAD or 204 response (which has none) must not have those
+// bytes taken for the response to the next request on that connection
+// (another client's, through the pool).
+func TestH1StrayBytesAfterBodilessResponse(t *testing.T) {
+	up, _ := strayUpstream(t)
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, up)
+	for _, first := range []string{"HEAD /h", "GET /204"} {
+		rc := dialRaw(t, d)
+		rc.send(first + " HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+		method, _, _ := strings.Cut(first, " ")
+		if resp, body := rc.read(method); resp.StatusCode/100 != 2 || body != "" {
+			t.Fatalf("%s = %d %q", first, resp.StatusCode, body)
+		}
+		time.Sleep(100 * time.Millisecond) // the stray bytes arrive
+		rc2 := dialRaw(t, d)
+		rc2.send("GET /next HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+		if resp, body := rc2.read("GET"); resp.StatusCode != 200 || body != "GET /next" {
+			t.Errorf("after %s: GET /next = %d %q; want 200 %q (the upstream's stray bytes answered it)", first, resp.StatusCode, body, "GET /next")
+		}
+	}
+}
+
+// TestH1InboundStrayBytesAfterBodilessResponse: the same through two
+// proxies: the server proxy's kept app connection carries the stray
+// bytes, and the next request from the (pooled) mesh connection must
+// not get them as its answer.
+func TestH1InboundStrayBytesAfterBodilessResponse(t *testing.T) {
+	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		serveStray(c, brw.Reader, r)
+	}))
+	for _, first := range []string{"HEAD /h", "GET /204"} {
+		rc := dialRaw(t, d)
+		rc.send(first + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		method, _, _ := strings.Cut(first, " ")
+		if resp, body := rc.read(method); resp.StatusCode/100 != 2 || body != "" {
+			t.Fatalf("%s = %d %q", first, resp.StatusCode, body)
+		}
+		time.Sleep(100 * time.Millisecond) // the stray bytes arrive
+		rc2 := dialRaw(t, d)
+		rc2.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		if resp, body := rc2.read("GET"); resp.StatusCode != 200 || body != "GET /next" {
+			t.Errorf("after %s: GET /next = %d %q; want 200 %q (the app's stray bytes answered it)", first, resp.StatusCode, body, "GET /next")
+		}
+	}
+}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -139,6 +140,11 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 			}
 			clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
 				c.setCur(nil)
+				// A mesh peer is our own proxy, which relays only
+				// framed bytes; an app may not be.
+				if _, mesh := up.Conn.(*tls.Conn); !mesh && c.bodyMayFollow() {
+					keep = false
+				}
 				if keep {
 					up.Conn.SetDeadline(time.Time{})
 					h.pool.Put(up)
