@@ -683,3 +683,46 @@ func TestH1InboundStrayBytesAfterBodilessResponse(t *testing.T) {
 		}
 	}
 }
+
+// TestH1ChunkScannerStrictTrailer: the trailer of a chunked body is
+// relayed as it is, so the scanner accepts only strictly formed trailer
+// lines; a bare LF line (net/http ends the trailer there, other parsers
+// do not, and would take the next request for trailer fields) or a
+// malformed field is refused, whole or in pieces.
+func TestH1ChunkScannerStrictTrailer(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int // body length; -1: refused
+	}{
+		{"0\r\n\r\n", 5},
+		{"0\r\nX-T: a\r\n\r\nGET /", 13},
+		{"3\r\nabc\r\n0\r\nX-T: a\r\nY: b\r\n\r\n", 27},
+		{"0\r\nX-T: a\n\nGET /s HTTP/1.1\r\nHost: h\r\n\r\n", -1},
+		{"0\r\n\nGET /s HTTP/1.1\r\nHost: h\r\n\r\n", -1},
+		{"0\r\nX-T: a\r\n\nGET /s HTTP/1.1\r\nHost: h\r\n\r\n", -1},
+		{"0\r\nX T: a\r\n\r\n", -1},
+		{"0\r\n folded\r\n\r\n", -1},
+		{"0\r\nX-T: a\rb\r\n\r\n", -1},
+	} {
+		// Whole, then one byte at a time as a relay sees it.
+		for _, step := range []int{len(tc.in), 1} {
+			var s chunkScanner
+			got, pos := -1, 0
+			var err error
+			for end := step; pos <= len(tc.in) && err == nil && s.state != csDone; end += step {
+				var k int
+				k, err = s.scan([]byte(tc.in[pos:min(end, len(tc.in))]))
+				pos += k
+				if end >= len(tc.in) && s.state != csDone && err == nil {
+					break
+				}
+			}
+			if err == nil && s.state == csDone {
+				got = pos
+			}
+			if got != tc.want {
+				t.Errorf("%q (step %d): body length %d (err %v); want %d", tc.in, step, got, err, tc.want)
+			}
+		}
+	}
+}
