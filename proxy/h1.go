@@ -448,6 +448,27 @@ func appendField(out []byte, f h1Field) []byte {
 	return append(out, "\r\n"...)
 }
 
+// upWrite writes b to the upstream up, within the idle timeout: a
+// request's upload is bounded per write, not as a whole (the response
+// timeout starts once it is sent).
+func (c *h1Conn) upWrite(up net.Conn, b []byte) error {
+	if d := c.s.cfg.idleTimeout(); d > 0 {
+		c.upDeadline(func() { up.SetWriteDeadline(time.Now().Add(d)) })
+	}
+	_, err := up.Write(b)
+	return err
+}
+
+// upDeadline runs set (which sets a deadline on the upstream in use)
+// unless the exchange was killed: a kill's past deadline stays.
+func (c *h1Conn) upDeadline(set func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.dead {
+		set()
+	}
+}
+
 // sendRequest writes the request (head in c.b.out, n bytes of client
 // head) and its body to up. A replayable request is written from the
 // client buffer without consuming it (consumeSent does that once a
@@ -462,21 +483,18 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 			out = append(out, body...)
 			body = nil
 		}
-		if _, err := up.Write(out); err != nil {
+		if err := c.upWrite(up, out); err != nil {
 			return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
 		}
 		if len(body) > 0 {
-			if _, err := up.Write(body); err != nil {
+			if err := c.upWrite(up, body); err != nil {
 				return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
 			}
 		}
 		return false, nil
 	}
 	c.consume(n)
-	write := func(b []byte) error {
-		_, err := up.Write(b)
-		return err
-	}
+	write := func(b []byte) error { return c.upWrite(up, b) }
 	// The head goes with what is buffered of the body.
 	out := c.b.out
 	buf := c.cr.buffered()
@@ -486,7 +504,7 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 		c.consume(k)
 		m.cl -= int64(k)
 	}
-	if _, err := up.Write(out); err != nil {
+	if err := c.upWrite(up, out); err != nil {
 		return true, fmt.Errorf("%w: %w", errUpstreamWrite, err)
 	}
 	cl := m.cl

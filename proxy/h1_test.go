@@ -726,3 +726,38 @@ func TestH1ChunkScannerStrictTrailer(t *testing.T) {
 		}
 	}
 }
+
+// TestH1SlowUploadNotAResponseTimeout: ResponseHeaderTimeout bounds the
+// wait for the response once the request is sent (as net/http's), not
+// the upload of a slow request body.
+func TestH1SlowUploadNotAResponseTimeout(t *testing.T) {
+	bs := startBackends(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	}), 0, "127.0.0.1")
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{ResponseHeaderTimeout: 150 * time.Millisecond}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, bs[0].addr)
+	for _, chunked := range []bool{false, true} {
+		rc := dialRaw(t, d)
+		if chunked {
+			rc.send("POST /u HTTP/1.1\r\nHost: " + bs[0].addr.String() + "\r\nTransfer-Encoding: chunked\r\n\r\n")
+		} else {
+			rc.send("POST /u HTTP/1.1\r\nHost: " + bs[0].addr.String() + "\r\nContent-Length: 8\r\n\r\n")
+		}
+		for range 4 {
+			time.Sleep(100 * time.Millisecond) // 400ms in all, past the timeout
+			if chunked {
+				rc.send("2\r\nab\r\n")
+			} else {
+				rc.send("ab")
+			}
+		}
+		if chunked {
+			rc.send("0\r\n\r\n")
+		}
+		if resp, body := rc.read("POST"); resp.StatusCode != 200 || body != "abababab" {
+			t.Errorf("slow upload (chunked %v) = %d %q (%s); want 200 %q", chunked, resp.StatusCode, body, resp.Header.Get(headerProxyError), "abababab")
+		}
+	}
+}

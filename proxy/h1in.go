@@ -88,15 +88,14 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 			return fail(reasonAppUnreachable, false)
 		}
 		c.setCur(up)
-		if d := c.s.cfg.idleTimeout(); d > 0 {
-			up.SetDeadline(time.Now().Add(d))
-		} else {
-			up.SetDeadline(time.Time{})
-		}
+		c.upDeadline(func() { up.SetDeadline(time.Time{}) })
 		touched, err := c.sendRequest(up, n, replay)
 		var hn int
 		var got bool
 		if err == nil {
+			if d := c.s.cfg.idleTimeout(); d > 0 {
+				c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
+			}
 			hn, got, err = c.readResponse(up)
 		}
 		if err != nil {

@@ -214,14 +214,15 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 			return up, 0, false, err
 		}
 		c.setCur(up.Conn)
-		if d := h.cfg.ResponseHeaderTimeout; d > 0 {
-			up.Conn.SetDeadline(t0.Add(d))
-		} else {
-			up.Conn.SetDeadline(time.Time{})
-		}
+		c.upDeadline(func() { up.Conn.SetDeadline(time.Time{}) })
 		touched, err = c.sendRequest(up.Conn, n, replay)
 		var got bool
 		if err == nil {
+			// As net/http's, the response header timeout starts once
+			// the request is sent.
+			if d := h.cfg.ResponseHeaderTimeout; d > 0 {
+				c.upDeadline(func() { up.Conn.SetReadDeadline(time.Now().Add(d)) })
+			}
 			hn, got, err = c.readResponse(up.Conn)
 		}
 		if err == nil {
