@@ -105,8 +105,8 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 			if errors.Is(err, errClientBody) || c.k.ctx.Err() != nil {
 				return false
 			}
-			if reused && !got && replay && try < 2 {
-				continue // the app closed the kept connection
+			if reused && !got && replay && idempotentMethod(m.method) && try < 2 {
+				continue // the app closed the kept connection: once more, if idempotent
 			}
 			c.s.log.Debug("http delivery failed", "src", c.k.src, "target", c.target.String(), "error", err)
 			return fail("upstream", touched)

@@ -237,8 +237,11 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		if isTimeout(err) {
 			return up, 0, touched, errRespTimeout
 		}
-		if reused && !got && replay && try < 8 && c.k.ctx.Err() == nil {
-			continue // a kept connection the upstream had closed
+		// A kept connection the upstream had closed: send again, but
+		// only an idempotent request (as net/http's Transport), since
+		// the upstream may have acted on it before closing.
+		if reused && !got && replay && idempotentMethod(c.b.req.method) && try < 8 && c.k.ctx.Err() == nil {
+			continue
 		}
 		return up, 0, touched, err
 	}
