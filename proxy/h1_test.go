@@ -771,3 +771,25 @@ func TestH1SlowUploadNotAResponseTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestH1PlainPooledConnNotReusedOnceMeshed: a plaintext connection pooled
+// while its endpoint was known unmeshed is not reused once the endpoint is
+// known meshed: the request goes over mTLS (as the net/http path, whose
+// plain and mesh transports are apart), never in plaintext.
+func TestH1PlainPooledConnNotReusedOnceMeshed(t *testing.T) {
+	e, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Header.Get(headerXFCC))
+	}))
+	app := netip.MustParseAddr("127.0.0.1")
+	e.out.mesh.cache.SetUnmeshed(app)
+	rc := dialRaw(t, d)
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "" {
+		t.Fatalf("unmeshed: GET = %d %q; want 200 in plaintext (no client cert)", resp.StatusCode, body)
+	}
+	e.out.mesh.cache.SetMeshed(app)
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || !strings.Contains(body, clientID.String()) {
+		t.Errorf("meshed: GET = %d, app saw XFCC %q; want the request over mTLS from %s", resp.StatusCode, body, clientID)
+	}
+}

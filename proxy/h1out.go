@@ -198,10 +198,13 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 // byte is replaced by another when the request can be sent again.
 func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool, t0 time.Time) (up balancer.PooledConn[net.Conn], hn int, touched bool, err error) {
 	h := c.h
-	if m := c.s.mesh; m != nil && m.cfg.RequireOutboundTLS {
-		if state, _ := m.meshState(dst.Addr()); state == balancer.Unmeshed {
+	plainOK := true // a pooled plaintext connection may be used
+	if m := c.s.mesh; m != nil {
+		state, _ := m.meshState(dst.Addr())
+		if m.cfg.RequireOutboundTLS && state == balancer.Unmeshed {
 			return up, 0, false, errMeshRequired
 		}
+		plainOK = state == balancer.Unmeshed && !m.cfg.RequireOutboundTLS
 	}
 	ctx := c.k.ctx
 	if c.s.mesh != nil {
@@ -212,6 +215,13 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		up, reused, err = h.pool.Get(ctx, dst)
 		if err != nil {
 			return up, 0, false, err
+		}
+		if _, mesh := up.Conn.(*tls.Conn); reused && !mesh && !plainOK {
+			// Pooled while the endpoint was known unmeshed; it may be
+			// meshed now: never plaintext to it, dial again.
+			up.Conn.Close()
+			try--
+			continue
 		}
 		c.setCur(up.Conn)
 		c.upDeadline(func() { up.Conn.SetDeadline(time.Time{}) })
