@@ -72,9 +72,10 @@ type h1Conn struct {
 
 	// inbound: the app, its connection (nil until dialed) and the
 	// x-forwarded-client-cert value.
-	target netip.AddrPort
-	app    net.Conn
-	xfcc   string
+	target     netip.AddrPort
+	app        net.Conn // written under mu
+	appTracked bool     // the conn tracks h1AppCloser
+	xfcc       string
 
 	b  *h1Bufs  // nil while idle
 	cr h1Reader // the client

@@ -793,3 +793,60 @@ func TestH1PlainPooledConnNotReusedOnceMeshed(t *testing.T) {
 		t.Errorf("meshed: GET = %d, app saw XFCC %q; want the request over mTLS from %s", resp.StatusCode, body, clientID)
 	}
 }
+
+// TestH1InboundAppRedialsTrackedOnce: the server side redials its app
+// whenever the kept app connection closed; a long-lived mesh connection
+// must not pile up one tracked conn per dial (they were kept until the
+// mesh connection ended), and closing the tracked one closes the current
+// app connection.
+func TestH1InboundAppRedialsTrackedOnce(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			c.Close() // as an app that closes after each response
+		}
+	}()
+	srv := NewServer(Inbound, Config{}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	k := &conn{s: srv, ctx: t.Context()}
+	c := &h1Conn{s: srv, k: k, target: netip.MustParseAddrPort(ln.Addr().String())}
+	var last net.Conn
+	for range 20 {
+		up, _, err := c.appConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitPeerClosedConn(t, up)
+		last = up
+	}
+	k.mu.Lock()
+	n := len(k.closers)
+	k.mu.Unlock()
+	if n != 1 {
+		t.Errorf("after 20 app dials the connection tracks %d conns; want 1", n)
+	}
+	k.closeAll()
+	if _, err := last.Write([]byte("x")); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("the current app connection is still open after closeAll: write err %v", err)
+	}
+}
+
+// waitPeerClosedConn waits until c's peer has closed it (a peek sees
+// the end).
+func waitPeerClosedConn(t *testing.T, c net.Conn) {
+	t.Helper()
+	for end := time.Now().Add(2 * time.Second); appConnClean(c); {
+		if time.Now().After(end) {
+			t.Fatal("the app's close never arrived")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

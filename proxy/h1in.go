@@ -46,16 +46,53 @@ func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 			return c.app, true, nil
 		}
 		c.app.Close()
-		c.app = nil
+		c.setApp(nil)
 	}
 	nc, err := c.s.dial(c.k.ctx, c.target)
 	if err != nil {
 		return nil, false, err
 	}
-	c.k.track(nc)
-	c.app = nc
+	c.setApp(nc)
+	if !c.appTracked {
+		// Tracked once, as whatever app connection is current: one
+		// tracked conn per dial would pile up on a long-lived mesh
+		// connection whose app closes after each response.
+		c.appTracked = true
+		c.k.track(h1AppCloser{c})
+	}
 	return nc, false, nil
 }
+
+// setApp sets the current app connection (read by h1AppCloser).
+func (c *h1Conn) setApp(nc net.Conn) {
+	c.mu.Lock()
+	c.app = nc
+	c.mu.Unlock()
+}
+
+// h1AppCloser is the conn a server-side fast-path connection tracks for
+// its app connections: closing it closes the current one. Only Close is
+// used.
+type h1AppCloser struct{ c *h1Conn }
+
+// Close closes the current app connection, if any.
+func (a h1AppCloser) Close() error {
+	a.c.mu.Lock()
+	nc := a.c.app
+	a.c.mu.Unlock()
+	if nc == nil {
+		return nil
+	}
+	return nc.Close()
+}
+
+func (a h1AppCloser) Read([]byte) (int, error)         { return 0, net.ErrClosed }
+func (a h1AppCloser) Write([]byte) (int, error)        { return 0, net.ErrClosed }
+func (a h1AppCloser) LocalAddr() net.Addr              { return nil }
+func (a h1AppCloser) RemoteAddr() net.Addr             { return nil }
+func (a h1AppCloser) SetDeadline(time.Time) error      { return nil }
+func (a h1AppCloser) SetReadDeadline(time.Time) error  { return nil }
+func (a h1AppCloser) SetWriteDeadline(time.Time) error { return nil }
 
 // exchangeIn serves one request of the mesh connection (see exchange).
 func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Result) bool {
@@ -100,7 +137,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		}
 		if err != nil {
 			up.Close()
-			c.app = nil
+			c.setApp(nil)
 			c.setCur(nil)
 			if errors.Is(err, errClientBody) || c.k.ctx.Err() != nil {
 				return false
@@ -118,7 +155,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 			c.setCur(nil)
 			if !keep || c.bodyMayFollow() {
 				up.Close()
-				c.app = nil
+				c.setApp(nil)
 			}
 		})
 		return berr == nil && clientKeep
