@@ -850,3 +850,48 @@ func waitPeerClosedConn(t *testing.T, c net.Conn) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestH1EarlyResponseDuringUpload: an upstream that answers before it
+// read the whole body (413) and closes: the client gets that answer (as
+// through net/http's Transport), not a 502 of the proxy's.
+func TestH1EarlyResponseDuringUpload(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+			}()
+		}
+	}()
+	up := netip.MustParseAddrPort(ln.Addr().String())
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, up)
+	rc := dialRaw(t, d)
+	const size = 8 << 20
+	rc.send("POST /u HTTP/1.1\r\nHost: " + up.String() + "\r\nContent-Length: " + strconv.Itoa(size) + "\r\n\r\n")
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := rc.c.Write(chunk); err != nil {
+				return // the proxy closed: fine
+			}
+		}
+	}()
+	resp, body := rc.read("POST")
+	if resp.StatusCode != 413 || body != "big!" {
+		t.Errorf("early answer = %d %q (%s); want 413 %q", resp.StatusCode, body, resp.Header.Get(headerProxyError), "big!")
+	}
+}

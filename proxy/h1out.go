@@ -227,6 +227,20 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		c.upDeadline(func() { up.Conn.SetDeadline(time.Time{}) })
 		touched, err = c.sendRequest(up.Conn, n, replay)
 		var got bool
+		if errors.Is(err, errUpstreamWrite) && !errors.Is(err, errClientBody) {
+			// The upstream may have answered before it read the whole
+			// body, and closed (413, 401...): that answer is the
+			// client's, as through net/http's Transport. Neither
+			// connection is kept after it (the client's body is not
+			// all read).
+			var rerr error
+			if hn, got, rerr = c.readEarlyResponse(up.Conn); rerr == nil {
+				return up, hn, touched, nil
+			}
+			if got {
+				err = rerr
+			}
+		}
 		if err == nil {
 			// As net/http's, the response header timeout starts once
 			// the request is sent.
@@ -255,6 +269,23 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		}
 		return up, 0, touched, err
 	}
+}
+
+// readEarlyResponse reads the response an upstream sent before it read
+// the whole request (writing to it failed), within the response header
+// timeout; the exchange then ends both connections.
+func (c *h1Conn) readEarlyResponse(up net.Conn) (hn int, got bool, err error) {
+	d := c.h.cfg.ResponseHeaderTimeout
+	if d <= 0 {
+		d = DefaultResponseHeaderTimeout
+	}
+	c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
+	hn, got, err = c.readResponse(up)
+	if err == nil {
+		c.b.req.connClose = true  // the client's body is not all read
+		c.b.resp.connClose = true // nor is the upstream reusable
+	}
+	return hn, got, err
 }
 
 // dropResponse discards a response the client does not get (head of hn
