@@ -895,3 +895,33 @@ func TestH1EarlyResponseDuringUpload(t *testing.T) {
 		t.Errorf("early answer = %d %q (%s); want 413 %q", resp.StatusCode, body, resp.Header.Get(headerProxyError), "big!")
 	}
 }
+
+// TestH1InboundEarlyResponseDuringUpload: the same through two proxies:
+// the app answers 413 before reading the body and closes.
+func TestH1InboundEarlyResponseDuringUpload(t *testing.T) {
+	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+		c.(*net.TCPConn).SetLinger(0) // unread body: a reset, as the kernel does
+		c.Close()
+	}))
+	rc := dialRaw(t, d)
+	const size = 8 << 20
+	rc.send("POST /u HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: " + strconv.Itoa(size) + "\r\n\r\n")
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := rc.c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	resp, body := rc.read("POST")
+	if resp.StatusCode != 413 || body != "big!" {
+		t.Errorf("early answer = %d %q (%s); want 413 %q", resp.StatusCode, body, resp.Header.Get(headerProxyError), "big!")
+	}
+}

@@ -129,7 +129,16 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		touched, err := c.sendRequest(up, n, replay)
 		var hn int
 		var got bool
-		if err == nil {
+		if errors.Is(err, errUpstreamWrite) && !errors.Is(err, errClientBody) {
+			// The app answered before it read the whole body: see
+			// attemptOut.
+			var rerr error
+			if hn, got, rerr = c.readEarlyResponse(up); rerr == nil {
+				err = nil
+			} else if got {
+				err = rerr
+			}
+		} else if err == nil {
 			if d := c.s.cfg.idleTimeout(); d > 0 {
 				c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
 			}

@@ -275,9 +275,12 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 // the whole request (writing to it failed), within the response header
 // timeout; the exchange then ends both connections.
 func (c *h1Conn) readEarlyResponse(up net.Conn) (hn int, got bool, err error) {
-	d := c.h.cfg.ResponseHeaderTimeout
-	if d <= 0 {
-		d = DefaultResponseHeaderTimeout
+	d := DefaultResponseHeaderTimeout
+	switch {
+	case c.h != nil && c.h.cfg.ResponseHeaderTimeout > 0:
+		d = c.h.cfg.ResponseHeaderTimeout
+	case c.h == nil && c.s.cfg.idleTimeout() > 0:
+		d = min(d, c.s.cfg.idleTimeout())
 	}
 	c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
 	hn, got, err = c.readResponse(up)
