@@ -472,14 +472,17 @@ func (p *Pool[C]) Close() error {
 	p.once.Do(func() {
 		close(p.done)
 		p.wg.Wait()
-		if p.watch != nil {
-			p.watch.close()
-		}
 		p.mu.Lock()
 		p.closed = true
 		p.lru.Purge()
 		evicted := p.takeEvictedLocked()
 		p.mu.Unlock()
+		// Only now, when no Put can register a socket any more: the
+		// watcher closes its epoll descriptor as it stops, and a late
+		// registration could land on whatever reused that number.
+		if p.watch != nil {
+			p.watch.close()
+		}
 		closeAll(evicted)
 	})
 	return nil
