@@ -558,11 +558,37 @@ func (c *h1Conn) readResponse(up net.Conn) (n int, got bool, err error) {
 		case i >= 5:
 			return 0, true, errTooMany1xx
 		}
-		if err := c.writeClient(head); err != nil {
+		// Relayed as the final head is: HTTP/1.1, without hop-by-hop
+		// fields (those the 1xx's Connection names included).
+		if err := c.writeClient(c.responseHead(head, false)); err != nil {
 			return 0, true, fmt.Errorf("relaying a %d response: %w", m.status, err)
 		}
 		c.ur.r += n
 	}
+}
+
+// responseHead builds in c.b.out the head to relay for the response
+// head parsed into c.b.resp: HTTP/1.1, its fields less hop-by-hop ones,
+// and "Connection: close" when closing.
+func (c *h1Conn) responseHead(head []byte, closing bool) []byte {
+	m := &c.b.resp
+	line, _, _ := nextLine(head)
+	out := c.b.out[:0]
+	out = append(out, "HTTP/1.1"...)
+	out = append(out, line[8:]...)
+	out = append(out, "\r\n"...)
+	for _, f := range m.fields {
+		if m.hopByHop(f.name) {
+			continue
+		}
+		out = appendField(out, f)
+	}
+	if closing {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(out, "\r\n"...)
+	c.b.out = out
+	return out
 }
 
 // writeError marks a failure to write the relayed bytes.
@@ -652,24 +678,8 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 		}
 	}
 
-	head := c.ur.buf[c.ur.r : c.ur.r+n]
-	line, _, _ := nextLine(head)
-	out := c.b.out[:0]
-	out = append(out, "HTTP/1.1"...)
-	out = append(out, line[8:]...)
-	out = append(out, "\r\n"...)
-	for _, f := range m.fields {
-		if m.hopByHop(f.name) {
-			continue
-		}
-		out = appendField(out, f)
-	}
-	if !clientKeep {
-		out = append(out, "Connection: close\r\n"...)
-	}
-	out = append(out, "\r\n"...)
+	out := c.responseHead(c.ur.buf[c.ur.r:c.ur.r+n], !clientKeep)
 	c.ur.r += n
-	c.b.out = out
 
 	rd := c.s.cfg.idleTimeout()
 	if c.h != nil && c.h.cfg.StreamIdleTimeout > 0 {

@@ -925,3 +925,50 @@ func TestH1InboundEarlyResponseDuringUpload(t *testing.T) {
 		t.Errorf("early answer = %d %q (%s); want 413 %q", resp.StatusCode, body, resp.Header.Get(headerProxyError), "big!")
 	}
 }
+
+// TestH1InformationalHopByHop: a 1xx response is relayed as the final
+// one is, without hop-by-hop fields.
+func TestH1InformationalHopByHop(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		io.Copy(io.Discard, c)
+	}()
+	up := netip.MustParseAddrPort(ln.Addr().String())
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, up)
+	rc := dialRaw(t, d)
+	rc.send("GET / HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+	var info []string
+	for {
+		line, err := rc.r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line == "\r\n" {
+			break
+		}
+		info = append(info, strings.TrimSpace(line))
+	}
+	got := strings.Join(info, "|")
+	if got != "HTTP/1.1 103 Early Hints|Link: </a>" {
+		t.Errorf("relayed 1xx head = %q; want the status line and Link only", got)
+	}
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "ok" {
+		t.Errorf("final response = %d %q", resp.StatusCode, body)
+	}
+}
