@@ -450,6 +450,7 @@ func FuzzHTTPRequest(f *testing.F) {
 		// upstream must have seen the cut (never a shorter body that
 		// looks complete).
 		var extra []string
+		refused := false
 		for j, r := range recs {
 			if claimed[j] {
 				continue
@@ -457,6 +458,14 @@ func FuzzHTTPRequest(f *testing.F) {
 			if partial != nil && r.method == partial.req.Method && samePath(r.path, partial.req) &&
 				bytes.HasPrefix(partial.body, r.body) && r.bodyErr != nil {
 				partial = nil // at most once
+				continue
+			}
+			// The proxy, stricter than net/http about a chunked body
+			// (a trailer ended by a bare LF), may refuse the next
+			// request's body midway: the upstream saw the cut.
+			if k := len(answers); !refused && k < len(ref) && r.method == ref[k].req.Method && samePath(r.path, ref[k].req) &&
+				bytes.HasPrefix(ref[k].body, r.body) && r.bodyErr != nil && len(ref[k].req.TransferEncoding) > 0 {
+				refused = true // at most once
 				continue
 			}
 			extra = append(extra, fmt.Sprintf("%s %q body %q (body error %v)", r.method, r.path, r.body, r.bodyErr))
