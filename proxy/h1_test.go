@@ -972,3 +972,16 @@ func TestH1InformationalHopByHop(t *testing.T) {
 		t.Errorf("final response = %d %q", resp.StatusCode, body)
 	}
 }
+
+// TestH1ResponseHTTP10Chunked: an HTTP/1.0 response with
+// Transfer-Encoding is faulty framing (RFC 9112 6.1; net/http reads it
+// to the close, the chunked decoding would end it early): refused.
+func TestH1ResponseHTTP10Chunked(t *testing.T) {
+	var m h1Msg
+	if parseResponseHead([]byte("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), &m) {
+		t.Error("an HTTP/1.0 response with Transfer-Encoding: chunked was accepted")
+	}
+	if !parseResponseHead([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), &m) || !m.chunked {
+		t.Error("an HTTP/1.1 chunked response was refused")
+	}
+}

@@ -441,7 +441,9 @@ func parseResponseHead(head []byte, m *h1Msg) bool {
 		return false
 	}
 	m.status = int(n)
-	return parseFields(rest, m)
+	// RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty
+	// framing (net/http ignores it and reads to the close): refused.
+	return parseFields(rest, m) && !(m.http10 && m.chunked)
 }
 
 // hopByHop reports a header a proxy does not pass on (as
