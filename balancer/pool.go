@@ -109,7 +109,11 @@ type Pool[C io.Closer] struct {
 	idleN   int // idle connections over all endpoints
 	watch   *closeWatcher
 	watched map[int32]netip.AddrPort // watched idle sockets' endpoints
-	closed  bool
+	// hungUp holds watched sockets whose peer hung up while they were
+	// in use (the edge-triggered event comes once): their Put closes
+	// them instead of pooling a dead connection.
+	hungUp map[int32]struct{}
+	closed bool
 
 	done chan struct{}
 	once sync.Once
@@ -155,6 +159,7 @@ func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
 	if cfg.WatchClose {
 		p.watch = newCloseWatcher(p.peerClosed)
 		p.watched = map[int32]netip.AddrPort{}
+		p.hungUp = map[int32]struct{}{}
 	}
 	if iv := p.sweepInterval(); iv > 0 {
 		p.wg.Add(1)
@@ -218,6 +223,9 @@ func (p *Pool[C]) popIdle(addr netip.AddrPort) (idleConn[C], bool, error) {
 	(*idle)[n] = idleConn[C]{}
 	*idle = (*idle)[:n]
 	p.idleN--
+	if ic.fd >= 0 {
+		delete(p.watched, ic.fd) // in use: a hang-up now is remembered
+	}
 	return ic, true, nil
 }
 
@@ -243,12 +251,16 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 			idle = new([]idleConn[C])
 			p.lru.Add(pc.Addr, idle)
 		}
-		if len(*idle) < p.cfg.MaxIdlePerEndpoint {
-			p.watchLocked(&ic)
+		switch {
+		case len(*idle) >= p.cfg.MaxIdlePerEndpoint:
+			keep = false
+		case !p.watchLocked(&ic):
+			keep = false // its peer hung up while it was in use
+			p.stale.Add(1)
+			p.metrics.poolStaleConn()
+		default:
 			*idle = append(*idle, ic)
 			p.idleN++
-		} else {
-			keep = false
 		}
 	}
 	if keep && p.cfg.MaxIdle > 0 && p.idleN > p.cfg.MaxIdle {
@@ -263,25 +275,37 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 }
 
 // watchLocked has the close watcher watch an idle connection's socket:
-// registered at its first Put, it stays so until closed (a hang-up while
-// the connection is in use is the user's to see, and ignored).
-func (p *Pool[C]) watchLocked(ic *idleConn[C]) {
+// registered at its first Put, it stays so until closed. A hang-up
+// while the connection was in use (remembered by peerClosed, as the
+// edge-triggered event does not come again) makes it false: the
+// connection is dead and must not be pooled.
+func (p *Pool[C]) watchLocked(ic *idleConn[C]) bool {
 	if p.watch == nil {
-		return
+		return true
 	}
 	if ic.pc.watchFD == 0 {
 		nc, ok := any(ic.pc.Conn).(net.Conn)
 		if !ok {
-			return
+			return true
 		}
 		fd := fdOf(nc)
-		if fd < 0 || !p.watch.add(fd) {
-			return
+		if fd < 0 {
+			return true
+		}
+		// A mark left by an earlier socket with this number (closed
+		// while in use) is not this one's.
+		delete(p.hungUp, fd)
+		if !p.watch.add(fd) {
+			return true
 		}
 		ic.pc.watchFD = fd + 1
+	} else if _, hung := p.hungUp[ic.pc.watchFD-1]; hung {
+		delete(p.hungUp, ic.pc.watchFD-1)
+		return false
 	}
 	ic.fd = ic.pc.watchFD - 1
 	p.watched[ic.fd] = ic.pc.Addr
+	return true
 }
 
 // peerClosed drops and closes the idle connection on socket fd, whose
@@ -290,9 +314,12 @@ func (p *Pool[C]) peerClosed(fd int32) {
 	p.mu.Lock()
 	addr, ok := p.watched[fd]
 	if !ok {
+		// Not idle: in use since its first Put (or never watched).
+		p.hungUp[fd] = struct{}{}
 		p.mu.Unlock()
 		return
 	}
+	delete(p.watched, fd)
 	var gone []C
 	if idle, ok := p.lru.Peek(addr); ok {
 		for i, ic := range *idle {
@@ -445,14 +472,17 @@ func (p *Pool[C]) Close() error {
 	p.once.Do(func() {
 		close(p.done)
 		p.wg.Wait()
-		if p.watch != nil {
-			p.watch.close()
-		}
 		p.mu.Lock()
 		p.closed = true
 		p.lru.Purge()
 		evicted := p.takeEvictedLocked()
 		p.mu.Unlock()
+		// Only now, when no Put can register a socket any more: the
+		// watcher closes its epoll descriptor as it stops, and a late
+		// registration could land on whatever reused that number.
+		if p.watch != nil {
+			p.watch.close()
+		}
 		closeAll(evicted)
 	})
 	return nil

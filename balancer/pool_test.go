@@ -392,3 +392,53 @@ func TestPoolWatchClose(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolWatchHangUpWhileInUse: a watched connection whose peer hangs up
+// while it is in use (between Get and Put; the edge-triggered event comes
+// only then) must not be pooled and handed out again.
+func TestPoolWatchHangUpWhileInUse(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	p := newTestPool(t, PoolConfig[net.Conn]{WatchClose: true})
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	pc, _ := get(t, p, addr)
+	p.Put(pc) // registered with the watcher
+	pc, reused := get(t, p, addr)
+	if !reused {
+		t.Fatal("idle connection not reused")
+	}
+	srv := <-accepted
+	srv.Close() // hang-up while in use
+	waitPeerClosed(t, pc.Conn)
+	// Give the watcher's goroutine time to take the event (it comes
+	// once; without the fix it is dropped).
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		p.mu.Lock()
+		_, hung := p.hungUp[pc.watchFD-1]
+		p.mu.Unlock()
+		if hung || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.Put(pc)
+	pc2, reused := get(t, p, addr)
+	defer pc2.Conn.Close()
+	if reused {
+		t.Fatal("a connection whose peer hung up while in use was pooled and handed out again")
+	}
+	if st := p.Stats(); st.Stale != 1 {
+		t.Errorf("stats = %+v; want 1 stale", st)
+	}
+}

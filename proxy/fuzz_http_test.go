@@ -163,6 +163,17 @@ func refParse(in []byte) (complete []refRequest, partial *refRequest) {
 		if req.Close {
 			break
 		}
+		if req.Method == http.MethodPost {
+			// net/http's server skips up to 4 CR/LF bytes after a
+			// POST (RFC 9112 2.2 allows ignoring empty lines before a
+			// request line); the reference does the same.
+			peek, _ := br.Peek(4)
+			n := 0
+			for n < len(peek) && (peek[n] == '\r' || peek[n] == '\n') {
+				n++
+			}
+			br.Discard(n)
+		}
 	}
 	return complete, nil
 }
@@ -439,6 +450,7 @@ func FuzzHTTPRequest(f *testing.F) {
 		// upstream must have seen the cut (never a shorter body that
 		// looks complete).
 		var extra []string
+		refused := false
 		for j, r := range recs {
 			if claimed[j] {
 				continue
@@ -446,6 +458,14 @@ func FuzzHTTPRequest(f *testing.F) {
 			if partial != nil && r.method == partial.req.Method && samePath(r.path, partial.req) &&
 				bytes.HasPrefix(partial.body, r.body) && r.bodyErr != nil {
 				partial = nil // at most once
+				continue
+			}
+			// The proxy, stricter than net/http about a chunked body
+			// (a trailer ended by a bare LF), may refuse the next
+			// request's body midway: the upstream saw the cut.
+			if k := len(answers); !refused && k < len(ref) && r.method == ref[k].req.Method && samePath(r.path, ref[k].req) &&
+				bytes.HasPrefix(ref[k].body, r.body) && r.bodyErr != nil && len(ref[k].req.TransferEncoding) > 0 {
+				refused = true // at most once
 				continue
 			}
 			extra = append(extra, fmt.Sprintf("%s %q body %q (body error %v)", r.method, r.path, r.body, r.bodyErr))

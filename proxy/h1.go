@@ -72,9 +72,10 @@ type h1Conn struct {
 
 	// inbound: the app, its connection (nil until dialed) and the
 	// x-forwarded-client-cert value.
-	target netip.AddrPort
-	app    net.Conn
-	xfcc   string
+	target     netip.AddrPort
+	app        net.Conn // written under mu
+	appTracked bool     // the conn tracks h1AppCloser
+	xfcc       string
 
 	b  *h1Bufs  // nil while idle
 	cr h1Reader // the client
@@ -448,6 +449,27 @@ func appendField(out []byte, f h1Field) []byte {
 	return append(out, "\r\n"...)
 }
 
+// upWrite writes b to the upstream up, within the idle timeout: a
+// request's upload is bounded per write, not as a whole (the response
+// timeout starts once it is sent).
+func (c *h1Conn) upWrite(up net.Conn, b []byte) error {
+	if d := c.s.cfg.idleTimeout(); d > 0 {
+		c.upDeadline(func() { up.SetWriteDeadline(time.Now().Add(d)) })
+	}
+	_, err := up.Write(b)
+	return err
+}
+
+// upDeadline runs set (which sets a deadline on the upstream in use)
+// unless the exchange was killed: a kill's past deadline stays.
+func (c *h1Conn) upDeadline(set func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.dead {
+		set()
+	}
+}
+
 // sendRequest writes the request (head in c.b.out, n bytes of client
 // head) and its body to up. A replayable request is written from the
 // client buffer without consuming it (consumeSent does that once a
@@ -462,21 +484,18 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 			out = append(out, body...)
 			body = nil
 		}
-		if _, err := up.Write(out); err != nil {
+		if err := c.upWrite(up, out); err != nil {
 			return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
 		}
 		if len(body) > 0 {
-			if _, err := up.Write(body); err != nil {
+			if err := c.upWrite(up, body); err != nil {
 				return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
 			}
 		}
 		return false, nil
 	}
 	c.consume(n)
-	write := func(b []byte) error {
-		_, err := up.Write(b)
-		return err
-	}
+	write := func(b []byte) error { return c.upWrite(up, b) }
 	// The head goes with what is buffered of the body.
 	out := c.b.out
 	buf := c.cr.buffered()
@@ -486,7 +505,7 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 		c.consume(k)
 		m.cl -= int64(k)
 	}
-	if _, err := up.Write(out); err != nil {
+	if err := c.upWrite(up, out); err != nil {
 		return true, fmt.Errorf("%w: %w", errUpstreamWrite, err)
 	}
 	cl := m.cl
@@ -539,11 +558,37 @@ func (c *h1Conn) readResponse(up net.Conn) (n int, got bool, err error) {
 		case i >= 5:
 			return 0, true, errTooMany1xx
 		}
-		if err := c.writeClient(head); err != nil {
+		// Relayed as the final head is: HTTP/1.1, without hop-by-hop
+		// fields (those the 1xx's Connection names included).
+		if err := c.writeClient(c.responseHead(head, false)); err != nil {
 			return 0, true, fmt.Errorf("relaying a %d response: %w", m.status, err)
 		}
 		c.ur.r += n
 	}
+}
+
+// responseHead builds in c.b.out the head to relay for the response
+// head parsed into c.b.resp: HTTP/1.1, its fields less hop-by-hop ones,
+// and "Connection: close" when closing.
+func (c *h1Conn) responseHead(head []byte, closing bool) []byte {
+	m := &c.b.resp
+	line, _, _ := nextLine(head)
+	out := c.b.out[:0]
+	out = append(out, "HTTP/1.1"...)
+	out = append(out, line[8:]...)
+	out = append(out, "\r\n"...)
+	for _, f := range m.fields {
+		if m.hopByHop(f.name) {
+			continue
+		}
+		out = appendField(out, f)
+	}
+	if closing {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(out, "\r\n"...)
+	c.b.out = out
+	return out
 }
 
 // writeError marks a failure to write the relayed bytes.
@@ -633,24 +678,8 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 		}
 	}
 
-	head := c.ur.buf[c.ur.r : c.ur.r+n]
-	line, _, _ := nextLine(head)
-	out := c.b.out[:0]
-	out = append(out, "HTTP/1.1"...)
-	out = append(out, line[8:]...)
-	out = append(out, "\r\n"...)
-	for _, f := range m.fields {
-		if m.hopByHop(f.name) {
-			continue
-		}
-		out = appendField(out, f)
-	}
-	if !clientKeep {
-		out = append(out, "Connection: close\r\n"...)
-	}
-	out = append(out, "\r\n"...)
+	out := c.responseHead(c.ur.buf[c.ur.r:c.ur.r+n], !clientKeep)
 	c.ur.r += n
-	c.b.out = out
 
 	rd := c.s.cfg.idleTimeout()
 	if c.h != nil && c.h.cfg.StreamIdleTimeout > 0 {
@@ -708,6 +737,17 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 		return false, err
 	}
 	return clientKeep, nil
+}
+
+// bodyMayFollow reports whether the response just relayed had no body by
+// its framing (HEAD, 204, 304) while its head declared one (a
+// Content-Length above zero, or chunked): a broken upstream may send that
+// body anyway, later, where the next response on the connection is
+// expected. Such a connection to an app is not reused.
+func (c *h1Conn) bodyMayFollow() bool {
+	req, m := &c.b.req, &c.b.resp
+	noBody := string(req.method) == http.MethodHead || m.status == http.StatusNoContent || m.status == http.StatusNotModified
+	return noBody && (m.chunked || m.cl > 0)
 }
 
 // writeError writes a response the proxy makes itself.

@@ -243,8 +243,9 @@ func TestH1PooledConnectionClosedWhileIdle(t *testing.T) {
 
 // TestH1DeadPooledConnectionReplayed: an upstream that takes the second
 // request of a kept connection and closes without answering (the race of
-// a keep-alive timeout): the proxy sends the request again on a new
-// connection, and the client never sees the failure.
+// a keep-alive timeout): the proxy sends an idempotent request again on a
+// new connection, and the client never sees the failure; a POST, which
+// the upstream may have acted on, is answered 502 instead.
 func TestH1DeadPooledConnectionReplayed(t *testing.T) {
 	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -286,18 +287,27 @@ func TestH1DeadPooledConnectionReplayed(t *testing.T) {
 	for i, req := range []string{
 		"GET /a HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n",
 		"GET /b HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n",                           // reset, replayed
-		"POST /c HTTP/1.1\r\nHost: " + up.String() + "\r\nContent-Length: 4\r\n\r\nbody", // reset, small body kept, replayed
+		"PUT /c HTTP/1.1\r\nHost: " + up.String() + "\r\nContent-Length: 4\r\n\r\nbody",  // reset, small body kept, replayed
+		"POST /d HTTP/1.1\r\nHost: " + up.String() + "\r\nContent-Length: 4\r\n\r\nbody", // reset, not idempotent: not sent again
 	} {
 		rc.send(req)
 		method, _, _ := strings.Cut(req, " ")
 		resp, body := rc.read(method)
 		want := method + " /" + string(rune('a'+i))
+		if method == "POST" {
+			// The upstream may have acted on it before closing: the
+			// proxy must not send it again (as net/http's Transport).
+			if resp.StatusCode != 502 {
+				t.Errorf("request %d = %d %q; want 502 (a POST sent again after the upstream closed)", i, resp.StatusCode, body)
+			}
+			continue
+		}
 		if resp.StatusCode != 200 || body != want {
 			t.Errorf("request %d = %d %q; want 200 %q", i, resp.StatusCode, body, want)
 		}
 	}
 	if n := accepted.Load(); n != 3 {
-		t.Errorf("upstream accepted %d connections; want 3", n)
+		t.Errorf("upstream accepted %d connections; want 3 (the POST is not sent again)", n)
 	}
 }
 
@@ -572,5 +582,406 @@ func TestH1GarbledHeadAnsweredAtOnce(t *testing.T) {
 	}
 	if resp.StatusCode != 400 {
 		t.Errorf("garbled head: %d; want 400", resp.StatusCode)
+	}
+}
+
+// strayUpstream is a raw HTTP/1.1 upstream that answers HEAD and GET
+// /204 with a head declaring a body, and sends that "body" (itself a
+// whole response) a moment later, as broken servers do; other requests
+// get "METHOD /path". It counts its connections.
+func strayUpstream(t *testing.T) (netip.AddrPort, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go serveStray(c, bufio.NewReader(c), nil)
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String()), &accepted
+}
+
+// serveStray serves c as strayUpstream does, first answering req when
+// not nil.
+func serveStray(c net.Conn, br *bufio.Reader, req *http.Request) {
+	const stray = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!"
+	defer c.Close()
+	for {
+		if req == nil {
+			var err error
+			if req, err = http.ReadRequest(br); err != nil {
+				return
+			}
+		}
+		io.Copy(io.Discard, req.Body)
+		switch {
+		case req.Method == "HEAD", req.URL.Path == "/204":
+			status := "200 OK"
+			if req.Method != "HEAD" {
+				status = "204 No Content"
+			}
+			fmt.Fprintf(c, "HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n", status, len(stray))
+			time.Sleep(30 * time.Millisecond) // after the proxy kept the connection
+			io.WriteString(c, stray)
+		default:
+			body := req.Method + " " + req.URL.Path
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		}
+		req = nil
+	}
+}
+
+// TestH1StrayBytesAfterBodilessResponse: an upstream that sends a body
+// after a HEAD or 204 response (which has none) must not have those
+// bytes taken for the response to the next request on that connection
+// (another client's, through the pool).
+func TestH1StrayBytesAfterBodilessResponse(t *testing.T) {
+	up, _ := strayUpstream(t)
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, up)
+	for _, first := range []string{"HEAD /h", "GET /204"} {
+		rc := dialRaw(t, d)
+		rc.send(first + " HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+		method, _, _ := strings.Cut(first, " ")
+		if resp, body := rc.read(method); resp.StatusCode/100 != 2 || body != "" {
+			t.Fatalf("%s = %d %q", first, resp.StatusCode, body)
+		}
+		time.Sleep(100 * time.Millisecond) // the stray bytes arrive
+		rc2 := dialRaw(t, d)
+		rc2.send("GET /next HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+		if resp, body := rc2.read("GET"); resp.StatusCode != 200 || body != "GET /next" {
+			t.Errorf("after %s: GET /next = %d %q; want 200 %q (the upstream's stray bytes answered it)", first, resp.StatusCode, body, "GET /next")
+		}
+	}
+}
+
+// TestH1InboundStrayBytesAfterBodilessResponse: the same through two
+// proxies: the server proxy's kept app connection carries the stray
+// bytes, and the next request from the (pooled) mesh connection must
+// not get them as its answer.
+func TestH1InboundStrayBytesAfterBodilessResponse(t *testing.T) {
+	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		serveStray(c, brw.Reader, r)
+	}))
+	for _, first := range []string{"HEAD /h", "GET /204"} {
+		rc := dialRaw(t, d)
+		rc.send(first + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		method, _, _ := strings.Cut(first, " ")
+		if resp, body := rc.read(method); resp.StatusCode/100 != 2 || body != "" {
+			t.Fatalf("%s = %d %q", first, resp.StatusCode, body)
+		}
+		time.Sleep(100 * time.Millisecond) // the stray bytes arrive
+		rc2 := dialRaw(t, d)
+		rc2.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		if resp, body := rc2.read("GET"); resp.StatusCode != 200 || body != "GET /next" {
+			t.Errorf("after %s: GET /next = %d %q; want 200 %q (the app's stray bytes answered it)", first, resp.StatusCode, body, "GET /next")
+		}
+	}
+}
+
+// TestH1ChunkScannerStrictTrailer: the trailer of a chunked body is
+// relayed as it is, so the scanner accepts only strictly formed trailer
+// lines; a bare LF line (net/http ends the trailer there, other parsers
+// do not, and would take the next request for trailer fields) or a
+// malformed field is refused, whole or in pieces.
+func TestH1ChunkScannerStrictTrailer(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int // body length; -1: refused
+	}{
+		{"0\r\n\r\n", 5},
+		{"0\r\nX-T: a\r\n\r\nGET /", 13},
+		{"3\r\nabc\r\n0\r\nX-T: a\r\nY: b\r\n\r\n", 27},
+		{"0\r\nX-T: a\n\nGET /s HTTP/1.1\r\nHost: h\r\n\r\n", -1},
+		{"0\r\n\nGET /s HTTP/1.1\r\nHost: h\r\n\r\n", -1},
+		{"0\r\nX-T: a\r\n\nGET /s HTTP/1.1\r\nHost: h\r\n\r\n", -1},
+		{"0\r\nX T: a\r\n\r\n", -1},
+		{"0\r\n folded\r\n\r\n", -1},
+		{"0\r\nX-T: a\rb\r\n\r\n", -1},
+	} {
+		// Whole, then one byte at a time as a relay sees it.
+		for _, step := range []int{len(tc.in), 1} {
+			var s chunkScanner
+			got, pos := -1, 0
+			var err error
+			for end := step; pos <= len(tc.in) && err == nil && s.state != csDone; end += step {
+				var k int
+				k, err = s.scan([]byte(tc.in[pos:min(end, len(tc.in))]))
+				pos += k
+				if end >= len(tc.in) && s.state != csDone && err == nil {
+					break
+				}
+			}
+			if err == nil && s.state == csDone {
+				got = pos
+			}
+			if got != tc.want {
+				t.Errorf("%q (step %d): body length %d (err %v); want %d", tc.in, step, got, err, tc.want)
+			}
+		}
+	}
+}
+
+// TestH1SlowUploadNotAResponseTimeout: ResponseHeaderTimeout bounds the
+// wait for the response once the request is sent (as net/http's), not
+// the upload of a slow request body.
+func TestH1SlowUploadNotAResponseTimeout(t *testing.T) {
+	bs := startBackends(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	}), 0, "127.0.0.1")
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{ResponseHeaderTimeout: 150 * time.Millisecond}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, bs[0].addr)
+	for _, chunked := range []bool{false, true} {
+		rc := dialRaw(t, d)
+		if chunked {
+			rc.send("POST /u HTTP/1.1\r\nHost: " + bs[0].addr.String() + "\r\nTransfer-Encoding: chunked\r\n\r\n")
+		} else {
+			rc.send("POST /u HTTP/1.1\r\nHost: " + bs[0].addr.String() + "\r\nContent-Length: 8\r\n\r\n")
+		}
+		for range 4 {
+			time.Sleep(100 * time.Millisecond) // 400ms in all, past the timeout
+			if chunked {
+				rc.send("2\r\nab\r\n")
+			} else {
+				rc.send("ab")
+			}
+		}
+		if chunked {
+			rc.send("0\r\n\r\n")
+		}
+		if resp, body := rc.read("POST"); resp.StatusCode != 200 || body != "abababab" {
+			t.Errorf("slow upload (chunked %v) = %d %q (%s); want 200 %q", chunked, resp.StatusCode, body, resp.Header.Get(headerProxyError), "abababab")
+		}
+	}
+}
+
+// TestH1PlainPooledConnNotReusedOnceMeshed: a plaintext connection pooled
+// while its endpoint was known unmeshed is not reused once the endpoint is
+// known meshed: the request goes over mTLS (as the net/http path, whose
+// plain and mesh transports are apart), never in plaintext.
+func TestH1PlainPooledConnNotReusedOnceMeshed(t *testing.T) {
+	e, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Header.Get(headerXFCC))
+	}))
+	app := netip.MustParseAddr("127.0.0.1")
+	e.out.mesh.cache.SetUnmeshed(app)
+	rc := dialRaw(t, d)
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "" {
+		t.Fatalf("unmeshed: GET = %d %q; want 200 in plaintext (no client cert)", resp.StatusCode, body)
+	}
+	e.out.mesh.cache.SetMeshed(app)
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || !strings.Contains(body, clientID.String()) {
+		t.Errorf("meshed: GET = %d, app saw XFCC %q; want the request over mTLS from %s", resp.StatusCode, body, clientID)
+	}
+}
+
+// TestH1InboundAppRedialsTrackedOnce: the server side redials its app
+// whenever the kept app connection closed; a long-lived mesh connection
+// must not pile up one tracked conn per dial (they were kept until the
+// mesh connection ended), and closing the tracked one closes the current
+// app connection.
+func TestH1InboundAppRedialsTrackedOnce(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			c.Close() // as an app that closes after each response
+		}
+	}()
+	srv := NewServer(Inbound, Config{}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	k := &conn{s: srv, ctx: t.Context()}
+	c := &h1Conn{s: srv, k: k, target: netip.MustParseAddrPort(ln.Addr().String())}
+	var last net.Conn
+	for range 20 {
+		up, _, err := c.appConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitPeerClosedConn(t, up)
+		last = up
+	}
+	k.mu.Lock()
+	n := len(k.closers)
+	k.mu.Unlock()
+	if n != 1 {
+		t.Errorf("after 20 app dials the connection tracks %d conns; want 1", n)
+	}
+	k.closeAll()
+	if _, err := last.Write([]byte("x")); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("the current app connection is still open after closeAll: write err %v", err)
+	}
+}
+
+// waitPeerClosedConn waits until c's peer has closed it (a peek sees
+// the end).
+func waitPeerClosedConn(t *testing.T, c net.Conn) {
+	t.Helper()
+	for end := time.Now().Add(2 * time.Second); appConnClean(c); {
+		if time.Now().After(end) {
+			t.Fatal("the app's close never arrived")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestH1EarlyResponseDuringUpload: an upstream that answers before it
+// read the whole body (413) and closes: the client gets that answer (as
+// through net/http's Transport), not a 502 of the proxy's.
+func TestH1EarlyResponseDuringUpload(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+			}()
+		}
+	}()
+	up := netip.MustParseAddrPort(ln.Addr().String())
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, up)
+	rc := dialRaw(t, d)
+	const size = 8 << 20
+	rc.send("POST /u HTTP/1.1\r\nHost: " + up.String() + "\r\nContent-Length: " + strconv.Itoa(size) + "\r\n\r\n")
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := rc.c.Write(chunk); err != nil {
+				return // the proxy closed: fine
+			}
+		}
+	}()
+	resp, body := rc.read("POST")
+	if resp.StatusCode != 413 || body != "big!" {
+		t.Errorf("early answer = %d %q (%s); want 413 %q", resp.StatusCode, body, resp.Header.Get(headerProxyError), "big!")
+	}
+}
+
+// TestH1InboundEarlyResponseDuringUpload: the same through two proxies:
+// the app answers 413 before reading the body and closes.
+func TestH1InboundEarlyResponseDuringUpload(t *testing.T) {
+	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+		c.(*net.TCPConn).SetLinger(0) // unread body: a reset, as the kernel does
+		c.Close()
+	}))
+	rc := dialRaw(t, d)
+	const size = 8 << 20
+	rc.send("POST /u HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: " + strconv.Itoa(size) + "\r\n\r\n")
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := rc.c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	resp, body := rc.read("POST")
+	if resp.StatusCode != 413 || body != "big!" {
+		t.Errorf("early answer = %d %q (%s); want 413 %q", resp.StatusCode, body, resp.Header.Get(headerProxyError), "big!")
+	}
+}
+
+// TestH1InformationalHopByHop: a 1xx response is relayed as the final
+// one is, without hop-by-hop fields.
+func TestH1InformationalHopByHop(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		io.Copy(io.Discard, c)
+	}()
+	up := netip.MustParseAddrPort(ln.Addr().String())
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, up)
+	rc := dialRaw(t, d)
+	rc.send("GET / HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+	var info []string
+	for {
+		line, err := rc.r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line == "\r\n" {
+			break
+		}
+		info = append(info, strings.TrimSpace(line))
+	}
+	got := strings.Join(info, "|")
+	if got != "HTTP/1.1 103 Early Hints|Link: </a>" {
+		t.Errorf("relayed 1xx head = %q; want the status line and Link only", got)
+	}
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "ok" {
+		t.Errorf("final response = %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestH1ResponseHTTP10Chunked: an HTTP/1.0 response with
+// Transfer-Encoding is faulty framing (RFC 9112 6.1; net/http reads it
+// to the close, the chunked decoding would end it early): refused.
+func TestH1ResponseHTTP10Chunked(t *testing.T) {
+	var m h1Msg
+	if parseResponseHead([]byte("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), &m) {
+		t.Error("an HTTP/1.0 response with Transfer-Encoding: chunked was accepted")
+	}
+	if !parseResponseHead([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), &m) || !m.chunked {
+		t.Error("an HTTP/1.1 chunked response was refused")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 
 	"meshproxy/balancer"
@@ -41,20 +42,57 @@ func (s *Server) serveH1Inbound(k *conn, tc *tls.Conn, target netip.AddrPort, xf
 // none or it closed; reused says it served a request before.
 func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 	if c.app != nil {
-		if balancer.ConnUsable(c.app) {
+		if appConnClean(c.app) {
 			return c.app, true, nil
 		}
 		c.app.Close()
-		c.app = nil
+		c.setApp(nil)
 	}
 	nc, err := c.s.dial(c.k.ctx, c.target)
 	if err != nil {
 		return nil, false, err
 	}
-	c.k.track(nc)
-	c.app = nc
+	c.setApp(nc)
+	if !c.appTracked {
+		// Tracked once, as whatever app connection is current: one
+		// tracked conn per dial would pile up on a long-lived mesh
+		// connection whose app closes after each response.
+		c.appTracked = true
+		c.k.track(h1AppCloser{c})
+	}
 	return nc, false, nil
 }
+
+// setApp sets the current app connection (read by h1AppCloser).
+func (c *h1Conn) setApp(nc net.Conn) {
+	c.mu.Lock()
+	c.app = nc
+	c.mu.Unlock()
+}
+
+// h1AppCloser is the conn a server-side fast-path connection tracks for
+// its app connections: closing it closes the current one. Only Close is
+// used.
+type h1AppCloser struct{ c *h1Conn }
+
+// Close closes the current app connection, if any.
+func (a h1AppCloser) Close() error {
+	a.c.mu.Lock()
+	nc := a.c.app
+	a.c.mu.Unlock()
+	if nc == nil {
+		return nil
+	}
+	return nc.Close()
+}
+
+func (a h1AppCloser) Read([]byte) (int, error)         { return 0, net.ErrClosed }
+func (a h1AppCloser) Write([]byte) (int, error)        { return 0, net.ErrClosed }
+func (a h1AppCloser) LocalAddr() net.Addr              { return nil }
+func (a h1AppCloser) RemoteAddr() net.Addr             { return nil }
+func (a h1AppCloser) SetDeadline(time.Time) error      { return nil }
+func (a h1AppCloser) SetReadDeadline(time.Time) error  { return nil }
+func (a h1AppCloser) SetWriteDeadline(time.Time) error { return nil }
 
 // exchangeIn serves one request of the mesh connection (see exchange).
 func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Result) bool {
@@ -87,26 +125,34 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 			return fail(reasonAppUnreachable, false)
 		}
 		c.setCur(up)
-		if d := c.s.cfg.idleTimeout(); d > 0 {
-			up.SetDeadline(time.Now().Add(d))
-		} else {
-			up.SetDeadline(time.Time{})
-		}
+		c.upDeadline(func() { up.SetDeadline(time.Time{}) })
 		touched, err := c.sendRequest(up, n, replay)
 		var hn int
 		var got bool
-		if err == nil {
+		if errors.Is(err, errUpstreamWrite) && !errors.Is(err, errClientBody) {
+			// The app answered before it read the whole body: see
+			// attemptOut.
+			var rerr error
+			if hn, got, rerr = c.readEarlyResponse(up); rerr == nil {
+				err = nil
+			} else if got {
+				err = rerr
+			}
+		} else if err == nil {
+			if d := c.s.cfg.idleTimeout(); d > 0 {
+				c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
+			}
 			hn, got, err = c.readResponse(up)
 		}
 		if err != nil {
 			up.Close()
-			c.app = nil
+			c.setApp(nil)
 			c.setCur(nil)
 			if errors.Is(err, errClientBody) || c.k.ctx.Err() != nil {
 				return false
 			}
-			if reused && !got && replay && try < 2 {
-				continue // the app closed the kept connection
+			if reused && !got && replay && idempotentMethod(m.method) && try < 2 {
+				continue // the app closed the kept connection: once more, if idempotent
 			}
 			c.s.log.Debug("http delivery failed", "src", c.k.src, "target", c.target.String(), "error", err)
 			return fail("upstream", touched)
@@ -116,11 +162,35 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		}
 		clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
 			c.setCur(nil)
-			if !keep {
+			if !keep || c.bodyMayFollow() {
 				up.Close()
-				c.app = nil
+				c.setApp(nil)
 			}
 		})
 		return berr == nil && clientKeep
 	}
+}
+
+// appConnClean reports whether a kept app connection can take the next
+// request: open, and with no byte pending (an HTTP/1 server says nothing
+// before a request, so pending bytes are a broken response's leftovers
+// or a goodbye, never the next answer). It peeks one byte without
+// blocking.
+func appConnClean(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return balancer.ConnUsable(c)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	clean := false
+	var buf [1]byte
+	err = raw.Read(func(fd uintptr) bool {
+		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		clean = n <= 0 && (rerr == syscall.EAGAIN || rerr == syscall.EINTR)
+		return true
+	})
+	return err == nil && clean
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -139,6 +140,11 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 			}
 			clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
 				c.setCur(nil)
+				// A mesh peer is our own proxy, which relays only
+				// framed bytes; an app may not be.
+				if _, mesh := up.Conn.(*tls.Conn); !mesh && c.bodyMayFollow() {
+					keep = false
+				}
 				if keep {
 					up.Conn.SetDeadline(time.Time{})
 					h.pool.Put(up)
@@ -192,10 +198,13 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 // byte is replaced by another when the request can be sent again.
 func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool, t0 time.Time) (up balancer.PooledConn[net.Conn], hn int, touched bool, err error) {
 	h := c.h
-	if m := c.s.mesh; m != nil && m.cfg.RequireOutboundTLS {
-		if state, _ := m.meshState(dst.Addr()); state == balancer.Unmeshed {
+	plainOK := true // a pooled plaintext connection may be used
+	if m := c.s.mesh; m != nil {
+		state, _ := m.meshState(dst.Addr())
+		if m.cfg.RequireOutboundTLS && state == balancer.Unmeshed {
 			return up, 0, false, errMeshRequired
 		}
+		plainOK = state == balancer.Unmeshed && !m.cfg.RequireOutboundTLS
 	}
 	ctx := c.k.ctx
 	if c.s.mesh != nil {
@@ -207,15 +216,37 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		if err != nil {
 			return up, 0, false, err
 		}
-		c.setCur(up.Conn)
-		if d := h.cfg.ResponseHeaderTimeout; d > 0 {
-			up.Conn.SetDeadline(t0.Add(d))
-		} else {
-			up.Conn.SetDeadline(time.Time{})
+		if _, mesh := up.Conn.(*tls.Conn); reused && !mesh && !plainOK {
+			// Pooled while the endpoint was known unmeshed; it may be
+			// meshed now: never plaintext to it, dial again.
+			up.Conn.Close()
+			try--
+			continue
 		}
+		c.setCur(up.Conn)
+		c.upDeadline(func() { up.Conn.SetDeadline(time.Time{}) })
 		touched, err = c.sendRequest(up.Conn, n, replay)
 		var got bool
+		if errors.Is(err, errUpstreamWrite) && !errors.Is(err, errClientBody) {
+			// The upstream may have answered before it read the whole
+			// body, and closed (413, 401...): that answer is the
+			// client's, as through net/http's Transport. Neither
+			// connection is kept after it (the client's body is not
+			// all read).
+			var rerr error
+			if hn, got, rerr = c.readEarlyResponse(up.Conn); rerr == nil {
+				return up, hn, touched, nil
+			}
+			if got {
+				err = rerr
+			}
+		}
 		if err == nil {
+			// As net/http's, the response header timeout starts once
+			// the request is sent.
+			if d := h.cfg.ResponseHeaderTimeout; d > 0 {
+				c.upDeadline(func() { up.Conn.SetReadDeadline(time.Now().Add(d)) })
+			}
 			hn, got, err = c.readResponse(up.Conn)
 		}
 		if err == nil {
@@ -230,11 +261,34 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		if isTimeout(err) {
 			return up, 0, touched, errRespTimeout
 		}
-		if reused && !got && replay && try < 8 && c.k.ctx.Err() == nil {
-			continue // a kept connection the upstream had closed
+		// A kept connection the upstream had closed: send again, but
+		// only an idempotent request (as net/http's Transport), since
+		// the upstream may have acted on it before closing.
+		if reused && !got && replay && idempotentMethod(c.b.req.method) && try < 8 && c.k.ctx.Err() == nil {
+			continue
 		}
 		return up, 0, touched, err
 	}
+}
+
+// readEarlyResponse reads the response an upstream sent before it read
+// the whole request (writing to it failed), within the response header
+// timeout; the exchange then ends both connections.
+func (c *h1Conn) readEarlyResponse(up net.Conn) (hn int, got bool, err error) {
+	d := DefaultResponseHeaderTimeout
+	switch {
+	case c.h != nil && c.h.cfg.ResponseHeaderTimeout > 0:
+		d = c.h.cfg.ResponseHeaderTimeout
+	case c.h == nil && c.s.cfg.idleTimeout() > 0:
+		d = min(d, c.s.cfg.idleTimeout())
+	}
+	c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
+	hn, got, err = c.readResponse(up)
+	if err == nil {
+		c.b.req.connClose = true  // the client's body is not all read
+		c.b.resp.connClose = true // nor is the upstream reusable
+	}
+	return hn, got, err
 }
 
 // dropResponse discards a response the client does not get (head of hn

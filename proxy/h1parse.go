@@ -441,7 +441,9 @@ func parseResponseHead(head []byte, m *h1Msg) bool {
 		return false
 	}
 	m.status = int(n)
-	return parseFields(rest, m)
+	// RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty
+	// framing (net/http ignores it and reads to the close): refused.
+	return parseFields(rest, m) && !(m.http10 && m.chunked)
 }
 
 // hopByHop reports a header a proxy does not pass on (as
@@ -564,24 +566,62 @@ func (s *chunkScanner) scan(b []byte) (int, error) {
 			s.state = csTrailer
 		case csTrailer:
 			// net/http wants a CRLFCRLF within its buffer, then reads
-			// header lines to the first empty one.
+			// header lines to the first empty one. The trailer goes on
+			// to the peer as it is, so it must be strictly formed (CRLF
+			// lines, well-formed fields): a bare LF line, which net/http
+			// takes for the end, another parser may not, and would read
+			// the next request as trailer fields.
 			t := b[i:]
 			k := bytes.Index(t, []byte("\r\n\r\n"))
 			if k < 0 || k+4 > maxChunkLine {
-				if len(t) >= maxChunkLine || k >= 0 {
+				if len(t) >= maxChunkLine || k >= 0 || bytes.IndexByte(t, '\n') >= 0 && !partialTrailerOK(t) {
 					return i, errBadChunk
 				}
 				return i, nil
 			}
-			e := 1 // a bare LF empty line ends it at once
-			if t[0] != '\n' {
-				e = headEnd(t[:k+4], 0)
+			if !trailerOK(t[:k+4]) {
+				return i, errBadChunk
 			}
-			i += e
+			i += k + 4
 			s.state = csDone
 		}
 	}
 	return i, nil
+}
+
+// trailerOK checks a complete trailer block (fields and the empty line,
+// ending at the first CRLFCRLF): every line CRLF-terminated and a
+// well-formed field.
+func trailerOK(t []byte) bool {
+	for {
+		line, rest, ok := nextLine(t)
+		if !ok {
+			return false
+		}
+		if len(line) == 0 {
+			return len(rest) == 0
+		}
+		if !fieldLineOK(line) {
+			return false
+		}
+		t = rest
+	}
+}
+
+// partialTrailerOK checks the complete lines of a trailer block being
+// read.
+func partialTrailerOK(t []byte) bool {
+	for {
+		j := bytes.IndexByte(t, '\n')
+		if j < 0 {
+			return true
+		}
+		line, rest, ok := nextLine(t)
+		if !ok || len(line) == 0 || !fieldLineOK(line) {
+			return false
+		}
+		t = rest
+	}
 }
 
 func trimOWSRight(b []byte) []byte {
