@@ -7,6 +7,11 @@
 //
 //	loadgen -addr 198.18.0.2:8080 -rate 1000 -duration 5s -conns 32
 //
+// A warm-up at the same rate (-warmup, not recorded) comes first, so the
+// measured period sees the steady state: connection pools behind the
+// address (a proxy's upstream connections, and their TLS handshakes) are
+// filled by then, for every setup alike.
+//
 // It prints one JSON object: the rate asked and achieved, counts, errors
 // and the latency summary with a percentile curve for plots. Everything is
 // bounded: scheduling stops after -duration, and requests still queued or
@@ -54,14 +59,15 @@ func main() {
 	conns := fs.Int("conns", 32, "keep-alive connections to spread the requests over")
 	timeout := fs.Duration("timeout", 2*time.Second, "per-request timeout (from when it is sent)")
 	grace := fs.Duration("grace", 5*time.Second, "after the last send, how long to wait for the rest")
+	warmup := fs.Duration("warmup", time.Second, "send at the same rate this long first, without recording")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
-	if *addr == "" || *rate <= 0 || *duration <= 0 || *conns <= 0 {
-		fmt.Fprintln(os.Stderr, "loadgen: -addr is required, and -rate, -duration and -conns must be positive")
+	if *addr == "" || *rate <= 0 || *duration <= 0 || *conns <= 0 || *warmup < 0 {
+		fmt.Fprintln(os.Stderr, "loadgen: -addr is required, -rate, -duration and -conns must be positive, -warmup must not be negative")
 		os.Exit(2)
 	}
-	r, err := run(*addr, *host, *path, *rate, *duration, *conns, *timeout, *grace)
+	r, err := run(*addr, *host, *path, *rate, *duration, *warmup, *conns, *timeout, *grace)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "loadgen: %v\n", err)
 		os.Exit(1)
@@ -69,7 +75,7 @@ func main() {
 	json.NewEncoder(os.Stdout).Encode(r)
 }
 
-func run(addr, host, path string, rate float64, duration time.Duration, nconns int, timeout, grace time.Duration) (*result, error) {
+func run(addr, host, path string, rate float64, duration, warmup time.Duration, nconns int, timeout, grace time.Duration) (*result, error) {
 	// Connect everything first: the measured period has no handshakes.
 	conns := make([]*benchhttp.Conn, nconns)
 	for i := range conns {
@@ -84,7 +90,11 @@ func run(addr, host, path string, rate float64, duration time.Duration, nconns i
 	}
 	interval := time.Duration(float64(time.Second) / rate)
 	n := int(duration / interval)
-	queue := make(chan time.Time, n) // never blocks the scheduler
+	w := int(warmup / interval)
+	queue := make(chan time.Time, n+w) // never blocks the scheduler
+	// recordFrom is written before the first send on queue, so every
+	// worker sees it: requests scheduled before it are the warm-up.
+	var recordFrom time.Time
 	stop := make(chan struct{})
 	r := &result{Addr: addr, TargetRate: rate, DurationS: duration.Seconds(), Conns: nconns, Scheduled: n}
 
@@ -113,14 +123,19 @@ func run(addr, host, path string, rate float64, duration time.Duration, nconns i
 				if c != nil {
 					err = c.Get(time.Now().Add(timeout))
 				}
+				measured := !at.Before(recordFrom)
 				if err == nil {
-					ok++
-					h.Record(int64(time.Since(at)))
+					if measured {
+						ok++
+						h.Record(int64(time.Since(at)))
+					}
 					continue
 				}
-				errs++
-				if first == "" {
-					first = err.Error()
+				if measured {
+					errs++
+					if first == "" {
+						first = err.Error()
+					}
 				}
 				// Replace a broken connection; the handshake's cost lands
 				// in the next requests' latency, as it would for a client.
@@ -148,9 +163,11 @@ func run(addr, host, path string, rate float64, duration time.Duration, nconns i
 	// waits in whole milliseconds), which would add a sawtooth of up to
 	// 1 ms to every latency.
 	runtime.LockOSThread()
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		at := start.Add(time.Duration(i) * interval)
+	first := time.Now()
+	recordFrom = first.Add(time.Duration(w) * interval)
+	start := recordFrom
+	for i := 0; i < n+w; i++ {
+		at := first.Add(time.Duration(i) * interval)
 		sleepUntil(at)
 		queue <- at // stamped with when it should have gone, even if late
 	}
