@@ -4,11 +4,19 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"time"
 )
 
 // ALPN is the application protocol both ends of the mesh transport
 // negotiate.
 const ALPN = "meshproxy/1"
+
+// ResumeMargin is how long before its client certificate expires a TLS
+// session is no longer resumed by ServerTLSConfig: the handshake is then
+// a full one, with the client's current certificate. It covers the time
+// between the library's expiry check and VerifyConnection's, which can
+// be as long as a handshake.
+const ResumeMargin = 10 * time.Second
 
 // ServerTLSConfig returns the config for the inbound side of the mesh
 // transport: TLS 1.3 only, ALPN meshproxy/1 required, the current
@@ -22,6 +30,19 @@ const ALPN = "meshproxy/1"
 // per connection would defeat resumption.
 func (m *Manager) ServerTLSConfig() *tls.Config {
 	return &tls.Config{
+		// The library resumes a session only while the client
+		// certificate it carries has not expired by this clock, and
+		// VerifyConnection checks that certificate again, later in the
+		// handshake, by the real clock: a session resumed in the last
+		// moments of that certificate failed there (a client that
+		// renewed long ago still offers tickets with its old
+		// certificate). Running the library's clock ResumeMargin ahead
+		// makes such a client do a full handshake with its current
+		// certificate instead. The library uses this clock for nothing
+		// else that matters (ticket ages and ticket key rotation move by
+		// the same margin); certificates are verified by our verifier,
+		// on the real clock.
+		Time:       func() time.Time { return time.Now().Add(ResumeMargin) },
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{ALPN},
 		// Full-size records from the first byte: the peer is a proxy on a

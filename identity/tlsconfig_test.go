@@ -233,6 +233,35 @@ func TestResumption(t *testing.T) {
 	}
 }
 
+// TestNoResumptionNearClientCertExpiry: a session whose client
+// certificate expires within ResumeMargin is not resumed; the handshake
+// is a full one and succeeds. Resuming it raced VerifyConnection, which
+// checks that certificate again by the real clock later in the
+// handshake, and lost by milliseconds under load.
+func TestNoResumptionNearClientCertExpiry(t *testing.T) {
+	ca := mustCA(t, "")
+	srvID := MustParseID("spiffe://cluster.local/ns/default/sa/server")
+	cliID := MustParseID("spiffe://cluster.local/ns/default/sa/client")
+	server := startManager(t, ca, srvID, time.Hour, nil, nil)
+	client := startManager(t, ca, cliID, ResumeMargin-2*time.Second, nil, nil)
+	addr, results := startTLSServer(t, server.ServerTLSConfig())
+	cfg := client.ClientTLSConfig(&srvID)
+	for i := 0; i < 2; i++ {
+		c, err := dialAndEcho(addr, cfg)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		r := waitResult(t, results)
+		c.Close()
+		if r.err != nil {
+			t.Fatalf("connection %d: server handshake: %v", i, r.err)
+		}
+		if r.state.DidResume {
+			t.Errorf("connection %d resumed a session whose client certificate expires within ResumeMargin", i)
+		}
+	}
+}
+
 func benchmarkHandshake(b *testing.B, resume bool) {
 	ca := mustCA(b, "")
 	srvID := MustParseID("spiffe://cluster.local/ns/default/sa/server")
