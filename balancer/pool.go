@@ -496,32 +496,76 @@ func (p *Pool[C]) Close() error {
 // or TLS connection it may be a ping or a session ticket); the protocol
 // layer deals with it. A connection without a socket is assumed usable.
 func ConnUsable(c net.Conn) bool {
+	s := peekSocket(c)
+	return s == sockNoSocket || s == sockQuiet || s == sockPending
+}
+
+// ConnQuiet reports whether an idle connection is open with no byte
+// pending, by the same peek as ConnUsable. For a protocol whose peer
+// says nothing between exchanges (an HTTP/1 server before a request),
+// pending bytes are leftovers or a goodbye, never an answer: such a
+// connection must not be reused. A connection without a socket is
+// assumed quiet.
+func ConnQuiet(c net.Conn) bool {
+	s := peekSocket(c)
+	return s == sockNoSocket || s == sockQuiet
+}
+
+// sockState is what a non-blocking peek found on a socket.
+type sockState int
+
+const (
+	sockNoSocket sockState = iota // c has no socket under it
+	sockQuiet                     // open, nothing to read
+	sockPending                   // bytes wait to be read
+	sockGone                      // end of file, an error, or no peek possible
+)
+
+// peekSocket peeks one byte without blocking on the socket under c.
+func peekSocket(c net.Conn) sockState {
+	raw, ok := rawConnOf(c)
+	if !ok {
+		return sockNoSocket
+	}
+	if raw == nil {
+		return sockGone
+	}
+	state := sockGone
+	var buf [1]byte
+	err := raw.Read(func(fd uintptr) bool {
+		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case n > 0:
+			state = sockPending
+		case rerr == syscall.EAGAIN || rerr == syscall.EINTR:
+			state = sockQuiet
+		}
+		return true
+	})
+	if err != nil {
+		return sockGone
+	}
+	return state
+}
+
+// rawConnOf returns the RawConn of the socket under c, unwrapping
+// NetConn (a *tls.Conn's): ok is false when there is no socket under c,
+// and the RawConn is nil when the socket's cannot be had (closed).
+func rawConnOf(c net.Conn) (raw syscall.RawConn, ok bool) {
 	for {
-		u, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
+		u, isWrapper := c.(interface{ NetConn() net.Conn })
+		if !isWrapper {
 			break
 		}
 		c = u.NetConn()
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return true
+	sc, isSock := c.(syscall.Conn)
+	if !isSock {
+		return nil, false
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return nil, true
 	}
-	usable := false
-	var buf [1]byte
-	err = raw.Read(func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		switch {
-		case n > 0:
-			usable = true
-		case rerr == syscall.EAGAIN || rerr == syscall.EINTR:
-			usable = true
-		}
-		return true
-	})
-	return err == nil && usable
+	return raw, true
 }

@@ -57,19 +57,8 @@ func (w *closeWatcher) loop() {
 // fdOf returns the socket descriptor under c (unwrapping a *tls.Conn),
 // or -1.
 func fdOf(c net.Conn) int32 {
-	for {
-		u, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		c = u.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return -1
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
+	raw, _ := rawConnOf(c)
+	if raw == nil {
 		return -1
 	}
 	fd := int32(-1)

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"meshproxy/balancer"
 )
 
 // h1Env is an HTTP-aware outbound proxy (no mesh) in front of backends
@@ -843,7 +845,7 @@ func TestH1InboundAppRedialsTrackedOnce(t *testing.T) {
 // the end).
 func waitPeerClosedConn(t *testing.T, c net.Conn) {
 	t.Helper()
-	for end := time.Now().Add(2 * time.Second); appConnClean(c); {
+	for end := time.Now().Add(2 * time.Second); balancer.ConnQuiet(c); {
 		if time.Now().After(end) {
 			t.Fatal("the app's close never arrived")
 		}

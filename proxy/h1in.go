@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"syscall"
 	"time"
 
 	"meshproxy/balancer"
@@ -42,7 +41,9 @@ func (s *Server) serveH1Inbound(k *conn, tc *tls.Conn, target netip.AddrPort, xf
 // none or it closed; reused says it served a request before.
 func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 	if c.app != nil {
-		if appConnClean(c.app) {
+		// An HTTP/1 server says nothing before a request: pending
+		// bytes are a broken response's leftovers or a goodbye.
+		if balancer.ConnQuiet(c.app) {
 			return c.app, true, nil
 		}
 		c.app.Close()
@@ -169,28 +170,4 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		})
 		return berr == nil && clientKeep
 	}
-}
-
-// appConnClean reports whether a kept app connection can take the next
-// request: open, and with no byte pending (an HTTP/1 server says nothing
-// before a request, so pending bytes are a broken response's leftovers
-// or a goodbye, never the next answer). It peeks one byte without
-// blocking.
-func appConnClean(c net.Conn) bool {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return balancer.ConnUsable(c)
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	clean := false
-	var buf [1]byte
-	err = raw.Read(func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		clean = n <= 0 && (rerr == syscall.EAGAIN || rerr == syscall.EINTR)
-		return true
-	})
-	return err == nil && clean
 }
