@@ -593,23 +593,12 @@ func TestH1GarbledHeadAnsweredAtOnce(t *testing.T) {
 // get "METHOD /path". It counts its connections.
 func strayUpstream(t *testing.T) (netip.AddrPort, *atomic.Int64) {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var accepted atomic.Int64
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			go serveStray(c, bufio.NewReader(c), nil)
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String()), &accepted
+	up := upstream(t, func(c *net.TCPConn) {
+		accepted.Add(1)
+		serveStray(c, bufio.NewReader(c), nil)
+	})
+	return up, &accepted
 }
 
 // serveStray serves c as strayUpstream does, first answering req when
@@ -802,24 +791,11 @@ func TestH1PlainPooledConnNotReusedOnceMeshed(t *testing.T) {
 // mesh connection ended), and closing the tracked one closes the current
 // app connection.
 func TestH1InboundAppRedialsTrackedOnce(t *testing.T) {
-	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			c.Close() // as an app that closes after each response
-		}
-	}()
+	app := upstream(t, func(*net.TCPConn) {}) // an app that closes after each response
 	srv := NewServer(Inbound, Config{}, nil, nil)
 	defer srv.Shutdown(context.Background())
 	k := &conn{s: srv, ctx: t.Context()}
-	c := &h1Conn{s: srv, k: k, target: netip.MustParseAddrPort(ln.Addr().String())}
+	c := &h1Conn{s: srv, k: k, target: app}
 	var last net.Conn
 	for range 20 {
 		up, _, err := c.appConn()
@@ -857,27 +833,12 @@ func waitPeerClosedConn(t *testing.T, c net.Conn) {
 // read the whole body (413) and closes: the client gets that answer (as
 // through net/http's Transport), not a 502 of the proxy's.
 func TestH1EarlyResponseDuringUpload(t *testing.T) {
-	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
-			}()
+	up := upstream(t, func(c *net.TCPConn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
 		}
-	}()
-	up := netip.MustParseAddrPort(ln.Addr().String())
+		io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+	})
 	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
 	defer srv.Shutdown(context.Background())
 	d := newProxyDialer(t, srv, up)

@@ -121,15 +121,7 @@ func BenchmarkHTTPTwoHop(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				req, _ := http.NewRequest(http.MethodGet, "http://"+authority+"/", nil)
-				resp, err := c.Do(req)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					b.Errorf("status %d", resp.StatusCode)
+				if !benchGet(b, c, req) {
 					return
 				}
 			}
