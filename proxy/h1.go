@@ -750,6 +750,21 @@ func (c *h1Conn) bodyMayFollow() bool {
 	return noBody && (m.chunked || m.cl > 0)
 }
 
+// clientBodyFailed ends a request whose body could not be read from the
+// client (the upstream saw it cut short; nothing was written to the
+// client yet). A body whose chunked framing is malformed is the client's
+// error: it gets 400 bad-request, counted, and the connection closes. A
+// client that went away (end of file, reset, idle timeout) gets no
+// answer and no response is counted. Both are logged.
+func (c *h1Conn) clientBodyFailed(err error, authority string, start time.Time, res *h1Result) {
+	if errors.Is(err, errBadChunk) {
+		c.s.log.Debug("http request refused", "src", c.k.src, "authority", authority, "status", http.StatusBadRequest, "reason", "bad-request", "error", err)
+		c.writeProxyError(http.StatusBadRequest, "bad-request", false, authority, start, res)
+		return
+	}
+	c.s.log.Debug("http request abandoned by the client", "src", c.k.src, "authority", authority, "error", err)
+}
+
 // writeError writes a response the proxy makes itself.
 func (c *h1Conn) writeProxyError(status int, reason string, keep bool, authority string, start time.Time, res *h1Result) {
 	res.status, res.proxyErr = status, true

@@ -948,3 +948,35 @@ func TestH1ResponseHTTP10Chunked(t *testing.T) {
 		t.Error("an HTTP/1.1 chunked response was refused")
 	}
 }
+
+// TestH1MalformedChunkedBody: a request whose chunked body turns out
+// malformed mid-way is the client's error: it gets 400 with
+// meshproxy-error bad-request (counted in responses_total), the
+// connection closes, and the app sees the body cut short.
+func TestH1MalformedChunkedBody(t *testing.T) {
+	bodyErr := make(chan error, 1)
+	srv, _, d, authority := h1Env(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.Copy(io.Discard, r.Body)
+		bodyErr <- err
+	}), 0)
+	rc := dialRaw(t, d)
+	rc.send("POST /x HTTP/1.1\r\nHost: " + authority + "\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+	resp, _ := rc.read("POST")
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(headerProxyError) != "bad-request" {
+		t.Errorf("malformed chunked body: %d, meshproxy-error %q; want 400 bad-request", resp.StatusCode, resp.Header.Get(headerProxyError))
+	}
+	if !resp.Close {
+		t.Error("the 400 to a malformed body does not close the connection")
+	}
+	select {
+	case err := <-bodyErr:
+		if err == nil {
+			t.Error("the app read a complete body from a malformed chunked request")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app's request did not end 10s after the malformed chunk")
+	}
+	if got := testutil.ToFloat64(srv.m.responses.WithLabelValues("outbound", authority, "400", classFailure)); got != 1 {
+		t.Errorf("responses_total{status_code=400,classification=failure} = %v; want 1", got)
+	}
+}

@@ -149,7 +149,11 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 			up.Close()
 			c.setApp(nil)
 			c.setCur(nil)
-			if errors.Is(err, errClientBody) || c.k.ctx.Err() != nil {
+			if c.k.ctx.Err() != nil {
+				return false
+			}
+			if errors.Is(err, errClientBody) {
+				c.clientBodyFailed(err, authority, start, res)
 				return false
 			}
 			if reused && !got && replay && idempotentMethod(m.method) && try < 2 {

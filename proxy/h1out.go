@@ -180,8 +180,12 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 			c.s.log.Debug("retrying http request", "authority", authority, "endpoint", dst.String(), "attempt", i+1, "error", err)
 		}
 	}
-	if errors.Is(err, errClientBody) || c.k.ctx.Err() != nil {
-		return false // the client is gone or its body broke off: no answer
+	if c.k.ctx.Err() != nil {
+		return false // the proxy is shutting the connection down
+	}
+	if errors.Is(err, errClientBody) {
+		c.clientBodyFailed(err, authority, start, res)
+		return false
 	}
 	if !touched {
 		c.consume(n)
