@@ -347,14 +347,15 @@ func TestPoolCloseIdle(t *testing.T) {
 	}
 }
 
-// TestPoolWatchClose: with WatchClose, an idle connection whose peer
-// closes it is closed and dropped at once, before any Get.
-func TestPoolWatchClose(t *testing.T) {
+// acceptOne listens on loopback and hands over the one connection it
+// accepts; the listener closes with the test.
+func acceptOne(t *testing.T) (netip.AddrPort, <-chan net.Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	accepted := make(chan net.Conn, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -362,8 +363,14 @@ func TestPoolWatchClose(t *testing.T) {
 			accepted <- c
 		}
 	}()
+	return netip.MustParseAddrPort(ln.Addr().String()), accepted
+}
+
+// TestPoolWatchClose: with WatchClose, an idle connection whose peer
+// closes it is closed and dropped at once, before any Get.
+func TestPoolWatchClose(t *testing.T) {
+	addr, accepted := acceptOne(t)
 	p := newTestPool(t, PoolConfig[net.Conn]{WatchClose: true})
-	addr := netip.MustParseAddrPort(ln.Addr().String())
 	pc, _ := get(t, p, addr)
 	p.Put(pc)
 	// Reused once, and back: still watched.
@@ -384,8 +391,8 @@ func TestPoolWatchClose(t *testing.T) {
 	if st := p.Stats(); st.Stale != 1 || st.Endpoints != 0 {
 		t.Errorf("stats = %+v; want 1 stale, no endpoint", st)
 	}
-	// Its socket is closed: reading the server side... the client end
-	// reports closed.
+	// Its socket is closed: a write fails (the second at the latest,
+	// once the peer's reset is back).
 	if _, err := pc.Conn.Write([]byte("x")); err == nil {
 		if _, err := pc.Conn.Write([]byte("x")); err == nil {
 			t.Error("the dropped connection is still open")
@@ -397,20 +404,8 @@ func TestPoolWatchClose(t *testing.T) {
 // while it is in use (between Get and Put; the edge-triggered event comes
 // only then) must not be pooled and handed out again.
 func TestPoolWatchHangUpWhileInUse(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-	}()
+	addr, accepted := acceptOne(t)
 	p := newTestPool(t, PoolConfig[net.Conn]{WatchClose: true})
-	addr := netip.MustParseAddrPort(ln.Addr().String())
 	pc, _ := get(t, p, addr)
 	p.Put(pc) // registered with the watcher
 	pc, reused := get(t, p, addr)
