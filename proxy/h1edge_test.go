@@ -3,12 +3,17 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // The edges of the HTTP/1 fast path: early answers, timeouts, bodies
@@ -110,5 +115,54 @@ func TestH1PipelinedAfterEarlyAnswer(t *testing.T) {
 	}
 	if got := served.Load(); got != 0 {
 		t.Errorf("the app served %d requests; want none after the 400 (the pipeline ends there)", got)
+	}
+}
+
+// TestH1InboundResponseTimeout: the server side waits for the app's
+// response head no longer than its response header timeout (not the
+// idle timeout): 504 with meshproxy-error timeout, counted and logged;
+// the app connection is dropped, so the app's late answer does not
+// answer the next request on the same client connection.
+func TestH1InboundResponseTimeout(t *testing.T) {
+	z := newZoneDNS(t)
+	z.set("web.test.", "127.0.0.1")
+	e := newMeshEnv(t, meshOpts{
+		// The client side waits longer: the server side's 504 is the one seen.
+		outHTTP:  &HTTPConfig{Balancer: balancerFor(t, z), ResponseHeaderTimeout: 10 * time.Second},
+		inConfig: func(c *Config) { c.HTTP = &HTTPConfig{ResponseHeaderTimeout: 200 * time.Millisecond} },
+	})
+	late := make(chan struct{})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-late // answers only after the proxy gave up
+		}
+		io.WriteString(w, r.URL.Path)
+	})}
+	go app.Serve(ln)
+	t.Cleanup(func() { app.Close() })
+	defer close(late)
+	appAddr := netip.MustParseAddrPort(ln.Addr().String())
+	authority := fmt.Sprintf("web.test:%d", appAddr.Port())
+	d := newProxyDialer(t, e.out, appAddr)
+	rc := dialRaw(t, d)
+	rc.send("GET /slow HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	resp, _ := rc.read("GET")
+	if resp.StatusCode != http.StatusGatewayTimeout || resp.Header.Get(headerProxyError) != "timeout" {
+		t.Fatalf("app that does not answer: %d %q; want 504 timeout", resp.StatusCode, resp.Header.Get(headerProxyError))
+	}
+	if got := testutil.ToFloat64(e.inM.responses.WithLabelValues("inbound", authority, "504", classFailure)); got != 1 {
+		t.Errorf("inbound responses_total{status_code=504,classification=failure} = %v; want 1", got)
+	}
+	if !strings.Contains(e.inLog.String(), "http response timed out") {
+		t.Errorf("the server side did not log the timeout; log:\n%s", e.inLog.String())
+	}
+	late <- struct{}{} // the late answer, to a connection the proxy dropped
+	rc.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/next" {
+		t.Errorf("the next request: %d %q; want 200 %q", resp.StatusCode, body, "/next")
 	}
 }

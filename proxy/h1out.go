@@ -283,8 +283,8 @@ func (c *h1Conn) readEarlyResponse(up net.Conn) (hn int, got bool, err error) {
 	switch {
 	case c.h != nil && c.h.cfg.ResponseHeaderTimeout > 0:
 		d = c.h.cfg.ResponseHeaderTimeout
-	case c.h == nil && c.s.cfg.idleTimeout() > 0:
-		d = min(d, c.s.cfg.idleTimeout())
+	case c.h == nil && c.s.inboundResponseTimeout() > 0:
+		d = c.s.inboundResponseTimeout()
 	}
 	c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
 	hn, got, err = c.readResponse(up)
