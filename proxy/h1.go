@@ -818,14 +818,18 @@ func (c *h1Conn) bodyMayFollow() bool {
 // client yet). A body whose chunked framing is malformed is the client's
 // error: it gets 400 bad-request, counted, and the connection closes. A
 // client that went away (end of file, reset, idle timeout) gets no
-// answer and no response is counted. Both are logged.
+// answer; the response is counted with status_code 499
+// (statusClientClosed), a failure, as the net/http path counts its 502
+// for it. Both are logged once. The upstream connection, its request
+// cut short, was closed by the caller.
 func (c *h1Conn) clientBodyFailed(err error, authority string, start time.Time, res *h1Result) {
 	if errors.Is(err, errBadChunk) {
 		c.s.log.Debug("http request refused", "src", c.k.src, "authority", authority, "status", http.StatusBadRequest, "reason", "bad-request", "error", err)
 		c.writeProxyError(http.StatusBadRequest, "bad-request", false, authority, start, res)
 		return
 	}
-	c.s.log.Debug("http request abandoned by the client", "src", c.k.src, "authority", authority, "error", err)
+	res.status, res.proxyErr = statusClientClosed, true
+	c.s.log.Debug("http request abandoned by the client", "src", c.k.src, "authority", authority, "status", statusClientClosed, "error", err)
 }
 
 // writeError writes a response the proxy makes itself.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -164,5 +165,109 @@ func TestH1InboundResponseTimeout(t *testing.T) {
 	rc.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
 	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/next" {
 		t.Errorf("the next request: %d %q; want 200 %q", resp.StatusCode, body, "/next")
+	}
+}
+
+// TestH1ClientBodyBreaksOff: a client whose request body breaks off
+// (reset, or end of file before Content-Length) gets nothing, and the
+// request is counted as responses_total{status_code="499"} failure and
+// logged once; the endpoint is not charged with a failure (the client's
+// doing), the upstream connection (its request cut short) is not reused,
+// and nothing is left behind.
+func TestH1ClientBodyBreaksOff(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cut  func(c *net.TCPConn)
+	}{
+		{"reset", func(c *net.TCPConn) { c.SetLinger(0); c.Close() }},
+		{"eof", func(c *net.TCPConn) {
+			c.CloseWrite()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if b, err := io.ReadAll(c); len(b) > 0 || err != nil {
+				t.Errorf("after the body broke off, the client read %q (error %v); want the end", b, err)
+			}
+			c.Close()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bodyErr := make(chan error, 1)
+			bs := startBackends(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, err := io.Copy(io.Discard, r.Body)
+				bodyErr <- err
+			}), 0, "127.0.0.1")
+			z := newZoneDNS(t)
+			z.set("web.test.", "127.0.0.1")
+			bal := balancerFor(t, z)
+			log := &logBuf{}
+			srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{Balancer: bal}}, nil,
+				slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})))
+			defer srv.Shutdown(context.Background())
+			d := newProxyDialer(t, srv, bs[0].addr)
+			authority := fmt.Sprintf("web.test:%d", bs[0].addr.Port())
+			// Warm up: one pooled upstream connection.
+			rc := dialRaw(t, d)
+			rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+			rc.read("GET")
+			<-bodyErr
+			rc.c.Close()
+			waitConnEnded(t, srv)
+			before := goroutines()
+			fds := openFDs(t)
+
+			c, err := d.dial(t.Context(), "tcp", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(c, "POST /x HTTP/1.1\r\nHost: "+authority+"\r\nContent-Length: 1048576\r\n\r\n")
+			c.Write(bytes.Repeat([]byte("y"), 64<<10))
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case err := <-bodyErr:
+				t.Fatalf("the app's request ended (%v) before the client broke off", err)
+			}
+			tc.cut(c.(*net.TCPConn))
+			select {
+			case err := <-bodyErr:
+				if err == nil {
+					t.Error("the app read a complete body from a client whose body broke off")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the app's request did not end 10s after the client broke off")
+			}
+			waitConnEnded(t, srv)
+			if got := testutil.ToFloat64(srv.m.responses.WithLabelValues("outbound", authority, "499", classFailure)); got != 1 {
+				t.Errorf("responses_total{status_code=499,classification=failure} = %v; want 1", got)
+			}
+			if n := strings.Count(log.String(), "http request abandoned by the client"); n != 1 {
+				t.Errorf("the abandoned request was logged %d times; want once; log:\n%s", n, log.String())
+			}
+			for _, svc := range bal.Snapshot() {
+				for _, ep := range svc.Endpoints {
+					if ep.ConsecutiveFailures != 0 || ep.State != "ready" {
+						t.Errorf("endpoint %s: %d consecutive failures, %s; want none, ready (the client broke off)", ep.Addr, ep.ConsecutiveFailures, ep.State)
+					}
+				}
+			}
+			// The upstream connection whose request was cut short is
+			// not reused: the next request dials a second one.
+			rc = dialRaw(t, d)
+			rc.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+			if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
+				t.Errorf("next request: %d; want 200", resp.StatusCode)
+			}
+			<-bodyErr
+			if n := bs[0].conns.Load(); n != 2 {
+				t.Errorf("the app saw %d connections; want 2 (the cut one not reused)", n)
+			}
+			rc.c.Close()
+			waitConnEnded(t, srv)
+			srv.closeIdleHTTP()
+			waitProxyGoroutines(t, before)
+			for end := time.Now().Add(5 * time.Second); openFDs(t) > fds; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(end) {
+					t.Fatalf("%d descriptors open, %d before the request", openFDs(t), fds)
+				}
+			}
+		})
 	}
 }

@@ -166,7 +166,11 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 			return berr == nil && clientKeep
 		}
 		if ep != nil {
-			ep.Release(err, time.Since(t0))
+			rerr := err
+			if errors.Is(err, errClientBody) {
+				rerr = context.Canceled // the client's doing: not the endpoint's fault
+			}
+			ep.Release(rerr, time.Since(t0))
 		}
 		failed = append(failed, dst)
 		if c.k.ctx.Err() != nil || errors.Is(err, errRespTimeout) || errors.Is(err, errMeshRequired) || errors.Is(err, errClientBody) {
