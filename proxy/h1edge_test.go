@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -270,4 +271,90 @@ func TestH1ClientBodyBreaksOff(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHTTP1AppRedialsTrackedOnce: the net/http path (serveHTTP1, which
+// serves what the fast path hands over on the server side) dials the
+// app again whenever it closed; on a long client connection whose app
+// closes after every response the dials must not pile up one tracked
+// conn each, and closing the client connection's tracked conns closes
+// the app connection still open.
+func TestHTTP1AppRedialsTrackedOnce(t *testing.T) {
+	var opened, closed atomic.Int64
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/last" {
+				w.Header().Set("Connection", "close") // the next request dials again
+			}
+			io.WriteString(w, r.URL.Path)
+		}),
+		ConnState: func(c net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateNew:
+				opened.Add(1)
+			case http.StateClosed:
+				closed.Add(1)
+			}
+		},
+	}
+	go app.Serve(ln)
+	defer app.Close()
+	target := netip.MustParseAddrPort(ln.Addr().String())
+
+	srv := NewServer(Inbound, Config{}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	k := &conn{s: srv, ctx: t.Context()}
+	k.begin(connLabels{tls: TLSDisabled})
+	front, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	client, err := net.DialTCP("tcp4", nil, front.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	sc, err := front.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.track(sc)
+	done := make(chan error, 1)
+	go func() { done <- srv.serveHTTP1(k, sc, nil, nil, target, "") }()
+
+	client.SetDeadline(time.Now().Add(20 * time.Second))
+	rc := &rawConn{t: t, c: client, r: bufio.NewReader(client)}
+	const n = 20
+	for i := range n {
+		path := fmt.Sprintf("/r%d", i)
+		if i == n-1 {
+			path = "/last" // its app connection stays open
+		}
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: app\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != path {
+			t.Fatalf("request %d: %d %q; want 200 %q", i, resp.StatusCode, body, path)
+		}
+	}
+	k.mu.Lock()
+	tracked := len(k.closers)
+	k.mu.Unlock()
+	if tracked > 2 { // the client connection and the app connections' set
+		t.Errorf("after %d app dials the connection tracks %d conns; want at most 2", n, tracked)
+	}
+	k.closeAll()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("serveHTTP1 did not return 10s after its connection was closed")
+	}
+	if got := opened.Load(); got != n {
+		t.Errorf("the app saw %d connections; want %d (one per request)", got, n)
+	}
+	// The last app connection, kept alive, closes with the client's.
+	waitFor(t, "every app connection closed", func() bool { return closed.Load() == opened.Load() })
 }
