@@ -789,6 +789,14 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	}
 	if err != nil {
 		upKeep = false
+		var we *writeError
+		if !res.counted && !errors.As(err, &we) {
+			// The upstream broke its body off: the client sees it
+			// cut short (the connection closes), and it counts as a
+			// failure, whatever its status (as Linkerd classifies a
+			// response stream that fails).
+			res.proxyErr = true
+		}
 	}
 	end()
 	if err == nil && pending != nil {

@@ -358,3 +358,102 @@ func TestHTTP1AppRedialsTrackedOnce(t *testing.T) {
 	// The last app connection, kept alive, closes with the client's.
 	waitFor(t, "every app connection closed", func() bool { return closed.Load() == opened.Load() })
 }
+
+// TestH1UpstreamBodyBreaksOff: an upstream that closes in the middle of
+// its response body (mid-chunk, or short of its Content-Length): the
+// client sees a truncated body, never one that looks complete, and the
+// response counts as a failure.
+func TestH1UpstreamBodyBreaksOff(t *testing.T) {
+	for _, tc := range []struct{ name, resp string }{
+		{"mid-chunk", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\nwor"},
+		{"chunk-boundary", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"},
+		{"content-length", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello wor"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := upstream(t, func(c *net.TCPConn) {
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				io.WriteString(c, tc.resp)
+			})
+			srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+			defer srv.Shutdown(context.Background())
+			d := newProxyDialer(t, srv, up)
+			rc := dialRaw(t, d)
+			rc.send("GET / HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+			resp, err := http.ReadResponse(rc.r, &http.Request{Method: http.MethodGet})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			if err == nil {
+				t.Errorf("the client read a complete-looking body %q from an upstream that broke off", b)
+			}
+			waitConnEnded(t, srv)
+			if got := testutil.ToFloat64(srv.m.responses.WithLabelValues("outbound", up.String(), "200", classFailure)); got != 1 {
+				t.Errorf("responses_total{status_code=200,classification=failure} = %v; want 1", got)
+			}
+		})
+	}
+}
+
+// TestH1ResponseTimeoutRacesLateResponse: an upstream answering just
+// after the response header timeout: the client gets the 504, the late
+// answer goes nowhere (its connection is not pooled), and the next
+// request on the same client connection gets its own answer.
+func TestH1ResponseTimeoutRacesLateResponse(t *testing.T) {
+	late := make(chan struct{})
+	defer close(late)
+	srv, bs, d, authority := h1Env(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-late
+		}
+		io.WriteString(w, r.URL.Path)
+	}), 0)
+	srv.http.cfg.ResponseHeaderTimeout = 200 * time.Millisecond
+	rc := dialRaw(t, d)
+	rc.send("GET /slow HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, _ := rc.read("GET"); resp.StatusCode != http.StatusGatewayTimeout || resp.Header.Get(headerProxyError) != "timeout" {
+		t.Fatalf("slow upstream: %d %q; want 504 timeout", resp.StatusCode, resp.Header.Get(headerProxyError))
+	}
+	late <- struct{}{} // the late answer
+	for i := range 3 {
+		rc.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/next" {
+			t.Fatalf("request %d after the timeout: %d %q; want 200 %q", i, resp.StatusCode, body, "/next")
+		}
+	}
+	if n := bs[0].conns.Load(); n != 2 {
+		t.Errorf("the upstream saw %d connections; want 2 (the timed-out one dropped, one pooled after)", n)
+	}
+}
+
+// TestH1MeshUpstreamBodyBreaksOff: the same through two proxies: the
+// app closes mid-chunk; the server side closes the mesh connection, and
+// the client sees the body cut short.
+func TestH1MeshUpstreamBodyBreaksOff(t *testing.T) {
+	e, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\nwor")
+		c.Close()
+	}))
+	rc := dialRaw(t, d)
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	resp, err := http.ReadResponse(rc.r, &http.Request{Method: http.MethodGet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(resp.Body); err == nil {
+		t.Errorf("the client read a complete-looking body %q from an app that broke off", b)
+	}
+	for _, m := range []struct {
+		dir string
+		m   *Metrics
+	}{{"outbound", e.outM}, {"inbound", e.inM}} {
+		waitValue(t, m.dir+" failures", m.m.responses.WithLabelValues(m.dir, authority, "200", classFailure), 1)
+	}
+}
