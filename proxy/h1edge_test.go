@@ -278,7 +278,8 @@ func TestH1ClientBodyBreaksOff(t *testing.T) {
 // app again whenever it closed; on a long client connection whose app
 // closes after every response the dials must not pile up one tracked
 // conn each, and closing the client connection's tracked conns closes
-// the app connection still open.
+// the app connection still open. Its requests are counted as the fast
+// path's are.
 func TestHTTP1AppRedialsTrackedOnce(t *testing.T) {
 	var opened, closed atomic.Int64
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -351,6 +352,12 @@ func TestHTTP1AppRedialsTrackedOnce(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("serveHTTP1 did not return 10s after its connection was closed")
+	}
+	if got := testutil.ToFloat64(srv.m.requests.WithLabelValues("inbound", "app")); got != n {
+		t.Errorf("requests_total = %v; want %d (the net/http path counts its requests too)", got, n)
+	}
+	if got := testutil.ToFloat64(srv.m.responses.WithLabelValues("inbound", "app", "200", classSuccess)); got != n {
+		t.Errorf("responses_total{status_code=200} = %v; want %d", got, n)
 	}
 	if got := opened.Load(); got != n {
 		t.Errorf("the app saw %d connections; want %d (one per request)", got, n)

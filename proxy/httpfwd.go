@@ -78,7 +78,11 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 	}
 	idle := s.cfg.idleTimeout()
 	srv := &http.Server{
-		Handler:                      rp,
+		// Counted as the fast path counts its requests: the server
+		// side's requests it hands over (upgrades, HTTP/1.0...) and
+		// plaintext HTTP/1 to an app port were missing from
+		// requests_total and responses_total.
+		Handler:                      s.instrument(rp),
 		IdleTimeout:                  idle,
 		ReadHeaderTimeout:            s.cfg.headerTimeout(),
 		DisableGeneralOptionsHandler: true,
