@@ -362,8 +362,9 @@ const (
 // half-closes (CloseWrite: the client reads the end of the answer),
 // then reads and discards what the client still sends until it closes
 // its side, for at most h1LingerTime and h1LingerBytes (past those
-// bytes the rest of the time is waited without reading, on the client
-// side). The connection's goroutine is held that long, no more; the caller closes.
+// bytes, on the client side, the rest of the time is waited without
+// reading). The connection's goroutine is held that long, no more; the
+// caller closes.
 func (c *h1Conn) lingerClose() {
 	if !c.unread && (c.b == nil || c.cr.r == c.cr.w) || c.k.ctx.Err() != nil {
 		return
