@@ -166,7 +166,11 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 			return berr == nil && clientKeep
 		}
 		if ep != nil {
-			ep.Release(err, time.Since(t0))
+			rerr := err
+			if errors.Is(err, errClientBody) {
+				rerr = context.Canceled // the client's doing: not the endpoint's fault
+			}
+			ep.Release(rerr, time.Since(t0))
 		}
 		failed = append(failed, dst)
 		if c.k.ctx.Err() != nil || errors.Is(err, errRespTimeout) || errors.Is(err, errMeshRequired) || errors.Is(err, errClientBody) {
@@ -283,8 +287,8 @@ func (c *h1Conn) readEarlyResponse(up net.Conn) (hn int, got bool, err error) {
 	switch {
 	case c.h != nil && c.h.cfg.ResponseHeaderTimeout > 0:
 		d = c.h.cfg.ResponseHeaderTimeout
-	case c.h == nil && c.s.cfg.idleTimeout() > 0:
-		d = min(d, c.s.cfg.idleTimeout())
+	case c.h == nil && c.s.inboundResponseTimeout() > 0:
+		d = c.s.inboundResponseTimeout()
 	}
 	c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
 	hn, got, err = c.readResponse(up)
