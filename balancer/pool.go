@@ -60,6 +60,15 @@ type PoolConfig[C io.Closer] struct {
 	// epoll), instead of at the next Get or the idle timeout. For
 	// net.Conn (and *tls.Conn) connections.
 	WatchClose bool
+	// PreConnect keeps a spare connection ready: when a Get finds no
+	// idle connection for its endpoint, or takes the last one, the pool
+	// dials one more in the background and parks it idle, so the next
+	// burst does not wait for a connect (and a TLS handshake). At most
+	// one such dial is in flight per endpoint; none when the endpoint or
+	// the pool is at its idle bound (MaxIdlePerEndpoint, MaxIdle), and
+	// none for PreConnectBackoff after one failed. It counts in dials
+	// and in meshproxy_pool_preconnects_total.
+	PreConnect bool
 	// Metrics, when not nil, counts dials, reuses and stale connections.
 	Metrics *Metrics
 }
@@ -101,7 +110,7 @@ type Pool[C io.Closer] struct {
 	usable  func(C) bool
 	metrics *Metrics
 
-	dials, reuses, stale atomic.Uint64
+	dials, reuses, stale, preconnects atomic.Uint64
 
 	mu      sync.Mutex
 	lru     *simplelru.LRU[netip.AddrPort, *[]idleConn[C]]
@@ -114,6 +123,9 @@ type Pool[C io.Closer] struct {
 	// them instead of pooling a dead connection.
 	hungUp map[int32]struct{}
 	closed bool
+	// pre holds the endpoints with a pre-connect in flight (zero time)
+	// or failed at that time (see PreConnect).
+	pre map[netip.AddrPort]time.Time
 
 	done chan struct{}
 	once sync.Once
@@ -137,7 +149,7 @@ func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
 	if cfg.MaxEndpoints <= 0 {
 		cfg.MaxEndpoints = DefaultMaxEndpoints
 	}
-	p := &Pool[C]{cfg: cfg, usable: cfg.Usable, metrics: cfg.Metrics, done: make(chan struct{})}
+	p := &Pool[C]{cfg: cfg, usable: cfg.Usable, metrics: cfg.Metrics, done: make(chan struct{}), pre: map[netip.AddrPort]time.Time{}}
 	if p.usable == nil {
 		p.usable = func(c C) bool {
 			if nc, ok := any(c).(net.Conn); ok {
@@ -174,9 +186,12 @@ func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
 // counted as stale; they are never returned.
 func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C], reused bool, err error) {
 	for {
-		ic, ok, err := p.popIdle(addr)
+		ic, ok, left, err := p.popIdle(addr)
 		if err != nil {
 			return pc, false, err
+		}
+		if left == 0 {
+			p.preconnect(ctx, addr) // ran dry: a spare for the next one
 		}
 		if !ok {
 			break
@@ -207,26 +222,31 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 	return PooledConn[C]{Conn: c, Addr: addr, Created: time.Now()}, false, nil
 }
 
-// popIdle takes the most recently returned idle connection of addr.
-func (p *Pool[C]) popIdle(addr netip.AddrPort) (idleConn[C], bool, error) {
+// popIdle takes the most recently returned idle connection of addr;
+// left is how many idle ones addr has after it, -1 when the pool does
+// not know addr (it has never had, or has forgotten, idle ones).
+func (p *Pool[C]) popIdle(addr netip.AddrPort) (ic idleConn[C], ok bool, left int, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return idleConn[C]{}, false, ErrClosed
+		return idleConn[C]{}, false, 0, ErrClosed
 	}
 	idle, ok := p.lru.Get(addr)
-	if !ok || len(*idle) == 0 {
-		return idleConn[C]{}, false, nil
+	if !ok {
+		return idleConn[C]{}, false, -1, nil // a new endpoint: no spare yet
+	}
+	if len(*idle) == 0 {
+		return idleConn[C]{}, false, 0, nil
 	}
 	n := len(*idle) - 1
-	ic := (*idle)[n]
+	ic = (*idle)[n]
 	(*idle)[n] = idleConn[C]{}
 	*idle = (*idle)[:n]
 	p.idleN--
 	if ic.fd >= 0 {
 		delete(p.watched, ic.fd) // in use: a hang-up now is remembered
 	}
-	return ic, true, nil
+	return ic, true, n, nil
 }
 
 func (p *Pool[C]) expired(ic idleConn[C], now time.Time) bool {
@@ -390,6 +410,8 @@ type PoolStats struct {
 	Dials  uint64 `json:"dials"`
 	Reuses uint64 `json:"reuses"`
 	Stale  uint64 `json:"stale"`
+	// PreConnects counts the dials of PreConnect (in Dials too).
+	PreConnects uint64 `json:"preconnects"`
 	// Idle is the number of idle connections now; Endpoints the number
 	// of endpoints tracked.
 	Idle      int `json:"idle"`
@@ -398,7 +420,7 @@ type PoolStats struct {
 
 // Stats returns the pool's counters and current size, for /debug/state.
 func (p *Pool[C]) Stats() PoolStats {
-	st := PoolStats{Dials: p.dials.Load(), Reuses: p.reuses.Load(), Stale: p.stale.Load()}
+	st := PoolStats{Dials: p.dials.Load(), Reuses: p.reuses.Load(), Stale: p.stale.Load(), PreConnects: p.preconnects.Load()}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, k := range p.lru.Keys() {
@@ -442,6 +464,7 @@ func (p *Pool[C]) sweeper(iv time.Duration) {
 func (p *Pool[C]) sweep(now time.Time) {
 	var toClose []C
 	p.mu.Lock()
+	p.prunePreLocked(now)
 	for _, k := range p.lru.Keys() {
 		idle, ok := p.lru.Peek(k)
 		if !ok {
@@ -470,10 +493,14 @@ func (p *Pool[C]) sweep(now time.Time) {
 // Puts close their connection. It is safe to call more than once.
 func (p *Pool[C]) Close() error {
 	p.once.Do(func() {
+		// Closed first: no pre-connect starts after this, and one in
+		// flight closes its connection instead of parking it.
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
 		close(p.done)
 		p.wg.Wait()
 		p.mu.Lock()
-		p.closed = true
 		p.lru.Purge()
 		evicted := p.takeEvictedLocked()
 		p.mu.Unlock()

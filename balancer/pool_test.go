@@ -86,7 +86,9 @@ func tcpDial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
 
 func newTestPool(t *testing.T, cfg PoolConfig[net.Conn]) *Pool[net.Conn] {
 	t.Helper()
-	cfg.Dial = tcpDial
+	if cfg.Dial == nil {
+		cfg.Dial = tcpDial
+	}
 	p, err := NewPool(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -435,5 +437,154 @@ func TestPoolWatchHangUpWhileInUse(t *testing.T) {
 	}
 	if st := p.Stats(); st.Stale != 1 {
 		t.Errorf("stats = %+v; want 1 stale", st)
+	}
+}
+
+// spareDialer is a Dial that tells pre-connects (IsPreConnect) apart:
+// it counts them and runs hold before dialing them.
+type spareDialer struct {
+	spares atomic.Int64
+	hold   func(ctx context.Context)
+}
+
+func (d *spareDialer) dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+	if IsPreConnect(ctx) {
+		d.spares.Add(1)
+		if d.hold != nil {
+			d.hold(ctx)
+		}
+		return (&net.Dialer{}).Dial("tcp", addr.String()) // even if ctx is done: Put must close it
+	}
+	return tcpDial(ctx, addr)
+}
+
+// waitIdle waits until the pool holds n idle connections.
+func waitIdle(t *testing.T, p *Pool[net.Conn], n int) {
+	t.Helper()
+	for range 200 {
+		if p.Stats().Idle == n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("pool holds %d idle connections; want %d", p.Stats().Idle, n)
+}
+
+func TestPoolPreConnect(t *testing.T) {
+	// A Get that takes an endpoint's last idle connection has the pool
+	// dial a spare; the next Get finds it, over a real socket.
+	srv := newEchoServer(t, nil)
+	d := &spareDialer{}
+	p := newTestPool(t, PoolConfig[net.Conn]{Dial: d.dial, PreConnect: true})
+	pc, _ := get(t, p, srv.addr) // a new endpoint: no spare
+	p.Put(pc)
+	if n := d.spares.Load(); n != 0 {
+		t.Fatalf("%d spares dialed for a first connection; want none", n)
+	}
+	pc, reused := get(t, p, srv.addr) // the last idle one: a spare follows
+	if !reused {
+		t.Fatal("the idle connection was not reused")
+	}
+	waitIdle(t, p, 1)
+	spare, reused := get(t, p, srv.addr)
+	if !reused || spare.Conn == pc.Conn {
+		t.Fatalf("after the pool ran dry, Get reused=%v (same conn: %v); want the spare", reused, spare.Conn == pc.Conn)
+	}
+	roundTrip(t, spare.Conn)
+	if got := srv.accepted.Load(); got < 2 {
+		t.Fatalf("server accepted %d connections; want the first and the spare", got)
+	}
+	st := p.Stats()
+	if st.PreConnects < 1 || st.Dials < 2 {
+		t.Fatalf("stats %+v; want pre-connects counted, in dials too", st)
+	}
+	pc.Conn.Close()
+	spare.Conn.Close()
+}
+
+func TestPoolPreConnectOneInFlight(t *testing.T) {
+	// While a spare's dial is in flight, Gets that find the endpoint dry
+	// dial their own but start no second spare.
+	srv := newEchoServer(t, nil)
+	gate := make(chan struct{})
+	d := &spareDialer{hold: func(context.Context) { <-gate }}
+	p, err := NewPool(PoolConfig[net.Conn]{Dial: d.dial, PreConnect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := get(t, p, srv.addr)
+	p.Put(first)
+	held := []net.Conn{}
+	pc, _ := get(t, p, srv.addr) // ran dry: spare 1, held at the gate
+	held = append(held, pc.Conn)
+	for range 5 {
+		pc, reused := get(t, p, srv.addr)
+		if reused {
+			t.Fatal("a Get reused a connection; the pool had none idle")
+		}
+		held = append(held, pc.Conn)
+	}
+	close(gate)
+	waitIdle(t, p, 1) // the spare, parked
+	p.Close()         // waits for every spare's dial
+	if n := d.spares.Load(); n != 1 {
+		t.Fatalf("%d spares dialed; want 1 (one in flight per endpoint)", n)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	srv.waitEOFs(t, int(srv.accepted.Load())) // nothing leaked
+}
+
+func TestPoolPreConnectClose(t *testing.T) {
+	// Close while a spare's dial is in flight: Close waits for it, and
+	// the connection it gets (the dial ignores the cancellation) is
+	// closed, not leaked.
+	srv := newEchoServer(t, nil)
+	dialing := make(chan struct{})
+	d := &spareDialer{hold: func(ctx context.Context) {
+		close(dialing)
+		<-ctx.Done() // Close cancels it
+	}}
+	p, err := NewPool(PoolConfig[net.Conn]{Dial: d.dial, PreConnect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, _ := get(t, p, srv.addr)
+	p.Put(pc)
+	pc, _ = get(t, p, srv.addr) // ran dry: a spare starts
+	select {
+	case <-dialing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no spare dialed after the pool ran dry")
+	}
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return while a spare was dialing")
+	}
+	if st := p.Stats(); st.Idle != 0 {
+		t.Fatalf("closed pool holds %d idle connections", st.Idle)
+	}
+	pc.Conn.Close()
+	srv.waitEOFs(t, 2) // the one handed out and the spare
+	if got := srv.accepted.Load(); got != 2 {
+		t.Fatalf("server accepted %d connections; want 2", got)
+	}
+}
+
+func TestPoolNoPreConnectByDefault(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	d := &spareDialer{}
+	p := newTestPool(t, PoolConfig[net.Conn]{Dial: d.dial})
+	pc, _ := get(t, p, srv.addr)
+	p.Put(pc)
+	pc, _ = get(t, p, srv.addr)
+	pc.Conn.Close()
+	p.Close()
+	if n := d.spares.Load(); n != 0 {
+		t.Fatalf("%d spares dialed without PreConnect", n)
 	}
 }
