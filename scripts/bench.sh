@@ -229,10 +229,13 @@ start_meshproxy() {
 	local caps=() mesh=()
 	[ "$MODE" = tproxy ] && caps=(--inh-caps=+net_admin --ambient-caps=+net_admin)
 	for ns in $CLIENT $SERVER; do
+		# One log per pod for the whole run (fixed-rate rounds restart
+		# the pair), each start marked.
+		echo "== meshproxy ${1:-plaintext} started $(date -u +%T.%N)" >>"$WORK/meshproxy-$ns.log"
 		[ -n "${1:-}" ] && mesh=(--identity-dir "$WORK/ca" --identity "spiffe://cluster.local/ns/bench/sa/$ns")
 		ip netns exec $ns setpriv --reuid=$PROXY_UID --regid=$PROXY_UID --clear-groups "${caps[@]}" \
 			env GOMAXPROCS=2 ${GCTRACE:+GODEBUG=gctrace=1} "$WORK/meshproxy" run --mode "$MODE" --log-level warn --ipv6=false --shutdown-grace 1s "${mesh[@]}" \
-			>"$WORK/meshproxy-$ns.log" 2>&1 &
+			>>"$WORK/meshproxy-$ns.log" 2>&1 &
 		proxies+=($!)
 	done
 	for ns in $CLIENT $SERVER; do
@@ -241,7 +244,7 @@ start_meshproxy() {
 			sleep 0.1
 		done
 		echo "bench: meshproxy in $ns not ready after 10 s:" >&2
-		cat "$WORK/meshproxy-$ns.log" >&2
+		tail -n 20 "$WORK/meshproxy-$ns.log" >&2
 		return 1
 	done
 }

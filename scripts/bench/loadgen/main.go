@@ -29,7 +29,8 @@
 // warm-up, so the read disturbs nothing measured and dials in that lead
 // count as measured: an over-count, never an under-count) and right
 // after it, and prints the change of every series whose name starts
-// with -scrape-prefix ("scrape_delta").
+// with one of -scrape-prefix ("scrape_delta"; by default the pool's
+// counters, requests and connections).
 package main
 
 import (
@@ -42,6 +43,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,7 +94,7 @@ func main() {
 	grace := fs.Duration("grace", 5*time.Second, "after the last send, how long to wait for the rest")
 	warmup := fs.Duration("warmup", time.Second, "send at the same rate this long first, without recording")
 	scrape := fs.String("scrape", "", "Prometheus text URL to read before and after the measured period (e.g. http://127.0.0.1:4191/metrics)")
-	scrapePrefix := fs.String("scrape-prefix", "meshproxy_pool_", "report the change of the scraped series whose name starts with this")
+	scrapePrefix := fs.String("scrape-prefix", "meshproxy_pool_,meshproxy_requests_total,meshproxy_tcp_open_total", "report the change of the scraped series whose name starts with one of these (comma-separated)")
 	scrapeLead := fs.Duration("scrape-lead", 50*time.Millisecond, "read -scrape this long before the measured period starts (within the warm-up)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
@@ -133,12 +135,18 @@ type lgConn struct {
 // scheduler thread writes a request itself when a connection is free (no
 // goroutine wake-up between the tick and the write); otherwise the
 // request waits in the backlog, and the reader that frees a connection
-// writes the next one at once.
+// writes the next one at once. Free connections are taken in the order
+// they were freed (a queue, not a stack), so every connection carries
+// requests all along: a connection left unused for long could look idle
+// to a proxy (one that waits for a client's first bytes only so long
+// before forwarding the connection as opaque TCP would do that to a
+// connection whose first request came late).
 type dispatcher struct {
-	mu      sync.Mutex
-	free    []*lgConn
-	backlog []time.Time // due times, oldest first
-	head    int
+	mu              sync.Mutex
+	free            []*lgConn // a ring of nfree connections from freeHead
+	freeHead, nfree int
+	backlog         []time.Time // due times, oldest first
+	head            int
 
 	recordFrom time.Time
 	timeout    time.Duration
@@ -148,14 +156,14 @@ type dispatcher struct {
 // submit sends the request due at at on a free connection, or queues it.
 func (d *dispatcher) submit(at time.Time) {
 	d.mu.Lock()
-	n := len(d.free)
-	if n == 0 {
+	if d.nfree == 0 {
 		d.backlog = append(d.backlog, at)
 		d.mu.Unlock()
 		return
 	}
-	c := d.free[n-1]
-	d.free = d.free[:n-1]
+	c := d.free[d.freeHead]
+	d.freeHead = (d.freeHead + 1) % len(d.free)
+	d.nfree--
 	d.mu.Unlock()
 	d.send(c, at, 0)
 }
@@ -192,7 +200,8 @@ func (d *dispatcher) next(c *lgConn) (time.Time, bool) {
 		}
 		return at, true
 	}
-	d.free = append(d.free, c)
+	d.free[(d.freeHead+d.nfree)%len(d.free)] = c
+	d.nfree++
 	return time.Time{}, false
 }
 
@@ -216,7 +225,7 @@ func run(addr, host, path string, rate float64, duration, warmup time.Duration, 
 	// reader sees it: requests due before it are the warm-up.
 	first := time.Now().Add(10 * time.Millisecond)
 	recordFrom := first.Add(time.Duration(w) * interval)
-	d := &dispatcher{free: append([]*lgConn(nil), conns...), recordFrom: recordFrom, timeout: timeout}
+	d := &dispatcher{free: append([]*lgConn(nil), conns...), nfree: nconns, recordFrom: recordFrom, timeout: timeout}
 	stop := make(chan struct{})
 	r := &result{Addr: addr, TargetRate: rate, DurationS: duration.Seconds(), Conns: nconns, Scheduled: n}
 
@@ -311,7 +320,7 @@ func run(addr, host, path string, rate float64, duration, warmup time.Duration, 
 		// Every measured request is answered, failed or abandoned.
 		for {
 			d.mu.Lock()
-			idle := len(d.free) == nconns && d.head == len(d.backlog)
+			idle := d.nfree == nconns && d.head == len(d.backlog)
 			d.mu.Unlock()
 			if idle {
 				break
@@ -410,7 +419,8 @@ func (s *scraper) finish() (map[string]float64, string) {
 }
 
 // scrapeOnce returns the samples of the series whose name starts with
-// prefix, keyed by the series (name and labels).
+// one of the comma-separated prefixes, keyed by the series (name and
+// labels).
 func scrapeOnce(url, prefix string) (map[string]float64, error) {
 	cl := http.Client{Timeout: 2 * time.Second}
 	resp, err := cl.Get(url)
@@ -426,8 +436,9 @@ func scrapeOnce(url, prefix string) (map[string]float64, error) {
 		return nil, fmt.Errorf("scraping %s: status %s", url, resp.Status)
 	}
 	m := map[string]float64{}
+	prefixes := strings.Split(prefix, ",")
 	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, prefix) {
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return p != "" && strings.HasPrefix(line, p) }) {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')
