@@ -60,14 +60,18 @@ type PoolConfig[C io.Closer] struct {
 	// epoll), instead of at the next Get or the idle timeout. For
 	// net.Conn (and *tls.Conn) connections.
 	WatchClose bool
-	// PreConnect keeps a spare connection ready: when a Get finds no
-	// idle connection for its endpoint, or takes the last one, the pool
-	// dials one more in the background and parks it idle, so the next
-	// burst does not wait for a connect (and a TLS handshake). At most
-	// one such dial is in flight per endpoint; none when the endpoint or
-	// the pool is at its idle bound (MaxIdlePerEndpoint, MaxIdle), and
-	// none for PreConnectBackoff after one failed. It counts in dials
-	// and in meshproxy_pool_preconnects_total.
+	// PreConnect dials ahead: when a Get finds no idle connection for an
+	// endpoint the pool knows (all its connections are in use: more
+	// requests at once than ever before), it dials its own as always,
+	// and the pool dials one spare in the background and parks it idle,
+	// so the next request past the pool's size does not wait for a
+	// connect (and a TLS handshake). At most one spare's dial is in
+	// flight per endpoint; none when the pool is at MaxIdle or keeps no
+	// idle connections, and none for PreConnectBackoff after one
+	// failed. A client sending one request after another never triggers
+	// it (the pool is not dry when it asks), nor does an endpoint's first
+	// connection. Spares count in dials and in
+	// meshproxy_pool_preconnects_total.
 	PreConnect bool
 	// Metrics, when not nil, counts dials, reuses and stale connections.
 	Metrics *Metrics
@@ -186,12 +190,12 @@ func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
 // counted as stale; they are never returned.
 func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C], reused bool, err error) {
 	for {
-		ic, ok, left, err := p.popIdle(addr)
+		ic, ok, dry, err := p.popIdle(addr)
 		if err != nil {
 			return pc, false, err
 		}
-		if left == 0 {
-			p.preconnect(ctx, addr) // ran dry: a spare for the next one
+		if dry {
+			p.preconnect(ctx, addr) // a spare for the next one
 		}
 		if !ok {
 			break
@@ -222,21 +226,22 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 	return PooledConn[C]{Conn: c, Addr: addr, Created: time.Now()}, false, nil
 }
 
-// popIdle takes the most recently returned idle connection of addr;
-// left is how many idle ones addr has after it, -1 when the pool does
-// not know addr (it has never had, or has forgotten, idle ones).
-func (p *Pool[C]) popIdle(addr netip.AddrPort) (ic idleConn[C], ok bool, left int, err error) {
+// popIdle takes the most recently returned idle connection of addr. dry
+// is true when it has none although the pool knows addr (it had idle
+// ones: all are in use now, more are wanted than the pool has), false
+// for an endpoint it does not know (never used, or forgotten).
+func (p *Pool[C]) popIdle(addr netip.AddrPort) (ic idleConn[C], ok, dry bool, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return idleConn[C]{}, false, 0, ErrClosed
+		return idleConn[C]{}, false, false, ErrClosed
 	}
 	idle, ok := p.lru.Get(addr)
 	if !ok {
-		return idleConn[C]{}, false, -1, nil // a new endpoint: no spare yet
+		return idleConn[C]{}, false, false, nil
 	}
 	if len(*idle) == 0 {
-		return idleConn[C]{}, false, 0, nil
+		return idleConn[C]{}, false, true, nil
 	}
 	n := len(*idle) - 1
 	ic = (*idle)[n]
@@ -246,7 +251,7 @@ func (p *Pool[C]) popIdle(addr netip.AddrPort) (ic idleConn[C], ok bool, left in
 	if ic.fd >= 0 {
 		delete(p.watched, ic.fd) // in use: a hang-up now is remembered
 	}
-	return ic, true, n, nil
+	return ic, true, false, nil
 }
 
 func (p *Pool[C]) expired(ic idleConn[C], now time.Time) bool {

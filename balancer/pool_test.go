@@ -471,35 +471,58 @@ func waitIdle(t *testing.T, p *Pool[net.Conn], n int) {
 }
 
 func TestPoolPreConnect(t *testing.T) {
-	// A Get that takes an endpoint's last idle connection has the pool
-	// dial a spare; the next Get finds it, over a real socket.
+	// A Get that finds a known endpoint dry (its connections all in use)
+	// has the pool dial a spare; the next Get finds it, over a real
+	// socket.
 	srv := newEchoServer(t, nil)
 	d := &spareDialer{}
 	p := newTestPool(t, PoolConfig[net.Conn]{Dial: d.dial, PreConnect: true})
-	pc, _ := get(t, p, srv.addr) // a new endpoint: no spare
-	p.Put(pc)
-	if n := d.spares.Load(); n != 0 {
-		t.Fatalf("%d spares dialed for a first connection; want none", n)
-	}
-	pc, reused := get(t, p, srv.addr) // the last idle one: a spare follows
+	a, _ := get(t, p, srv.addr) // a new endpoint: no spare
+	p.Put(a)
+	a, reused := get(t, p, srv.addr) // not dry: it had one idle
 	if !reused {
 		t.Fatal("the idle connection was not reused")
 	}
+	if n := d.spares.Load(); n != 0 {
+		t.Fatalf("%d spares dialed before the pool ran dry; want none", n)
+	}
+	b, reused := get(t, p, srv.addr) // dry: its own dial, and a spare
+	if reused {
+		t.Fatal("a Get reused a connection; the pool had none idle")
+	}
 	waitIdle(t, p, 1)
 	spare, reused := get(t, p, srv.addr)
-	if !reused || spare.Conn == pc.Conn {
-		t.Fatalf("after the pool ran dry, Get reused=%v (same conn: %v); want the spare", reused, spare.Conn == pc.Conn)
+	if !reused || spare.Conn == a.Conn || spare.Conn == b.Conn {
+		t.Fatalf("Get after the pool ran dry: reused=%v; want the spare", reused)
 	}
 	roundTrip(t, spare.Conn)
-	if got := srv.accepted.Load(); got < 2 {
-		t.Fatalf("server accepted %d connections; want the first and the spare", got)
+	if got := srv.accepted.Load(); got < 3 {
+		t.Fatalf("server accepted %d connections; want a, b and the spare", got)
 	}
 	st := p.Stats()
-	if st.PreConnects < 1 || st.Dials < 2 {
+	if st.PreConnects < 1 || st.Dials < 3 {
 		t.Fatalf("stats %+v; want pre-connects counted, in dials too", st)
 	}
-	pc.Conn.Close()
-	spare.Conn.Close()
+	for _, c := range []net.Conn{a.Conn, b.Conn, spare.Conn} {
+		c.Close()
+	}
+}
+
+func TestPoolPreConnectNotForSequentialUse(t *testing.T) {
+	// One request after another never finds the pool dry: one
+	// connection, no spare.
+	srv := newEchoServer(t, nil)
+	d := &spareDialer{}
+	p := newTestPool(t, PoolConfig[net.Conn]{Dial: d.dial, PreConnect: true})
+	for range 5 {
+		pc, _ := get(t, p, srv.addr)
+		roundTrip(t, pc.Conn)
+		p.Put(pc)
+	}
+	p.Close()
+	if n, acc := d.spares.Load(), srv.accepted.Load(); n != 0 || acc != 1 {
+		t.Fatalf("sequential use: %d spares, %d connections accepted; want 0 and 1", n, acc)
+	}
 }
 
 func TestPoolPreConnectOneInFlight(t *testing.T) {
@@ -514,10 +537,9 @@ func TestPoolPreConnectOneInFlight(t *testing.T) {
 	}
 	first, _ := get(t, p, srv.addr)
 	p.Put(first)
-	held := []net.Conn{}
-	pc, _ := get(t, p, srv.addr) // ran dry: spare 1, held at the gate
-	held = append(held, pc.Conn)
-	for range 5 {
+	first, _ = get(t, p, srv.addr)
+	held := []net.Conn{first.Conn}
+	for range 5 { // all dry: the first starts the spare, held at the gate
 		pc, reused := get(t, p, srv.addr)
 		if reused {
 			t.Fatal("a Get reused a connection; the pool had none idle")
@@ -533,7 +555,7 @@ func TestPoolPreConnectOneInFlight(t *testing.T) {
 	for _, c := range held {
 		c.Close()
 	}
-	srv.waitEOFs(t, int(srv.accepted.Load())) // nothing leaked
+	srv.waitEOFs(t, 7) // first, 5 own dials, the spare: nothing leaked
 }
 
 func TestPoolPreConnectClose(t *testing.T) {
@@ -550,9 +572,10 @@ func TestPoolPreConnectClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, _ := get(t, p, srv.addr)
-	p.Put(pc)
-	pc, _ = get(t, p, srv.addr) // ran dry: a spare starts
+	a, _ := get(t, p, srv.addr)
+	p.Put(a)
+	a, _ = get(t, p, srv.addr)
+	b, _ := get(t, p, srv.addr) // dry: a spare starts
 	select {
 	case <-dialing:
 	case <-time.After(5 * time.Second):
@@ -568,10 +591,11 @@ func TestPoolPreConnectClose(t *testing.T) {
 	if st := p.Stats(); st.Idle != 0 {
 		t.Fatalf("closed pool holds %d idle connections", st.Idle)
 	}
-	pc.Conn.Close()
-	srv.waitEOFs(t, 2) // the one handed out and the spare
-	if got := srv.accepted.Load(); got != 2 {
-		t.Fatalf("server accepted %d connections; want 2", got)
+	a.Conn.Close()
+	b.Conn.Close()
+	srv.waitEOFs(t, 3) // the two handed out and the spare
+	if got := srv.accepted.Load(); got != 3 {
+		t.Fatalf("server accepted %d connections; want 3", got)
 	}
 }
 
@@ -579,10 +603,12 @@ func TestPoolNoPreConnectByDefault(t *testing.T) {
 	srv := newEchoServer(t, nil)
 	d := &spareDialer{}
 	p := newTestPool(t, PoolConfig[net.Conn]{Dial: d.dial})
-	pc, _ := get(t, p, srv.addr)
-	p.Put(pc)
-	pc, _ = get(t, p, srv.addr)
-	pc.Conn.Close()
+	a, _ := get(t, p, srv.addr)
+	p.Put(a)
+	a, _ = get(t, p, srv.addr)
+	b, _ := get(t, p, srv.addr) // dry
+	a.Conn.Close()
+	b.Conn.Close()
 	p.Close()
 	if n := d.spares.Load(); n != 0 {
 		t.Fatalf("%d spares dialed without PreConnect", n)
