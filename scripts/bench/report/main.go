@@ -185,6 +185,8 @@ type rateResult struct {
 	AchievedRate float64 `json:"achieved_rate"`
 	FirstError   string  `json:"first_error"`
 	Latency      latency `json:"latency"`
+	// Late is loadgen's own send lateness (its scheduler woke late).
+	Late latency `json:"late"`
 	// ScrapeDelta: counters of the client-side proxy over the measured
 	// period (meshproxy setups).
 	ScrapeDelta map[string]float64 `json:"scrape_delta"`
@@ -239,6 +241,8 @@ func readRates(dir string, raw map[string]json.RawMessage, notes *[]string) (rat
 	out.Latency.P99 = med(func(r *rateResult) float64 { return r.Latency.P99 })
 	out.Latency.P999 = med(func(r *rateResult) float64 { return r.Latency.P999 })
 	out.Latency.Max = med(func(r *rateResult) float64 { return r.Latency.Max })
+	out.Late.P50 = med(func(r *rateResult) float64 { return r.Late.P50 })
+	out.Late.P99 = med(func(r *rateResult) float64 { return r.Late.P99 })
 	for i, pt := range rounds[0].Latency.Curve {
 		v := []float64{}
 		for _, r := range rounds {
@@ -352,6 +356,7 @@ func build(dir string) (*output, error) {
 	}
 	set := func(fig, s string, v float64) { byKey[fig].Values[s] = num(v) }
 
+	var lateness []string // loadgen's own lateness per setup
 	for _, s := range setups {
 		sd := filepath.Join(dir, s.Key)
 		if _, err := os.Stat(sd); err != nil {
@@ -395,6 +400,10 @@ func build(dir string) (*output, error) {
 			set("rate_max_ms", s.Key, r.Latency.Max/1e3)
 			out.Curves[s.Key] = r.Latency.Curve
 			checks["rate_rounds"] = n
+			if r.Late.P99 > 0 {
+				checks["rate_loadgen_late_p99_ms"] = r.Late.P99 / 1e3
+				lateness = append(lateness, fmt.Sprintf("%s %.2f ms", s.Label, r.Late.P99/1e3))
+			}
 			checks["rate_achieved"] = r.AchievedRate
 			checks["rate_errors"] = r.Errors + r.Unfinished
 			if r.Errors+r.Unfinished > 0 {
@@ -446,6 +455,10 @@ func build(dir string) (*output, error) {
 		}
 	}
 
+	if len(lateness) > 0 {
+		out.Notes = append(out.Notes, "at the fixed rate, loadgen's own lateness p99 (how late its scheduler sent a request; median over the rounds): "+
+			strings.Join(lateness, ", ")+". It is part of every latency figure: loadgen shares the cores with the app and the proxies (whose work delays it too) and with anything else running on the machine; when it is near a setup's p99, that p99 is mostly waiting for a CPU.")
+	}
 	for _, f := range figs {
 		f.VsDirect = map[string]*float64{}
 		for _, s := range setups[1:] {
