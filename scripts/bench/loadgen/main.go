@@ -17,13 +17,17 @@
 // bounded: scheduling stops after -duration, and requests still queued or
 // in flight -grace later are counted as unfinished.
 //
-// So that a tail can be told apart from loadgen's own noise, the object
-// also has (measured period only): "late", how late the scheduler sent
-// each request (its own wake-up delay), "dispatch", how long each
-// request waited in loadgen before a connection wrote it (lateness, a
-// free connection, the worker's wake-up), and "gc_cycles", loadgen's own
-// garbage collections (it runs with GOGC 2000 so that there are
-// normally none). With -scrape URL (a Prometheus text endpoint,
+// loadgen keeps its own part of the latency small: a scheduler thread
+// sleeps with nanosleep at 1 ns timer slack and writes each request
+// itself on a free connection (free ones are taken in the order they
+// were freed, so all carry requests); one goroutine per connection
+// reads the responses; it runs with GOGC 2000. So that a tail can be
+// told apart from loadgen's own noise, the object also has (measured
+// period only): "late", how late the scheduler sent each request (its
+// thread woke late: the machine was busy), "dispatch", how long each
+// request waited in loadgen before it was written (lateness, or no free
+// connection), and "gc_cycles", loadgen's own garbage collections
+// (normally none). With -scrape URL (a Prometheus text endpoint,
 // e.g. the client-side proxy's admin /metrics) it reads the URL shortly
 // before the measured period (-scrape-lead earlier, still in the
 // warm-up, so the read disturbs nothing measured and dials in that lead
