@@ -34,7 +34,10 @@ func (p *Pool[C]) preconnect(ctx context.Context, addr netip.AddrPort) {
 		return
 	}
 	if _, ok := p.pre[addr]; !ok && len(p.pre) >= p.cfg.MaxEndpoints {
-		return
+		p.prunePreLocked(time.Now()) // (the sweeper does it too, when there is one)
+		if len(p.pre) >= p.cfg.MaxEndpoints {
+			return
+		}
 	}
 	p.pre[addr] = time.Time{} // in flight
 	p.wg.Add(1)               // under mu, and only while open: Close waits for it
