@@ -47,6 +47,8 @@
 #   ROUNDS           fixed-rate runs per setup (default 3; median reported)
 #   LATENCY_ONLY=1   only the fixed-rate rounds (no memory, iperf3, wrk,
 #                    connrate figures: those read n/a)
+#   MESHPROXY        the meshproxy binary to measure (default bin/meshproxy;
+#                    another build, for an A/B of two runs)
 #   BENCH_GCTRACE=1  GODEBUG=gctrace=1 for meshproxy, httpserver and
 #                    loadgen (their logs: keep them with BENCH_KEEP=1)
 #   CONCURRENCY      wrk connections (default 32; 2 threads)
@@ -118,8 +120,8 @@ fi
 	echo "bench: needs root (network namespaces, nftables): run it as root, e.g. sudo make bench"
 	exit 1
 }
-[ -x "$BIN/meshproxy" ] || {
-	echo "bench: $BIN/meshproxy is missing: run make build first (or use make bench)"
+[ -x "${MESHPROXY:-$BIN/meshproxy}" ] || {
+	echo "bench: ${MESHPROXY:-$BIN/meshproxy} is missing: run make build first (or use make bench)"
 	exit 1
 }
 pkgs=()
@@ -141,7 +143,7 @@ WORK=$(mktemp -d /tmp/meshproxy-bench.XXXXXX)
 chmod 755 "$WORK"
 RES=$WORK/results
 mkdir -p "$RES"
-install -m 0755 "$BIN/meshproxy" "$WORK/"
+install -m 0755 "${MESHPROXY:-$BIN/meshproxy}" "$WORK/meshproxy"
 echo "bench: building the helper programs"
 for p in httpserver loadgen connrate holdconns report; do
 	(cd "$ROOT" && go build -o "$WORK/$p" "./scripts/bench/$p")

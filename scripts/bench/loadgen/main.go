@@ -26,7 +26,8 @@
 // period only): "late", how late the scheduler sent each request (its
 // thread woke late: the machine was busy), "dispatch", how long each
 // request waited in loadgen before it was written (lateness, or no free
-// connection), and "gc_cycles", loadgen's own garbage collections
+// connection), "service", the latency from the write on (a diagnostic:
+// it hides stalls), and "gc_cycles", loadgen's own garbage collections
 // (normally none). With -scrape URL (a Prometheus text endpoint,
 // e.g. the client-side proxy's admin /metrics) it reads the URL shortly
 // before the measured period (-scrape-lead earlier, still in the
@@ -76,6 +77,10 @@ type result struct {
 	// Dispatch how long they waited in loadgen before being written.
 	Late     benchhttp.Latency `json:"late"`
 	Dispatch benchhttp.Latency `json:"dispatch"`
+	// Service is the measured requests' latency from when they were
+	// written (without Dispatch): a diagnostic, not the figure (it
+	// hides a stall that kept requests from being sent).
+	Service benchhttp.Latency `json:"service"`
 	// GCCycles counts loadgen's own garbage collections in the
 	// measured period.
 	GCCycles uint64 `json:"gc_cycles"`
@@ -124,8 +129,8 @@ func main() {
 // was due, and the error of writing it (the reader then counts it and
 // reconnects instead of reading).
 type job struct {
-	at  time.Time
-	err error
+	at, sent time.Time
+	err      error
 }
 
 // lgConn is one keep-alive connection and its reader goroutine's inbox
@@ -188,7 +193,7 @@ func (d *dispatcher) send(c *lgConn, at time.Time, which int) {
 	if c.c != nil {
 		err = c.c.Send(now.Add(d.timeout))
 	}
-	c.jobs <- job{at: at, err: err}
+	c.jobs <- job{at: at, sent: now, err: err}
 }
 
 // next returns the oldest queued request for the free connection c, or
@@ -234,13 +239,13 @@ func run(addr, host, path string, rate float64, duration, warmup time.Duration, 
 	r := &result{Addr: addr, TargetRate: rate, DurationS: duration.Seconds(), Conns: nconns, Scheduled: n}
 
 	var mu sync.Mutex
-	var all, late hist.Histogram
+	var all, late, service hist.Histogram
 	var wg sync.WaitGroup
 	for _, c := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var h hist.Histogram
+			var h, sv hist.Histogram
 			ok, errs, first := 0, 0, ""
 			for {
 				var j job
@@ -259,7 +264,9 @@ func run(addr, host, path string, rate float64, duration, warmup time.Duration, 
 				switch {
 				case err == nil && measured:
 					ok++
-					h.Record(int64(time.Since(j.at)))
+					done := time.Now()
+					h.Record(int64(done.Sub(j.at)))
+					sv.Record(int64(done.Sub(j.sent)))
 				case err != nil && measured:
 					errs++
 					if first == "" {
@@ -284,6 +291,7 @@ func run(addr, host, path string, rate float64, duration, warmup time.Duration, 
 			}
 			mu.Lock()
 			all.Merge(&h)
+			service.Merge(&sv)
 			r.OK += ok
 			r.Errors += errs
 			if r.FirstError == "" {
@@ -346,6 +354,7 @@ func run(addr, host, path string, rate float64, duration, warmup time.Duration, 
 	r.Latency = benchhttp.Summarize(&all, true)
 	r.Late = benchhttp.Summarize(&late, false)
 	r.Dispatch = benchhttp.Summarize(&d.dispatch[0], false)
+	r.Service = benchhttp.Summarize(&service, false)
 	r.Unfinished = n - r.OK - r.Errors
 	r.AchievedRate = float64(r.OK) / elapsed.Seconds()
 	return r, nil
