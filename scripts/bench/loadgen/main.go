@@ -27,7 +27,8 @@
 // thread woke late: the machine was busy), "dispatch", how long each
 // request waited in loadgen before it was written (lateness, or no free
 // connection), "service", the latency from the write on (a diagnostic:
-// it hides stalls), and "gc_cycles", loadgen's own garbage collections
+// it hides stalls), "cpu_pressure_pct", the share of the time some task
+// on the machine waited for a CPU, and "gc_cycles", loadgen's own garbage collections
 // (normally none). With -scrape URL (a Prometheus text endpoint,
 // e.g. the client-side proxy's admin /metrics) it reads the URL shortly
 // before the measured period (-scrape-lead earlier, still in the
@@ -84,6 +85,11 @@ type result struct {
 	// GCCycles counts loadgen's own garbage collections in the
 	// measured period.
 	GCCycles uint64 `json:"gc_cycles"`
+	// CPUPressure is the share of the measured period (percent) in
+	// which some task on the machine waited for a CPU
+	// (/proc/pressure/cpu, "some"; the benchmark's own processes
+	// included); -1 when the kernel does not say.
+	CPUPressure float64 `json:"cpu_pressure_pct"`
 	// ScrapeDelta is each scraped series' change over the measured
 	// period (-scrape); ScrapeError says why it is missing.
 	ScrapeDelta map[string]float64 `json:"scrape_delta,omitempty"`
@@ -311,6 +317,7 @@ func run(addr, host, path string, rate float64, duration, warmup time.Duration, 
 	unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
 	scrapeAt := max(0, w-int(sc.lead/interval))
 	var gcBefore uint64
+	var psiBefore int64
 	for i := 0; i < n+w; i++ {
 		at := first.Add(time.Duration(i) * interval)
 		if i == scrapeAt {
@@ -318,6 +325,7 @@ func run(addr, host, path string, rate float64, duration, warmup time.Duration, 
 		}
 		if i == w {
 			gcBefore = gcCycles()
+			psiBefore = cpuSomeMicros()
 		}
 		sleepUntil(at)
 		if i >= w {
@@ -349,6 +357,10 @@ func run(addr, host, path string, rate float64, duration, warmup time.Duration, 
 	wg.Wait() // each reader ends within one request timeout
 	elapsed := time.Since(recordFrom)
 	r.GCCycles = gcCycles() - gcBefore
+	r.CPUPressure = -1
+	if psi := cpuSomeMicros(); psi >= 0 && psiBefore >= 0 && elapsed > 0 {
+		r.CPUPressure = float64(psi-psiBefore) / float64(elapsed.Microseconds()) * 100
+	}
 	r.ScrapeDelta, r.ScrapeError = sc.finish()
 	d.dispatch[0].Merge(&d.dispatch[1])
 	r.Latency = benchhttp.Summarize(&all, true)
@@ -384,6 +396,28 @@ func gcCycles() uint64 {
 		return 0
 	}
 	return s[0].Value.Uint64()
+}
+
+// cpuSomeMicros returns the kernel's total of microseconds in which some
+// task waited for a CPU (/proc/pressure/cpu), or -1.
+func cpuSomeMicros() int64 {
+	data, err := os.ReadFile("/proc/pressure/cpu")
+	if err != nil {
+		return -1
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	if !strings.HasPrefix(line, "some ") {
+		return -1
+	}
+	for _, f := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(f, "total="); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return -1
 }
 
 // scraper reads a Prometheus text endpoint before and after the

@@ -187,6 +187,9 @@ type rateResult struct {
 	Latency      latency `json:"latency"`
 	// Late is loadgen's own send lateness (its scheduler woke late).
 	Late latency `json:"late"`
+	// CPUPressure: percent of the time some task waited for a CPU (-1
+	// or absent: unknown).
+	CPUPressure *float64 `json:"cpu_pressure_pct"`
 	// ScrapeDelta: counters of the client-side proxy over the measured
 	// period (meshproxy setups).
 	ScrapeDelta map[string]float64 `json:"scrape_delta"`
@@ -243,6 +246,15 @@ func readRates(dir string, raw map[string]json.RawMessage, notes *[]string) (rat
 	out.Latency.Max = med(func(r *rateResult) float64 { return r.Latency.Max })
 	out.Late.P50 = med(func(r *rateResult) float64 { return r.Late.P50 })
 	out.Late.P99 = med(func(r *rateResult) float64 { return r.Late.P99 })
+	var psi []float64
+	for _, r := range rounds {
+		if r.CPUPressure != nil && *r.CPUPressure >= 0 {
+			psi = append(psi, *r.CPUPressure)
+		}
+	}
+	if len(psi) > 0 {
+		out.CPUPressure = num(median(psi))
+	}
 	for i, pt := range rounds[0].Latency.Curve {
 		v := []float64{}
 		for _, r := range rounds {
@@ -402,7 +414,12 @@ func build(dir string) (*output, error) {
 			checks["rate_rounds"] = n
 			if r.Late.P99 > 0 {
 				checks["rate_loadgen_late_p99_ms"] = r.Late.P99 / 1e3
-				lateness = append(lateness, fmt.Sprintf("%s %.2f ms", s.Label, r.Late.P99/1e3))
+				l := fmt.Sprintf("%s %.2f ms", s.Label, r.Late.P99/1e3)
+				if r.CPUPressure != nil {
+					checks["rate_cpu_pressure_pct"] = *r.CPUPressure
+					l += fmt.Sprintf(" (CPU pressure %.0f%%)", *r.CPUPressure)
+				}
+				lateness = append(lateness, l)
 			}
 			checks["rate_achieved"] = r.AchievedRate
 			checks["rate_errors"] = r.Errors + r.Unfinished
@@ -456,7 +473,7 @@ func build(dir string) (*output, error) {
 	}
 
 	if len(lateness) > 0 {
-		out.Notes = append(out.Notes, "at the fixed rate, loadgen's own lateness p99 (how late its scheduler sent a request; median over the rounds): "+
+		out.Notes = append(out.Notes, "at the fixed rate, loadgen's own lateness p99 (how late its scheduler sent a request; median over the rounds; in brackets the share of the time some task on the machine waited for a CPU, /proc/pressure/cpu): "+
 			strings.Join(lateness, ", ")+". It is part of every latency figure: loadgen shares the cores with the app and the proxies (whose work delays it too) and with anything else running on the machine; when it is near a setup's p99, that p99 is mostly waiting for a CPU.")
 	}
 	for _, f := range figs {
