@@ -363,9 +363,11 @@ func (p *Pool[C]) peerClosed(fd int32) {
 			p.lru.Remove(addr)
 		}
 	}
+	if len(gone) > 0 {
+		p.stale.Add(1) // under mu: Stats never shows it gone but not counted
+	}
 	p.mu.Unlock()
 	if len(gone) > 0 {
-		p.stale.Add(1)
 		p.metrics.poolStaleConn()
 	}
 	closeAll(gone)
@@ -425,9 +427,11 @@ type PoolStats struct {
 
 // Stats returns the pool's counters and current size, for /debug/state.
 func (p *Pool[C]) Stats() PoolStats {
-	st := PoolStats{Dials: p.dials.Load(), Reuses: p.reuses.Load(), Stale: p.stale.Load(), PreConnects: p.preconnects.Load()}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Counted under mu: a connection the watcher dropped is gone from
+	// Idle and in Stale together.
+	st := PoolStats{Dials: p.dials.Load(), Reuses: p.reuses.Load(), Stale: p.stale.Load(), PreConnects: p.preconnects.Load()}
 	for _, k := range p.lru.Keys() {
 		if idle, ok := p.lru.Peek(k); ok {
 			st.Idle += len(*idle)
