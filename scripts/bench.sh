@@ -180,8 +180,12 @@ for ns in $CLIENT $SERVER; do
 	ip netns add $ns
 	ip -n $ns link set lo up
 	# Many short connections (connrate) and 9,000 held ones: a wide port
-	# range, and TIME_WAIT ports reused for new outgoing connections.
-	inns $ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+	# range, and TIME_WAIT ports reused for new outgoing connections; but
+	# never the ports the proxies and apps listen on (a pair restarted
+	# for a fixed-rate round after connrate found 127.0.0.1:4140 taken
+	# by a client socket's source port).
+	inns $ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1 \
+		net.ipv4.ip_local_reserved_ports="4140,4143,4190,4191,5201,5202,8080,8082,15201,15443-15446,18080,25201,28080"
 done
 ip -n $CLIENT link add eth0 type veth peer name eth0 netns $SERVER
 ip -n $CLIENT addr add $C_IP/24 dev eth0
@@ -451,7 +455,11 @@ for r in $(seq "$ROUNDS"); do
 		k=${keys[$(((i + r - 1) % n))]}
 		mkdir -p "$RES/$k"
 		echo "bench: fixed rate, round $r: $k"
-		start_setup $k
+		if ! start_setup $k; then
+			echo "bench: $k did not start for round $r: that round is missing" >&2
+			stop_proxies
+			continue
+		fi
 		fixed_rate $k $r
 		stop_proxies
 	done
