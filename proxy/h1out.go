@@ -42,6 +42,7 @@ func (h *httpRuntime) newH1Pool() *balancer.Pool[net.Conn] {
 		MaxLifetime:        h.cfg.MaxLifetime,
 		MaxIdle:            h.cfg.MaxIdleConns,
 		WatchClose:         true,
+		PreConnect:         true, // requests past the pool's size: a spare for the next
 		Metrics:            h.cfg.PoolMetrics,
 	})
 	if err != nil {
