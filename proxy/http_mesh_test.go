@@ -18,9 +18,20 @@ import (
 // named web.test in DNS.
 func meshHTTPEnv(t testing.TB, h http.Handler) (*meshEnv, *proxyDialer, string) {
 	t.Helper()
+	return meshHTTPEnvWith(t, h, meshOpts{})
+}
+
+// meshHTTPEnvWith is meshHTTPEnv with o's settings; o.outHTTP, when set,
+// gets the balancer that finds web.test.
+func meshHTTPEnvWith(t testing.TB, h http.Handler, o meshOpts) (*meshEnv, *proxyDialer, string) {
+	t.Helper()
 	z := newZoneDNS(t)
 	z.set("web.test.", "127.0.0.1")
-	e := newMeshEnv(t, meshOpts{outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
+	if o.outHTTP == nil {
+		o.outHTTP = &HTTPConfig{}
+	}
+	o.outHTTP.Balancer = balancerFor(t, z)
+	e := newMeshEnv(t, o)
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

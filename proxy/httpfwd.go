@@ -47,9 +47,10 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 			trackApps.Do(func() { k.track(connCloser(apps.close)) })
 			return apps.add(nc)
 		},
-		MaxIdleConnsPerHost: 1,
-		DisableCompression:  true,
-		IdleConnTimeout:     s.cfg.idleTimeout(),
+		MaxIdleConnsPerHost:   1,
+		DisableCompression:    true,
+		IdleConnTimeout:       s.cfg.idleTimeout(),
+		ResponseHeaderTimeout: s.inboundResponseTimeout(),
 	}
 	defer tr.CloseIdleConnections()
 	rp := &httputil.ReverseProxy{
@@ -66,15 +67,7 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 		FlushInterval: -1,
 		BufferPool:    bytePool{},
 		ErrorLog:      log.New(io.Discard, "", 0),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			s.log.Debug("http upstream error", "src", k.src, "dst", k.orig.String(), "target", target.String(), "error", err)
-			reason := "upstream"
-			if isDialError(err) {
-				reason = reasonAppUnreachable
-			}
-			w.Header().Set(headerProxyError, reason)
-			w.WriteHeader(http.StatusBadGateway)
-		},
+		ErrorHandler:  s.appErrorHandler(k, target),
 	}
 	idle := s.cfg.idleTimeout()
 	srv := &http.Server{

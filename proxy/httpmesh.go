@@ -52,11 +52,12 @@ func (in *inboundHTTP) init(s *Server) {
 			idle = s.cfg.InboundPoolIdleTimeout
 		}
 		in.h1 = &http.Transport{
-			DialContext:         dial,
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     idle,
-			DisableCompression:  true,
-			Proxy:               nil,
+			DialContext:           dial,
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       idle,
+			DisableCompression:    true,
+			Proxy:                 nil,
+			ResponseHeaderTimeout: s.inboundResponseTimeout(),
 		}
 		in.h2c = &http2.Transport{
 			AllowHTTP: true,
@@ -102,10 +103,11 @@ func (in *inboundHTTP) closeIdle(s *Server) {
 // returns when the connection ends.
 func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc string) error {
 	s.in.init(s)
+	h2c := headerTimeoutRT(s.in.h2c, s.inboundResponseTimeout())
 	tr := roundTripperFunc(func(r *http.Request) (*http.Response, error) {
 		if r.Header.Get(headerAppProtocol) == "h2" {
 			r.Header.Del(headerAppProtocol)
-			return s.in.h2c.RoundTrip(r)
+			return h2c.RoundTrip(r)
 		}
 		r.Header.Del(headerAppProtocol)
 		return s.in.h1.RoundTrip(r)
@@ -130,18 +132,7 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 		FlushInterval: 0, // ReverseProxy still flushes at once for streamed (unknown length, event-stream) responses
 		BufferPool:    bytePool{},
 		ErrorLog:      log.New(io.Discard, "", 0),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			s.log.Debug("http delivery failed", "src", k.src, "target", target.String(), "error", err)
-			reason := "upstream"
-			if isDialError(err) {
-				// The app never saw the request: the client proxy
-				// may send it to another endpoint.
-				reason = reasonAppUnreachable
-			}
-			w.Header().Set(headerProxyError, reason)
-			w.Header().Set("Content-Length", "0")
-			w.WriteHeader(http.StatusBadGateway)
-		},
+		ErrorHandler:  s.appErrorHandler(k, target),
 	}
 	s.in.h2.ServeConn(tc, &http2.ServeConnOpts{Context: k.ctx, BaseConfig: s.in.base, Handler: s.instrument(rp)})
 	tc.Close()
