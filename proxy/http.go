@@ -453,6 +453,17 @@ func (e *httpError) Unwrap() error { return e.err }
 // errorResponse writes the response for a request that got no upstream
 // response.
 func (h *httpRuntime) errorResponse(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, errClientAbort) {
+		// Nobody to answer: count 499 as the fast path does, and end
+		// the connection (or the h2 stream) without a response.
+		h.s.log.Debug("http request abandoned by the client", "src", infoOf(r).k.src, "authority", r.Host,
+			"status", statusClientClosed, "error", err)
+		if sw := statusWriterOf(w); sw != nil {
+			sw.status, sw.proxyErr = statusClientClosed, true
+			sw.observe()
+		}
+		panic(http.ErrAbortHandler)
+	}
 	status, reason := proxyErrorStatus(err)
 	if r.Context().Err() == nil {
 		h.s.log.Debug("http request failed", "src", infoOf(r).k.src, "authority", r.Host,
@@ -650,6 +661,14 @@ func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return resp, nil
 		}
+		if cerr := held.clientBroke(); cerr != nil {
+			// The client's doing, not the endpoint's: no failure
+			// charged, no retry.
+			if ep != nil {
+				ep.Release(context.Canceled, time.Since(start))
+			}
+			return nil, cerr
+		}
 		if ep != nil {
 			ep.Release(err, time.Since(start))
 		}
@@ -676,13 +695,36 @@ func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 type heldBody struct {
 	io.ReadCloser
 	touched atomic.Bool
+	broken  atomic.Pointer[error] // the first read error other than io.EOF
 }
 
-// Read reads from the body and marks it touched.
+// Read reads from the body and marks it touched; a read error other
+// than the body's end means the client broke its body off.
 func (b *heldBody) Read(p []byte) (int, error) {
 	b.touched.Store(true)
-	return b.ReadCloser.Read(p)
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.broken.CompareAndSwap(nil, &err)
+	}
+	return n, err
 }
+
+// clientBroke returns, as errClientAbort, the error with which the
+// client's body broke off, or nil.
+func (b *heldBody) clientBroke() error {
+	if b == nil {
+		return nil
+	}
+	if e := b.broken.Load(); e != nil {
+		return fmt.Errorf("%w: %w", errClientAbort, *e)
+	}
+	return nil
+}
+
+// errClientAbort is the error of a request whose client broke off its
+// body (reset, end of file before the body's end, idle timeout): no
+// answer, counted as status_code 499 (see errorResponse).
+var errClientAbort = errors.New("client broke off its request body")
 
 // Close does nothing: see heldBody.
 func (b *heldBody) Close() error { return nil }

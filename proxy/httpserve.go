@@ -20,13 +20,44 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 		authority := r.Host
 		s.m.requests.WithLabelValues(s.m.dir, authority).Inc()
 		sw := &statusWriter{ResponseWriter: w, start: time.Now(), s: s, authority: authority}
+		aborted := true
+		defer func() {
+			if aborted {
+				// The handler ended the exchange without finishing it
+				// (http.ErrAbortHandler: a response body broken off, or
+				// a client that broke off its request): a failure, with
+				// the status sent, if any.
+				if sw.status == 0 {
+					sw.status = http.StatusBadGateway
+					sw.observe()
+				}
+				s.m.responses.WithLabelValues(s.m.dir, authority, strconv.Itoa(sw.status), classFailure).Inc()
+			}
+		}()
 		next.ServeHTTP(sw, r)
+		aborted = false
 		if sw.status == 0 {
 			sw.status = http.StatusOK
 			sw.observe()
 		}
 		s.m.responses.WithLabelValues(s.m.dir, authority, strconv.Itoa(sw.status), sw.class()).Inc()
 	})
+}
+
+// statusWriterOf returns instrument's statusWriter under w (through
+// Unwrap), or nil.
+func statusWriterOf(w http.ResponseWriter) *statusWriter {
+	for w != nil {
+		if sw, ok := w.(*statusWriter); ok {
+			return sw
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return nil
+		}
+		w = u.Unwrap()
+	}
+	return nil
 }
 
 // statusWriter records the status a handler writes.
