@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The HTTP/1.1 fast path: one goroutine per client connection reads a
@@ -85,6 +87,49 @@ type h1Conn struct {
 	idle bool
 	dead bool
 	cur  net.Conn // the upstream in use
+
+	// The deadlines this connection last set (zero: none known): the
+	// client's read and write ones, and the app connection's (inbound:
+	// one for reads and writes). See stale. A killed exchange's past
+	// deadline is never replaced (upDeadline), so a kill need not reset
+	// them.
+	rdl, wdl, adl time.Time
+
+	// readIdle's callback and its results, made once.
+	idleRead func(fd uintptr) bool
+	rn       int
+	rerr     error
+
+	met h1MetricCache
+}
+
+// h1MetricCache holds the metric children of the labels of this
+// connection's last request and response: a client connection sends
+// most of its requests to one authority, and resolving the children
+// (hashing the label values, formatting the status) per request shows
+// in the profile.
+type h1MetricCache struct {
+	authority string
+	requests  prometheus.Counter
+
+	respAuthority string
+	respStatus    int
+	respClass     string
+	responses     prometheus.Counter
+
+	latAuthority string
+	latStatus    int
+	latClass     string
+	latency      prometheus.Observer
+}
+
+// stale reports whether a deadline last set to last must be set again
+// to want (now plus d): not when last is at most want and less than
+// d/64 before it. Each set updates a runtime timer, which showed in the
+// profile when done per request; a stall or idle bound of d is then
+// enforced between d - d/64 and d.
+func stale(last, want time.Time, d time.Duration) bool {
+	return last.IsZero() || last.After(want) || want.Sub(last) >= d/64
 }
 
 // take gets the request buffers.
@@ -133,6 +178,7 @@ func (c *h1Conn) poke() {
 	c.mu.Lock()
 	if c.idle {
 		c.c.SetReadDeadline(time.Unix(1, 0))
+		c.rdl = time.Time{}
 	}
 	c.mu.Unlock()
 }
@@ -155,7 +201,10 @@ func (c *h1Conn) countIn(n int) {
 // writeClient writes b to the client, counting it.
 func (c *h1Conn) writeClient(b []byte) error {
 	if d := c.s.cfg.idleTimeout(); d > 0 {
-		c.c.SetWriteDeadline(time.Now().Add(d))
+		if want := time.Now().Add(d); stale(c.wdl, want, d) {
+			c.c.SetWriteDeadline(want)
+			c.wdl = want
+		}
 	}
 	n, err := c.c.Write(b)
 	if n > 0 {
@@ -223,9 +272,13 @@ func (c *h1Conn) waitIdle() error {
 	}
 	c.idle = true
 	if d := c.s.cfg.idleTimeout(); d > 0 {
-		c.c.SetReadDeadline(time.Now().Add(d))
+		if want := time.Now().Add(d); stale(c.rdl, want, d) {
+			c.c.SetReadDeadline(want)
+			c.rdl = want
+		}
 	} else {
 		c.c.SetReadDeadline(time.Time{})
+		c.rdl = time.Time{}
 	}
 	c.mu.Unlock()
 	defer func() {
@@ -260,23 +313,11 @@ func (c *h1Conn) readIdle() error {
 			return err
 		}
 		c.rc = rc
+		c.idleRead = c.readOnce
 	}
-	var n int
-	var rerr error
-	err := c.rc.Read(func(fd uintptr) bool {
-		c.take()
-		for {
-			n, rerr = syscall.Read(int(fd), c.cr.buf[c.cr.w:])
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			c.release()
-			return false
-		}
-		return true
-	})
+	c.rn, c.rerr = 0, nil
+	err := c.rc.Read(c.idleRead)
+	n, rerr := c.rn, c.rerr
 	if err == nil {
 		err = rerr
 	}
@@ -288,6 +329,23 @@ func (c *h1Conn) readIdle() error {
 		err = io.EOF
 	}
 	return err
+}
+
+// readOnce is readIdle's RawConn callback: one read into the buffers,
+// which go back to their pool when the socket had nothing.
+func (c *h1Conn) readOnce(fd uintptr) bool {
+	c.take()
+	for {
+		c.rn, c.rerr = syscall.Read(int(fd), c.cr.buf[c.cr.w:])
+		if c.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if c.rerr == syscall.EAGAIN {
+		c.release()
+		return false
+	}
+	return true
 }
 
 // serve runs the client's requests until the connection is done. A
@@ -320,7 +378,13 @@ func (c *h1Conn) serve(peek []byte) (handoff []byte, err error) {
 				return nil, err
 			}
 		}
-		c.c.SetReadDeadline(time.Now().Add(c.s.cfg.headerTimeout()))
+		// The head usually came whole with the first read: no header
+		// deadline to set then (a runtime timer update each way).
+		waited := headEnd(c.cr.buffered(), 0) < 0
+		if waited {
+			c.c.SetReadDeadline(time.Now().Add(c.s.cfg.headerTimeout()))
+			c.rdl = time.Time{}
+		}
 		n, err := readHead(&c.cr, 0, requestLineOK)
 		if err != nil {
 			if isTimeout(err) || c.cr.r == c.cr.w {
@@ -333,7 +397,9 @@ func (c *h1Conn) serve(peek []byte) (handoff []byte, err error) {
 			c.h != nil && c.h.routed(m, c.k.orig) {
 			return c.handoffBytes(), nil
 		}
-		c.c.SetReadDeadline(time.Time{})
+		if waited {
+			c.c.SetReadDeadline(time.Time{})
+		}
 		if !c.exchange(n) || c.s.in.fast.isClosing() {
 			return nil, nil
 		}
@@ -371,8 +437,13 @@ func (r h1Result) class() string {
 // client connection must close.
 func (c *h1Conn) exchange(n int) bool {
 	start := time.Now()
-	authority := string(c.b.req.host)
-	c.s.m.requests.WithLabelValues(c.s.m.dir, authority).Inc()
+	m := &c.met
+	if m.requests == nil || string(c.b.req.host) != m.authority {
+		m.authority = string(c.b.req.host)
+		m.requests = c.s.m.requests.WithLabelValues(c.s.m.dir, m.authority)
+	}
+	authority := m.authority
+	m.requests.Inc()
 	res := h1Result{authority: authority}
 	var keep bool
 	if c.h != nil {
@@ -390,14 +461,23 @@ func (c *h1Conn) exchange(n int) bool {
 func (c *h1Conn) countResponse(res *h1Result) {
 	if res.status != 0 && !res.counted {
 		res.counted = true
-		c.s.m.responses.WithLabelValues(c.s.m.dir, res.authority, strconv.Itoa(res.status), res.class()).Inc()
+		m, class := &c.met, res.class()
+		if m.responses == nil || m.respStatus != res.status || m.respClass != class || m.respAuthority != res.authority {
+			m.responses = c.s.m.responses.WithLabelValues(c.s.m.dir, res.authority, strconv.Itoa(res.status), class)
+			m.respAuthority, m.respStatus, m.respClass = res.authority, res.status, class
+		}
+		m.responses.Inc()
 	}
 }
 
 // observe records the latency of a response whose head goes out now.
 func (c *h1Conn) observe(authority string, start time.Time, res *h1Result) {
-	c.s.m.latency.WithLabelValues(c.s.m.dir, authority, strconv.Itoa(res.status), res.class()).
-		Observe(time.Since(start).Seconds())
+	m, class := &c.met, res.class()
+	if m.latency == nil || m.latStatus != res.status || m.latClass != class || m.latAuthority != authority {
+		m.latency = c.s.m.latency.WithLabelValues(c.s.m.dir, authority, strconv.Itoa(res.status), class)
+		m.latAuthority, m.latStatus, m.latClass = authority, res.status, class
+	}
+	m.latency.Observe(time.Since(start).Seconds())
 }
 
 // bodyKind is how a request's body is framed.
@@ -453,11 +533,35 @@ func appendField(out []byte, f h1Field) []byte {
 // request's upload is bounded per write, not as a whole (the response
 // timeout starts once it is sent).
 func (c *h1Conn) upWrite(up net.Conn, b []byte) error {
-	if d := c.s.cfg.idleTimeout(); d > 0 {
+	d := c.s.cfg.idleTimeout()
+	switch {
+	case c.h == nil:
+		c.appDeadline(up, d)
+	case d > 0:
 		c.upDeadline(func() { up.SetWriteDeadline(time.Now().Add(d)) })
+	default:
+		// A pooled connection keeps the deadlines of its last use.
+		c.upDeadline(func() { up.SetWriteDeadline(time.Time{}) })
 	}
 	_, err := up.Write(b)
 	return err
+}
+
+// appDeadline bounds the reads and writes of the app connection up at d
+// from now (none when d <= 0). The app connection is this connection's
+// alone, so the deadline is set lazily (see stale): one deadline for
+// both ways, one runtime timer, rarely updated.
+func (c *h1Conn) appDeadline(up net.Conn, d time.Duration) {
+	if d <= 0 {
+		c.upDeadline(func() { up.SetDeadline(time.Time{}) })
+		return
+	}
+	want := time.Now().Add(d)
+	if !stale(c.adl, want, d) {
+		return
+	}
+	c.upDeadline(func() { up.SetDeadline(want) })
+	c.adl = want
 }
 
 // upDeadline runs set (which sets a deadline on the upstream in use)
@@ -515,6 +619,7 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 	if cl == 0 {
 		return true, nil
 	}
+	c.rdl = time.Time{} // relayBody sets the client's read deadline
 	err = relayBody(&c.cr, write, cl, m.chunked, c.s.cfg.idleTimeout(), c.countIn, nil)
 	var we *writeError
 	switch {
@@ -685,6 +790,11 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	if c.h != nil && c.h.cfg.StreamIdleTimeout > 0 {
 		rd = c.h.cfg.StreamIdleTimeout
 	}
+	if rd <= 0 {
+		// No per-read bound on the body: the response header
+		// timeout's deadline must not cut it.
+		c.upDeadline(func() { c.ur.c.SetReadDeadline(time.Time{}) })
+	}
 	c.observe(authority, start, res)
 	cl := m.cl
 	switch {
@@ -722,6 +832,9 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	}
 	var err error
 	if cl != 0 {
+		if cl < 0 || int64(len(c.ur.buffered())) < cl {
+			c.adl = time.Time{} // relayBody may read, setting the upstream's read deadline
+		}
 		err = relayBody(&c.ur, write, cl, m.chunked, rd, nil, end)
 	}
 	if err != nil {

@@ -68,6 +68,7 @@ func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 func (c *h1Conn) setApp(nc net.Conn) {
 	c.mu.Lock()
 	c.app = nc
+	c.adl = time.Time{}
 	c.mu.Unlock()
 }
 
@@ -126,7 +127,8 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 			return fail(reasonAppUnreachable, false)
 		}
 		c.setCur(up)
-		c.upDeadline(func() { up.SetDeadline(time.Time{}) })
+		// upWrite bounds the writes and the response's reads alike
+		// (appDeadline).
 		touched, err := c.sendRequest(up, n, replay)
 		var hn int
 		var got bool
@@ -140,9 +142,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 				err = rerr
 			}
 		} else if err == nil {
-			if d := c.s.cfg.idleTimeout(); d > 0 {
-				c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
-			}
+			c.appDeadline(up, c.s.cfg.idleTimeout())
 			hn, got, err = c.readResponse(up)
 		}
 		if err != nil {

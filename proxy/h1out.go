@@ -146,7 +146,8 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 					keep = false
 				}
 				if keep {
-					up.Conn.SetDeadline(time.Time{})
+					// Pooled with its deadlines: every use sets
+					// those it needs (upWrite, attemptOut).
 					h.pool.Put(up)
 				} else {
 					up.Conn.Close()
@@ -228,7 +229,9 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 			continue
 		}
 		c.setCur(up.Conn)
-		c.upDeadline(func() { up.Conn.SetDeadline(time.Time{}) })
+		if !reused {
+			c.upDeadline(func() { up.Conn.SetDeadline(time.Time{}) })
+		}
 		touched, err = c.sendRequest(up.Conn, n, replay)
 		var got bool
 		if errors.Is(err, errUpstreamWrite) && !errors.Is(err, errClientBody) {
@@ -250,11 +253,14 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 			// the request is sent.
 			if d := h.cfg.ResponseHeaderTimeout; d > 0 {
 				c.upDeadline(func() { up.Conn.SetReadDeadline(time.Now().Add(d)) })
+			} else {
+				c.upDeadline(func() { up.Conn.SetReadDeadline(time.Time{}) })
 			}
 			hn, got, err = c.readResponse(up.Conn)
 		}
 		if err == nil {
-			up.Conn.SetDeadline(time.Time{})
+			// The read deadline stays: relayResponse's body reads set
+			// their own, or clear it when they have no bound.
 			return up, hn, touched, nil
 		}
 		up.Conn.Close()
