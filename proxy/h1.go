@@ -101,6 +101,12 @@ type h1Conn struct {
 	rerr     error
 
 	met h1MetricCache
+
+	one [1]byte // waitIdle's read from a TLS client
+
+	// outbound: the context for dials, naming the last request's host
+	dialCtx  context.Context
+	dialHost string
 }
 
 // h1MetricCache holds the metric children of the labels of this
@@ -289,11 +295,10 @@ func (c *h1Conn) waitIdle() error {
 	if c.tcp != nil {
 		return c.readIdle()
 	}
-	var one [1]byte
-	n, err := c.c.Read(one[:])
+	n, err := c.c.Read(c.one[:])
 	if n == 1 {
 		c.take()
-		c.cr.buf[0] = one[0]
+		c.cr.buf[0] = c.one[0]
 		c.cr.w = 1
 		return nil
 	}

@@ -213,7 +213,10 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 	}
 	ctx := c.k.ctx
 	if c.s.mesh != nil {
-		ctx = context.WithValue(ctx, dialNameKey{}, host)
+		if c.dialCtx == nil || c.dialHost != host {
+			c.dialCtx, c.dialHost = context.WithValue(ctx, dialNameKey{}, host), host
+		}
+		ctx = c.dialCtx
 	}
 	for try := 0; ; try++ {
 		var reused bool
