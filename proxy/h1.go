@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -301,12 +302,33 @@ func (c *h1Conn) waitIdle() error {
 		c.take()
 		c.cr.buf[0] = c.one[0]
 		c.cr.w = 1
+		c.readDecrypted()
 		return nil
 	}
 	if err == nil {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// readDecrypted adds to the client buffer, without waiting, what the TLS
+// client's record after waitIdle's one byte already holds (and whatever
+// else the socket has): the rest of the request head, usually, which
+// then needs no header deadline (serve). A failure is left for the next
+// read to find again (a TLS error is kept; not waiting is not one).
+func (c *h1Conn) readDecrypted() {
+	tc, ok := c.c.(*tls.Conn)
+	if !ok {
+		return
+	}
+	bc, ok := tc.NetConn().(*batchConn)
+	if !ok {
+		return
+	}
+	bc.noWait.Store(true)
+	n, _ := tc.Read(c.cr.buf[c.cr.w:])
+	bc.noWait.Store(false)
+	c.cr.w += n
 }
 
 // readIdle waits for the client's bytes and reads them, taking the
