@@ -980,3 +980,41 @@ func TestH1MalformedChunkedBody(t *testing.T) {
 		t.Errorf("responses_total{status_code=400,classification=failure} = %v; want 1", got)
 	}
 }
+
+// TestH1IdleTimeoutKeptConnection: the fast path refreshes a kept
+// client connection's deadlines lazily (not at every request), yet a
+// connection that keeps sending requests for longer than the idle timeout
+// stays open, and one that goes quiet is closed after about the idle
+// timeout. The upstream's deadlines (pooled, set per use) must not cut
+// the later requests either.
+func TestH1IdleTimeoutKeptConnection(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	bs := startBackends(t, echoPath, 0, "127.0.0.1")
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, IdleTimeout: idle, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, bs[0].addr)
+	rc := dialRaw(t, d)
+	start := time.Now()
+	for i := 0; time.Since(start) < 3*idle; i++ {
+		path := fmt.Sprintf("/%d", i)
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + bs[0].addr.String() + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != path {
+			t.Fatalf("request %d, %v after the first: %d %q", i, time.Since(start).Round(time.Millisecond), resp.StatusCode, body)
+		}
+		time.Sleep(idle / 8)
+	}
+	// Quiet now: the proxy closes the connection (bounded wait).
+	quiet := time.Now()
+	rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := rc.r.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d bytes from a quiet connection; want it closed", n)
+	} else if isTimeout(err) {
+		t.Fatalf("a connection quiet for %v is still open (idle timeout %v)", time.Since(quiet).Round(time.Millisecond), idle)
+	}
+	if q := time.Since(quiet); q < idle/2 {
+		t.Errorf("the quiet connection was closed after %v; want about the idle timeout %v", q.Round(time.Millisecond), idle)
+	}
+	if n := bs[0].conns.Load(); n != 1 {
+		t.Errorf("backend accepted %d connections; want the one pooled connection", n)
+	}
+}
