@@ -89,12 +89,11 @@ type h1Conn struct {
 	dead bool
 	cur  net.Conn // the upstream in use
 
-	// The deadlines this connection last set (zero: none known): the
-	// client's read and write ones, and the app connection's (inbound:
-	// one for reads and writes). See stale. A killed exchange's past
-	// deadline is never replaced (upDeadline), so a kill need not reset
-	// them.
-	rdl, wdl, adl time.Time
+	// The client's read and write deadlines as this connection last set
+	// them (zero: none known; see stale), and (inbound) the app
+	// connection's (dlCache).
+	rdl, wdl time.Time
+	appDL    upDeadlines
 
 	// readIdle's callback and its results, made once.
 	idleRead func(fd uintptr) bool
@@ -128,6 +127,96 @@ type h1MetricCache struct {
 	latStatus    int
 	latClass     string
 	latency      prometheus.Observer
+}
+
+// upDeadlines is what an upstream connection's deadlines were last set
+// to by the fast path (zero: not known), so that fresh ones are not set
+// again (stale). A mesh connection's live in its batchConn, as it moves
+// between client connections through the pool; the inbound app
+// connection's in the h1Conn. They are read and written under the mu of
+// the h1Conn using the connection (the pool orders the hand-overs).
+type upDeadlines struct{ r, w time.Time }
+
+// Which deadlines of an upstream upSet and upBound set.
+const (
+	dlRead  = 1
+	dlWrite = 2
+	dlBoth  = dlRead | dlWrite
+)
+
+// dlCache returns the deadline cache of the upstream up, or nil (a
+// plaintext pooled connection: its deadlines are always set).
+func (c *h1Conn) dlCache(up net.Conn) *upDeadlines {
+	if c.h == nil {
+		return &c.appDL // inbound: the upstream is the app connection
+	}
+	if tc, ok := up.(*tls.Conn); ok {
+		if bc, ok := tc.NetConn().(*batchConn); ok {
+			return &bc.h1dl
+		}
+	}
+	return nil
+}
+
+// upSet sets the deadlines (which) of the upstream up in use to t,
+// unless the exchange was killed (its past deadline stays), and notes
+// them in up's cache.
+func (c *h1Conn) upSet(up net.Conn, which int, t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.dead {
+		c.setLocked(up, which, t)
+	}
+}
+
+func (c *h1Conn) setLocked(up net.Conn, which int, t time.Time) {
+	switch which {
+	case dlRead:
+		up.SetReadDeadline(t)
+	case dlWrite:
+		up.SetWriteDeadline(t)
+	default:
+		up.SetDeadline(t)
+	}
+	if dc := c.dlCache(up); dc != nil {
+		if which&dlRead != 0 {
+			dc.r = t
+		}
+		if which&dlWrite != 0 {
+			dc.w = t
+		}
+	}
+}
+
+// upBound bounds the reads or writes (which) of the upstream up in use
+// at d from now (no bound when d <= 0), as upSet does, but lazily: not
+// while the deadlines noted in up's cache are fresh (stale). Both ways
+// at once share one runtime timer.
+func (c *h1Conn) upBound(up net.Conn, which int, d time.Duration) {
+	var want time.Time
+	if d > 0 {
+		want = time.Now().Add(d)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead {
+		return
+	}
+	if dc := c.dlCache(up); d > 0 && dc != nil &&
+		(which&dlRead == 0 || !stale(dc.r, want, d)) && (which&dlWrite == 0 || !stale(dc.w, want, d)) {
+		return
+	}
+	c.setLocked(up, which, want)
+}
+
+// upForget notes that up's read deadline is no longer known (relayBody
+// sets it).
+func (c *h1Conn) upForget(up net.Conn) {
+	c.mu.Lock()
+	if dc := c.dlCache(up); dc != nil {
+		dc.r = time.Time{}
+	}
+	c.mu.Unlock()
 }
 
 // stale reports whether a deadline last set to last must be set again
@@ -165,7 +254,7 @@ func (c *h1Conn) kill() {
 	c.mu.Lock()
 	c.dead = true
 	if c.cur != nil {
-		c.cur.SetDeadline(time.Unix(1, 0))
+		c.setLocked(c.cur, dlBoth, time.Unix(1, 0))
 	}
 	c.mu.Unlock()
 }
@@ -173,11 +262,10 @@ func (c *h1Conn) kill() {
 func (c *h1Conn) setCur(up net.Conn) {
 	c.mu.Lock()
 	c.cur = up
-	dead := c.dead
-	c.mu.Unlock()
-	if dead && up != nil {
-		up.SetDeadline(time.Unix(1, 0))
+	if c.dead && up != nil {
+		c.setLocked(up, dlBoth, time.Unix(1, 0))
 	}
+	c.mu.Unlock()
 }
 
 // poke wakes the connection if it is idle (shutdown).
@@ -560,46 +648,19 @@ func appendField(out []byte, f h1Field) []byte {
 // upWrite writes b to the upstream up, within the idle timeout: a
 // request's upload is bounded per write, not as a whole (the response
 // timeout starts once it is sent).
+//
+// A pooled connection keeps the deadlines of its last use: every use
+// sets those it needs. The inbound app connection's writes and the
+// response's reads share one deadline (both bounded by the idle
+// timeout).
 func (c *h1Conn) upWrite(up net.Conn, b []byte) error {
-	d := c.s.cfg.idleTimeout()
-	switch {
-	case c.h == nil:
-		c.appDeadline(up, d)
-	case d > 0:
-		c.upDeadline(func() { up.SetWriteDeadline(time.Now().Add(d)) })
-	default:
-		// A pooled connection keeps the deadlines of its last use.
-		c.upDeadline(func() { up.SetWriteDeadline(time.Time{}) })
+	which := dlWrite
+	if c.h == nil {
+		which = dlBoth
 	}
+	c.upBound(up, which, c.s.cfg.idleTimeout())
 	_, err := up.Write(b)
 	return err
-}
-
-// appDeadline bounds the reads and writes of the app connection up at d
-// from now (none when d <= 0). The app connection is this connection's
-// alone, so the deadline is set lazily (see stale): one deadline for
-// both ways, one runtime timer, rarely updated.
-func (c *h1Conn) appDeadline(up net.Conn, d time.Duration) {
-	if d <= 0 {
-		c.upDeadline(func() { up.SetDeadline(time.Time{}) })
-		return
-	}
-	want := time.Now().Add(d)
-	if !stale(c.adl, want, d) {
-		return
-	}
-	c.upDeadline(func() { up.SetDeadline(want) })
-	c.adl = want
-}
-
-// upDeadline runs set (which sets a deadline on the upstream in use)
-// unless the exchange was killed: a kill's past deadline stays.
-func (c *h1Conn) upDeadline(set func()) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.dead {
-		set()
-	}
 }
 
 // sendRequest writes the request (head in c.b.out, n bytes of client
@@ -821,7 +882,7 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	if rd <= 0 {
 		// No per-read bound on the body: the response header
 		// timeout's deadline must not cut it.
-		c.upDeadline(func() { c.ur.c.SetReadDeadline(time.Time{}) })
+		c.upSet(c.ur.c, dlRead, time.Time{})
 	}
 	c.observe(authority, start, res)
 	cl := m.cl
@@ -861,7 +922,7 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	var err error
 	if cl != 0 {
 		if cl < 0 || int64(len(c.ur.buffered())) < cl {
-			c.adl = time.Time{} // relayBody may read, setting the upstream's read deadline
+			c.upForget(c.ur.c) // relayBody may read, setting the read deadline
 		}
 		err = relayBody(&c.ur, write, cl, m.chunked, rd, nil, end)
 	}

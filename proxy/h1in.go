@@ -68,7 +68,7 @@ func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 func (c *h1Conn) setApp(nc net.Conn) {
 	c.mu.Lock()
 	c.app = nc
-	c.adl = time.Time{}
+	c.appDL = upDeadlines{}
 	c.mu.Unlock()
 }
 
@@ -128,7 +128,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		}
 		c.setCur(up)
 		// upWrite bounds the writes and the response's reads alike
-		// (appDeadline).
+		// (upBound).
 		touched, err := c.sendRequest(up, n, replay)
 		var hn int
 		var got bool
@@ -142,7 +142,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 				err = rerr
 			}
 		} else if err == nil {
-			c.appDeadline(up, c.s.cfg.idleTimeout())
+			c.upBound(up, dlBoth, c.s.cfg.idleTimeout())
 			hn, got, err = c.readResponse(up)
 		}
 		if err != nil {

@@ -233,7 +233,7 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		}
 		c.setCur(up.Conn)
 		if !reused {
-			c.upDeadline(func() { up.Conn.SetDeadline(time.Time{}) })
+			c.upSet(up.Conn, dlBoth, time.Time{})
 		}
 		touched, err = c.sendRequest(up.Conn, n, replay)
 		var got bool
@@ -254,11 +254,9 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		if err == nil {
 			// As net/http's, the response header timeout starts once
 			// the request is sent.
-			if d := h.cfg.ResponseHeaderTimeout; d > 0 {
-				c.upDeadline(func() { up.Conn.SetReadDeadline(time.Now().Add(d)) })
-			} else {
-				c.upDeadline(func() { up.Conn.SetReadDeadline(time.Time{}) })
-			}
+			// (Lazily, as the write deadline: a bound of d is
+			// enforced between d - d/64 and d.)
+			c.upBound(up.Conn, dlRead, h.cfg.ResponseHeaderTimeout)
 			hn, got, err = c.readResponse(up.Conn)
 		}
 		if err == nil {
@@ -295,7 +293,7 @@ func (c *h1Conn) readEarlyResponse(up net.Conn) (hn int, got bool, err error) {
 	case c.h == nil && c.s.cfg.idleTimeout() > 0:
 		d = min(d, c.s.cfg.idleTimeout())
 	}
-	c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
+	c.upSet(up, dlRead, time.Now().Add(d))
 	hn, got, err = c.readResponse(up)
 	if err == nil {
 		c.b.req.connClose = true  // the client's body is not all read
