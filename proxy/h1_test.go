@@ -1018,3 +1018,46 @@ func TestH1IdleTimeoutKeptConnection(t *testing.T) {
 		t.Errorf("backend accepted %d connections; want the one pooled connection", n)
 	}
 }
+
+// TestH1MeshResponseTimeoutLazyDeadline: over a pooled mTLS connection
+// the response header timeout is set lazily (kept when still fresh from
+// the last request), yet it still bounds a slow response right after a
+// fast one, and a deadline that expired while the connection sat in the
+// pool is replaced, not taken for a fresh one.
+func TestH1MeshResponseTimeoutLazyDeadline(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	e := newMeshEnv(t, meshOpts{outHTTP: &HTTPConfig{ResponseHeaderTimeout: timeout}})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(3 * timeout)
+		}
+		io.WriteString(w, r.URL.Path)
+	})}
+	go app.Serve(ln)
+	t.Cleanup(func() { app.Close() })
+	appAddr := netip.MustParseAddrPort(ln.Addr().String())
+	e.out.mesh.cache.SetMeshed(appAddr.Addr())
+	rc := dialRaw(t, newProxyDialer(t, e.out, appAddr))
+	get := func(path string) (int, string) {
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + appAddr.String() + "\r\n\r\n")
+		resp, body := rc.read("GET")
+		return resp.StatusCode, body
+	}
+	if code, body := get("/a"); code != 200 || body != "/a" {
+		t.Fatalf("GET /a = %d %q; want 200", code, body)
+	}
+	time.Sleep(timeout + timeout/2) // the deadline set for /a expires
+	if code, body := get("/b"); code != 200 || body != "/b" {
+		t.Fatalf("GET /b after the pooled connection's deadline expired = %d %q; want 200", code, body)
+	}
+	if code, _ := get("/slow"); code != http.StatusGatewayTimeout {
+		t.Errorf("GET /slow right after /b = %d; want 504 (the response header timeout)", code)
+	}
+	if code, body := get("/c"); code != 200 || body != "/c" {
+		t.Errorf("GET /c = %d %q; want 200", code, body)
+	}
+}
