@@ -3,7 +3,10 @@
 
 GO      ?= go
 BIN     := bin
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The commit, "-dirty" when files other than docs/ (which `make bench`
+# rewrites) differ from it; "dev" outside a git checkout.
+VERSION ?= $(shell v=$$(git describe --tags --always 2>/dev/null) || { echo dev; exit; }; \
+	git diff --quiet HEAD -- . ':(exclude)docs' 2>/dev/null || v=$$v-dirty; echo $$v)
 LDFLAGS := -X main.version=$(VERSION)
 PREFIX  ?= /usr/local
 

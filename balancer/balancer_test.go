@@ -117,6 +117,7 @@ func TestMetricsLint(t *testing.T) {
 	m.poolDial()
 	m.poolReuse()
 	m.poolStaleConn()
+	m.poolPreconnect()
 	m.dnsQuery("success")
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -124,7 +125,7 @@ func TestMetricsLint(t *testing.T) {
 	}
 	want := map[string]bool{
 		"meshproxy_balancer_endpoints": true, "meshproxy_pool_dials_total": true, "meshproxy_pool_reuses_total": true,
-		"meshproxy_pool_stale_total": true, "meshproxy_dns_queries_total": true,
+		"meshproxy_pool_stale_total": true, "meshproxy_pool_preconnects_total": true, "meshproxy_dns_queries_total": true,
 	}
 	for _, mf := range mfs {
 		delete(want, mf.GetName())

@@ -15,12 +15,14 @@ import (
 //	meshproxy_pool_dials_total                    counter
 //	meshproxy_pool_reuses_total                   counter
 //	meshproxy_pool_stale_total                    counter (idle conns found closed by the peer)
+//	meshproxy_pool_preconnects_total              counter (spares dialed ahead, PoolConfig.PreConnect;
+//	                                              in meshproxy_pool_dials_total too)
 //	meshproxy_dns_queries_total{result}           counter; result is success, nxdomain,
 //	                                              nodata, server_failure, truncated, timeout or error
 type Metrics struct {
-	poolDials, poolReuses, poolStale prometheus.Counter
-	dnsQueries                       *prometheus.CounterVec
-	endpoints                        *endpointsCollector
+	poolDials, poolReuses, poolStale, poolPreconnects prometheus.Counter
+	dnsQueries                                        *prometheus.CounterVec
+	endpoints                                         *endpointsCollector
 }
 
 // NewMetrics registers the package's metrics with reg. Registering twice
@@ -39,6 +41,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "meshproxy_pool_stale_total",
 			Help: "Idle pooled connections discarded because the peer had closed them.",
 		}),
+		poolPreconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshproxy_pool_preconnects_total",
+			Help: "Spare connections the connection pool dialed ahead of need (also in meshproxy_pool_dials_total).",
+		}),
 		dnsQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshproxy_dns_queries_total",
 			Help: "DNS queries sent by the discovery resolver, by result.",
@@ -48,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			"Endpoints of each balanced service, by state (ready, ejected, probing).",
 			[]string{"service", "state"}, nil)},
 	}
-	for _, c := range []prometheus.Collector{m.poolDials, m.poolReuses, m.poolStale, m.dnsQueries, m.endpoints} {
+	for _, c := range []prometheus.Collector{m.poolDials, m.poolReuses, m.poolStale, m.poolPreconnects, m.dnsQueries, m.endpoints} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering balancer metrics: %w", err)
 		}
@@ -71,6 +77,12 @@ func (m *Metrics) poolDial() {
 func (m *Metrics) poolReuse() {
 	if m != nil {
 		m.poolReuses.Inc()
+	}
+}
+
+func (m *Metrics) poolPreconnect() {
+	if m != nil {
+		m.poolPreconnects.Inc()
 	}
 }
 

@@ -60,6 +60,19 @@ type PoolConfig[C io.Closer] struct {
 	// epoll), instead of at the next Get or the idle timeout. For
 	// net.Conn (and *tls.Conn) connections.
 	WatchClose bool
+	// PreConnect dials ahead: when a Get finds no idle connection for an
+	// endpoint the pool knows (all its connections are in use: more
+	// requests at once than ever before), it dials its own as always,
+	// and the pool dials one spare in the background and parks it idle,
+	// so the next request past the pool's size does not wait for a
+	// connect (and a TLS handshake). At most one spare's dial is in
+	// flight per endpoint; none when the pool is at MaxIdle or keeps no
+	// idle connections, and none for PreConnectBackoff after one
+	// failed. A client sending one request after another never triggers
+	// it (the pool is not dry when it asks), nor does an endpoint's first
+	// connection. Spares count in dials and in
+	// meshproxy_pool_preconnects_total.
+	PreConnect bool
 	// Metrics, when not nil, counts dials, reuses and stale connections.
 	Metrics *Metrics
 }
@@ -101,7 +114,7 @@ type Pool[C io.Closer] struct {
 	usable  func(C) bool
 	metrics *Metrics
 
-	dials, reuses, stale atomic.Uint64
+	dials, reuses, stale, preconnects atomic.Uint64
 
 	mu      sync.Mutex
 	lru     *simplelru.LRU[netip.AddrPort, *[]idleConn[C]]
@@ -114,6 +127,9 @@ type Pool[C io.Closer] struct {
 	// them instead of pooling a dead connection.
 	hungUp map[int32]struct{}
 	closed bool
+	// pre holds the endpoints with a pre-connect in flight (zero time)
+	// or failed at that time (see PreConnect).
+	pre map[netip.AddrPort]time.Time
 
 	done chan struct{}
 	once sync.Once
@@ -137,7 +153,7 @@ func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
 	if cfg.MaxEndpoints <= 0 {
 		cfg.MaxEndpoints = DefaultMaxEndpoints
 	}
-	p := &Pool[C]{cfg: cfg, usable: cfg.Usable, metrics: cfg.Metrics, done: make(chan struct{})}
+	p := &Pool[C]{cfg: cfg, usable: cfg.Usable, metrics: cfg.Metrics, done: make(chan struct{}), pre: map[netip.AddrPort]time.Time{}}
 	if p.usable == nil {
 		p.usable = func(c C) bool {
 			if nc, ok := any(c).(net.Conn); ok {
@@ -174,9 +190,12 @@ func NewPool[C io.Closer](cfg PoolConfig[C]) (*Pool[C], error) {
 // counted as stale; they are never returned.
 func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C], reused bool, err error) {
 	for {
-		ic, ok, err := p.popIdle(addr)
+		ic, ok, dry, err := p.popIdle(addr)
 		if err != nil {
 			return pc, false, err
+		}
+		if dry {
+			p.preconnect(ctx, addr) // a spare for the next one
 		}
 		if !ok {
 			break
@@ -207,26 +226,32 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 	return PooledConn[C]{Conn: c, Addr: addr, Created: time.Now()}, false, nil
 }
 
-// popIdle takes the most recently returned idle connection of addr.
-func (p *Pool[C]) popIdle(addr netip.AddrPort) (idleConn[C], bool, error) {
+// popIdle takes the most recently returned idle connection of addr. dry
+// is true when it has none although the pool knows addr (it had idle
+// ones: all are in use now, more are wanted than the pool has), false
+// for an endpoint it does not know (never used, or forgotten).
+func (p *Pool[C]) popIdle(addr netip.AddrPort) (ic idleConn[C], ok, dry bool, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return idleConn[C]{}, false, ErrClosed
+		return idleConn[C]{}, false, false, ErrClosed
 	}
 	idle, ok := p.lru.Get(addr)
-	if !ok || len(*idle) == 0 {
-		return idleConn[C]{}, false, nil
+	if !ok {
+		return idleConn[C]{}, false, false, nil
+	}
+	if len(*idle) == 0 {
+		return idleConn[C]{}, false, true, nil
 	}
 	n := len(*idle) - 1
-	ic := (*idle)[n]
+	ic = (*idle)[n]
 	(*idle)[n] = idleConn[C]{}
 	*idle = (*idle)[:n]
 	p.idleN--
 	if ic.fd >= 0 {
 		delete(p.watched, ic.fd) // in use: a hang-up now is remembered
 	}
-	return ic, true, nil
+	return ic, true, false, nil
 }
 
 func (p *Pool[C]) expired(ic idleConn[C], now time.Time) bool {
@@ -338,9 +363,11 @@ func (p *Pool[C]) peerClosed(fd int32) {
 			p.lru.Remove(addr)
 		}
 	}
+	if len(gone) > 0 {
+		p.stale.Add(1) // under mu: Stats never shows it gone but not counted
+	}
 	p.mu.Unlock()
 	if len(gone) > 0 {
-		p.stale.Add(1)
 		p.metrics.poolStaleConn()
 	}
 	closeAll(gone)
@@ -390,6 +417,8 @@ type PoolStats struct {
 	Dials  uint64 `json:"dials"`
 	Reuses uint64 `json:"reuses"`
 	Stale  uint64 `json:"stale"`
+	// PreConnects counts the dials of PreConnect (in Dials too).
+	PreConnects uint64 `json:"preconnects"`
 	// Idle is the number of idle connections now; Endpoints the number
 	// of endpoints tracked.
 	Idle      int `json:"idle"`
@@ -398,9 +427,11 @@ type PoolStats struct {
 
 // Stats returns the pool's counters and current size, for /debug/state.
 func (p *Pool[C]) Stats() PoolStats {
-	st := PoolStats{Dials: p.dials.Load(), Reuses: p.reuses.Load(), Stale: p.stale.Load()}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Counted under mu: a connection the watcher dropped is gone from
+	// Idle and in Stale together.
+	st := PoolStats{Dials: p.dials.Load(), Reuses: p.reuses.Load(), Stale: p.stale.Load(), PreConnects: p.preconnects.Load()}
 	for _, k := range p.lru.Keys() {
 		if idle, ok := p.lru.Peek(k); ok {
 			st.Idle += len(*idle)
@@ -442,6 +473,7 @@ func (p *Pool[C]) sweeper(iv time.Duration) {
 func (p *Pool[C]) sweep(now time.Time) {
 	var toClose []C
 	p.mu.Lock()
+	p.prunePreLocked(now)
 	for _, k := range p.lru.Keys() {
 		idle, ok := p.lru.Peek(k)
 		if !ok {
@@ -470,10 +502,14 @@ func (p *Pool[C]) sweep(now time.Time) {
 // Puts close their connection. It is safe to call more than once.
 func (p *Pool[C]) Close() error {
 	p.once.Do(func() {
+		// Closed first: no pre-connect starts after this, and one in
+		// flight closes its connection instead of parking it.
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
 		close(p.done)
 		p.wg.Wait()
 		p.mu.Lock()
-		p.closed = true
 		p.lru.Purge()
 		evicted := p.takeEvictedLocked()
 		p.mu.Unlock()

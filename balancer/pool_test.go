@@ -86,7 +86,9 @@ func tcpDial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
 
 func newTestPool(t *testing.T, cfg PoolConfig[net.Conn]) *Pool[net.Conn] {
 	t.Helper()
-	cfg.Dial = tcpDial
+	if cfg.Dial == nil {
+		cfg.Dial = tcpDial
+	}
 	p, err := NewPool(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -435,5 +437,180 @@ func TestPoolWatchHangUpWhileInUse(t *testing.T) {
 	}
 	if st := p.Stats(); st.Stale != 1 {
 		t.Errorf("stats = %+v; want 1 stale", st)
+	}
+}
+
+// spareDialer is a Dial that tells pre-connects (IsPreConnect) apart:
+// it counts them and runs hold before dialing them.
+type spareDialer struct {
+	spares atomic.Int64
+	hold   func(ctx context.Context)
+}
+
+func (d *spareDialer) dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+	if IsPreConnect(ctx) {
+		d.spares.Add(1)
+		if d.hold != nil {
+			d.hold(ctx)
+		}
+		return (&net.Dialer{}).Dial("tcp", addr.String()) // even if ctx is done: Put must close it
+	}
+	return tcpDial(ctx, addr)
+}
+
+// waitIdle waits until the pool holds n idle connections.
+func waitIdle(t *testing.T, p *Pool[net.Conn], n int) {
+	t.Helper()
+	for range 200 {
+		if p.Stats().Idle == n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("pool holds %d idle connections; want %d", p.Stats().Idle, n)
+}
+
+func TestPoolPreConnect(t *testing.T) {
+	// A Get that finds a known endpoint dry (its connections all in use)
+	// has the pool dial a spare; the next Get finds it, over a real
+	// socket.
+	srv := newEchoServer(t, nil)
+	d := &spareDialer{}
+	p := newTestPool(t, PoolConfig[net.Conn]{Dial: d.dial, PreConnect: true})
+	a, _ := get(t, p, srv.addr) // a new endpoint: no spare
+	p.Put(a)
+	a, reused := get(t, p, srv.addr) // not dry: it had one idle
+	if !reused {
+		t.Fatal("the idle connection was not reused")
+	}
+	if n := d.spares.Load(); n != 0 {
+		t.Fatalf("%d spares dialed before the pool ran dry; want none", n)
+	}
+	b, reused := get(t, p, srv.addr) // dry: its own dial, and a spare
+	if reused {
+		t.Fatal("a Get reused a connection; the pool had none idle")
+	}
+	waitIdle(t, p, 1)
+	spare, reused := get(t, p, srv.addr)
+	if !reused || spare.Conn == a.Conn || spare.Conn == b.Conn {
+		t.Fatalf("Get after the pool ran dry: reused=%v; want the spare", reused)
+	}
+	roundTrip(t, spare.Conn)
+	if got := srv.accepted.Load(); got < 3 {
+		t.Fatalf("server accepted %d connections; want a, b and the spare", got)
+	}
+	st := p.Stats()
+	if st.PreConnects < 1 || st.Dials < 3 {
+		t.Fatalf("stats %+v; want pre-connects counted, in dials too", st)
+	}
+	for _, c := range []net.Conn{a.Conn, b.Conn, spare.Conn} {
+		c.Close()
+	}
+}
+
+func TestPoolPreConnectNotForSequentialUse(t *testing.T) {
+	// One request after another never finds the pool dry: one
+	// connection, no spare.
+	srv := newEchoServer(t, nil)
+	d := &spareDialer{}
+	p := newTestPool(t, PoolConfig[net.Conn]{Dial: d.dial, PreConnect: true})
+	for range 5 {
+		pc, _ := get(t, p, srv.addr)
+		roundTrip(t, pc.Conn)
+		p.Put(pc)
+	}
+	p.Close()
+	if n, acc := d.spares.Load(), srv.accepted.Load(); n != 0 || acc != 1 {
+		t.Fatalf("sequential use: %d spares, %d connections accepted; want 0 and 1", n, acc)
+	}
+}
+
+func TestPoolPreConnectOneInFlight(t *testing.T) {
+	// While a spare's dial is in flight, Gets that find the endpoint dry
+	// dial their own but start no second spare.
+	srv := newEchoServer(t, nil)
+	gate := make(chan struct{})
+	d := &spareDialer{hold: func(context.Context) { <-gate }}
+	p, err := NewPool(PoolConfig[net.Conn]{Dial: d.dial, PreConnect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := get(t, p, srv.addr)
+	p.Put(first)
+	first, _ = get(t, p, srv.addr)
+	held := []net.Conn{first.Conn}
+	for range 5 { // all dry: the first starts the spare, held at the gate
+		pc, reused := get(t, p, srv.addr)
+		if reused {
+			t.Fatal("a Get reused a connection; the pool had none idle")
+		}
+		held = append(held, pc.Conn)
+	}
+	close(gate)
+	waitIdle(t, p, 1) // the spare, parked
+	p.Close()         // waits for every spare's dial
+	if n := d.spares.Load(); n != 1 {
+		t.Fatalf("%d spares dialed; want 1 (one in flight per endpoint)", n)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	srv.waitEOFs(t, 7) // first, 5 own dials, the spare: nothing leaked
+}
+
+func TestPoolPreConnectClose(t *testing.T) {
+	// Close while a spare's dial is in flight: Close waits for it, and
+	// the connection it gets (the dial ignores the cancellation) is
+	// closed, not leaked.
+	srv := newEchoServer(t, nil)
+	dialing := make(chan struct{})
+	d := &spareDialer{hold: func(ctx context.Context) {
+		close(dialing)
+		<-ctx.Done() // Close cancels it
+	}}
+	p, err := NewPool(PoolConfig[net.Conn]{Dial: d.dial, PreConnect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := get(t, p, srv.addr)
+	p.Put(a)
+	a, _ = get(t, p, srv.addr)
+	b, _ := get(t, p, srv.addr) // dry: a spare starts
+	select {
+	case <-dialing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no spare dialed after the pool ran dry")
+	}
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return while a spare was dialing")
+	}
+	if st := p.Stats(); st.Idle != 0 {
+		t.Fatalf("closed pool holds %d idle connections", st.Idle)
+	}
+	a.Conn.Close()
+	b.Conn.Close()
+	srv.waitEOFs(t, 3) // the two handed out and the spare
+	if got := srv.accepted.Load(); got != 3 {
+		t.Fatalf("server accepted %d connections; want 3", got)
+	}
+}
+
+func TestPoolNoPreConnectByDefault(t *testing.T) {
+	srv := newEchoServer(t, nil)
+	d := &spareDialer{}
+	p := newTestPool(t, PoolConfig[net.Conn]{Dial: d.dial})
+	a, _ := get(t, p, srv.addr)
+	p.Put(a)
+	a, _ = get(t, p, srv.addr)
+	b, _ := get(t, p, srv.addr) // dry
+	a.Conn.Close()
+	b.Conn.Close()
+	p.Close()
+	if n := d.spares.Load(); n != 0 {
+		t.Fatalf("%d spares dialed without PreConnect", n)
 	}
 }

@@ -84,6 +84,10 @@ type h1Conn struct {
 	cr h1Reader // the client
 	ur h1Reader // the upstream of the request in flight
 
+	// unread: the client may still be sending the request in flight
+	// (its body is not all read); see lingerClose.
+	unread bool
+
 	mu   sync.Mutex
 	idle bool
 	dead bool
@@ -517,8 +521,65 @@ func (c *h1Conn) serve(peek []byte) (handoff []byte, err error) {
 			c.c.SetReadDeadline(time.Time{})
 		}
 		if !c.exchange(n) || c.s.in.fast.isClosing() {
+			c.lingerClose()
 			return nil, nil
 		}
+	}
+}
+
+// h1LingerTime and h1LingerBytes bound lingerClose: net/http's server
+// waits 500 ms after a half-close; 256 KiB is what it reads of a body
+// its handler left.
+const (
+	h1LingerTime  = 500 * time.Millisecond
+	h1LingerBytes = 256 << 10
+)
+
+// lingerClose prepares the close of a client connection whose request
+// is not all read (an early answer: 400, a proxy error, an upstream's
+// 413...), or with bytes after it: closing a socket with unread bytes
+// makes the kernel send a reset, and a client still writing its body
+// then sees its write fail, which clients take as the outcome (Go's
+// Transport does) and drop the answer. So, as net/http does, it
+// half-closes (CloseWrite: the client reads the end of the answer),
+// then reads and discards what the client still sends until it closes
+// its side, for at most h1LingerTime and h1LingerBytes (past those
+// bytes, on the client side, the rest of the time is waited without
+// reading). The connection's goroutine is held that long, no more; the
+// caller closes.
+func (c *h1Conn) lingerClose() {
+	if !c.unread && (c.b == nil || c.cr.r == c.cr.w) || c.k.ctx.Err() != nil {
+		return
+	}
+	c.unread = false
+	end := time.Now().Add(h1LingerTime)
+	cw, ok := c.c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	c.take()
+	buf := c.b.in
+	c.c.SetReadDeadline(end)
+	c.rdl = time.Time{}
+	for got := 0; got < h1LingerBytes; {
+		n, err := c.c.Read(buf)
+		got += n
+		c.countIn(n)
+		if err != nil {
+			return // the client closed (or reset), or the time is up
+		}
+	}
+	if c.h == nil {
+		// The server side's client is a client-side proxy, which
+		// reads an early answer once its write fails: waiting would
+		// only delay the answer.
+		return
+	}
+	t := time.NewTimer(time.Until(end))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.k.ctx.Done():
 	}
 }
 
@@ -559,6 +620,7 @@ func (c *h1Conn) exchange(n int) bool {
 		m.requests = c.s.m.requests.WithLabelValues(c.s.m.dir, m.authority)
 	}
 	authority := m.authority
+	c.unread = c.b.req.hasBody()
 	m.requests.Inc()
 	res := h1Result{authority: authority}
 	var keep bool
@@ -650,15 +712,9 @@ func appendField(out []byte, f h1Field) []byte {
 // timeout starts once it is sent).
 //
 // A pooled connection keeps the deadlines of its last use: every use
-// sets those it needs. The inbound app connection's writes and the
-// response's reads share one deadline (both bounded by the idle
-// timeout).
+// sets those it needs.
 func (c *h1Conn) upWrite(up net.Conn, b []byte) error {
-	which := dlWrite
-	if c.h == nil {
-		which = dlBoth
-	}
-	c.upBound(up, which, c.s.cfg.idleTimeout())
+	c.upBound(up, dlWrite, c.s.cfg.idleTimeout())
 	_, err := up.Write(b)
 	return err
 }
@@ -671,6 +727,7 @@ func (c *h1Conn) upWrite(up net.Conn, b []byte) error {
 func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err error) {
 	m := &c.b.req
 	if replay {
+		c.unread = false // all of it is in the buffer
 		body := c.cr.buf[c.cr.r+n : c.cr.r+n+int(max(m.cl, 0))]
 		out := c.b.out
 		if len(body) > 0 && len(out)+len(body) <= cap(out) {
@@ -706,6 +763,7 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 		cl = -1
 	}
 	if cl == 0 {
+		c.unread = false
 		return true, nil
 	}
 	c.rdl = time.Time{} // relayBody sets the client's read deadline
@@ -717,6 +775,7 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 	case err != nil:
 		return true, fmt.Errorf("%w: %w", errClientBody, err)
 	}
+	c.unread = false
 	return true, nil
 }
 
@@ -928,6 +987,14 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	}
 	if err != nil {
 		upKeep = false
+		var we *writeError
+		if !res.counted && !errors.As(err, &we) {
+			// The upstream broke its body off: the client sees it
+			// cut short (the connection closes), and it counts as a
+			// failure, whatever its status (as Linkerd classifies a
+			// response stream that fails).
+			res.proxyErr = true
+		}
 	}
 	end()
 	if err == nil && pending != nil {
@@ -957,14 +1024,18 @@ func (c *h1Conn) bodyMayFollow() bool {
 // client yet). A body whose chunked framing is malformed is the client's
 // error: it gets 400 bad-request, counted, and the connection closes. A
 // client that went away (end of file, reset, idle timeout) gets no
-// answer and no response is counted. Both are logged.
+// answer; the response is counted with status_code 499
+// (statusClientClosed), a failure, as the net/http path counts its 502
+// for it. Both are logged once. The upstream connection, its request
+// cut short, was closed by the caller.
 func (c *h1Conn) clientBodyFailed(err error, authority string, start time.Time, res *h1Result) {
 	if errors.Is(err, errBadChunk) {
 		c.s.log.Debug("http request refused", "src", c.k.src, "authority", authority, "status", http.StatusBadRequest, "reason", "bad-request", "error", err)
 		c.writeProxyError(http.StatusBadRequest, "bad-request", false, authority, start, res)
 		return
 	}
-	c.s.log.Debug("http request abandoned by the client", "src", c.k.src, "authority", authority, "error", err)
+	res.status, res.proxyErr = statusClientClosed, true
+	c.s.log.Debug("http request abandoned by the client", "src", c.k.src, "authority", authority, "status", statusClientClosed, "error", err)
 }
 
 // writeError writes a response the proxy makes itself.

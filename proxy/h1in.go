@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -96,6 +97,26 @@ func (a h1AppCloser) SetDeadline(time.Time) error      { return nil }
 func (a h1AppCloser) SetReadDeadline(time.Time) error  { return nil }
 func (a h1AppCloser) SetWriteDeadline(time.Time) error { return nil }
 
+// inboundResponseTimeout bounds the server side's wait for the app's
+// response head once the request is sent: the ResponseHeaderTimeout of
+// the Server's HTTPConfig (the client side's setting: one config serves
+// both) or DefaultResponseHeaderTimeout, never past the idle timeout;
+// 0 means none. The client side's wait for the same response started
+// earlier (when its request left), so with equal settings the client
+// side answers its 504 first; this bound frees the app and mesh
+// connections instead of holding them for the idle timeout.
+func (s *Server) inboundResponseTimeout() time.Duration {
+	d := DefaultResponseHeaderTimeout
+	if s.cfg.HTTP != nil && s.cfg.HTTP.ResponseHeaderTimeout != 0 {
+		d = s.cfg.HTTP.ResponseHeaderTimeout
+	}
+	idle := s.cfg.idleTimeout()
+	if d < 0 || idle > 0 && idle < d {
+		return idle
+	}
+	return d
+}
+
 // exchangeIn serves one request of the mesh connection (see exchange).
 func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Result) bool {
 	m := &c.b.req
@@ -108,12 +129,12 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		return append(out, "\r\n"...)
 	})
 	replay := c.replayable(n)
-	fail := func(reason string, touched bool) bool {
+	fail := func(status int, reason string, touched bool) bool {
 		if !touched {
 			c.consume(n)
 		}
 		keep := !m.hasBody() && !m.connClose && !c.s.in.fast.isClosing()
-		c.writeProxyError(502, reason, keep, authority, start, res)
+		c.writeProxyError(status, reason, keep, authority, start, res)
 		return keep
 	}
 	for try := 0; ; try++ {
@@ -124,11 +145,11 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 			}
 			c.k.m.connectErrors.Inc()
 			c.s.log.Warn("connect failed", "src", c.k.src, "dst", c.k.orig.String(), "target", c.target.String(), "error", err)
-			return fail(reasonAppUnreachable, false)
+			return fail(http.StatusBadGateway, reasonAppUnreachable, false)
 		}
 		c.setCur(up)
-		// upWrite bounds the writes and the response's reads alike
-		// (upBound).
+		// upWrite bounds the writes (lazily, upBound), and so is the
+		// wait for the response below.
 		touched, err := c.sendRequest(up, n, replay)
 		var hn int
 		var got bool
@@ -142,7 +163,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 				err = rerr
 			}
 		} else if err == nil {
-			c.upBound(up, dlBoth, c.s.cfg.idleTimeout())
+			c.upBound(up, dlRead, c.s.inboundResponseTimeout())
 			hn, got, err = c.readResponse(up)
 		}
 		if err != nil {
@@ -156,11 +177,20 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 				c.clientBodyFailed(err, authority, start, res)
 				return false
 			}
+			if isTimeout(err) {
+				// No response head in time (or the app stopped
+				// reading the body): 504, as the client side maps
+				// its own timeout. The app connection is closed: a
+				// late response must not answer the next request.
+				c.s.log.Warn("http response timed out", "src", c.k.src, "authority", authority,
+					"target", c.target.String(), "timeout", c.s.inboundResponseTimeout(), "error", err)
+				return fail(http.StatusGatewayTimeout, "timeout", touched)
+			}
 			if reused && !got && replay && idempotentMethod(m.method) && try < 2 {
 				continue // the app closed the kept connection: once more, if idempotent
 			}
 			c.s.log.Debug("http delivery failed", "src", c.k.src, "target", c.target.String(), "error", err)
-			return fail("upstream", touched)
+			return fail(http.StatusBadGateway, "upstream", touched)
 		}
 		if replay {
 			c.consumeSent(n)

@@ -42,6 +42,7 @@ func (h *httpRuntime) newH1Pool() *balancer.Pool[net.Conn] {
 		MaxLifetime:        h.cfg.MaxLifetime,
 		MaxIdle:            h.cfg.MaxIdleConns,
 		WatchClose:         true,
+		PreConnect:         true, // requests past the pool's size: a spare for the next
 		Metrics:            h.cfg.PoolMetrics,
 	})
 	if err != nil {
@@ -167,7 +168,11 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 			return berr == nil && clientKeep
 		}
 		if ep != nil {
-			ep.Release(err, time.Since(t0))
+			rerr := err
+			if errors.Is(err, errClientBody) {
+				rerr = context.Canceled // the client's doing: not the endpoint's fault
+			}
+			ep.Release(rerr, time.Since(t0))
 		}
 		failed = append(failed, dst)
 		if c.k.ctx.Err() != nil || errors.Is(err, errRespTimeout) || errors.Is(err, errMeshRequired) || errors.Is(err, errClientBody) {
@@ -290,8 +295,8 @@ func (c *h1Conn) readEarlyResponse(up net.Conn) (hn int, got bool, err error) {
 	switch {
 	case c.h != nil && c.h.cfg.ResponseHeaderTimeout > 0:
 		d = c.h.cfg.ResponseHeaderTimeout
-	case c.h == nil && c.s.cfg.idleTimeout() > 0:
-		d = min(d, c.s.cfg.idleTimeout())
+	case c.h == nil && c.s.inboundResponseTimeout() > 0:
+		d = c.s.inboundResponseTimeout()
 	}
 	c.upSet(up, dlRead, time.Now().Add(d))
 	hn, got, err = c.readResponse(up)

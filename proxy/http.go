@@ -81,7 +81,9 @@ type HTTPConfig struct {
 	Balancer *balancer.Balancer
 	// ResponseHeaderTimeout bounds the wait for an upstream's response
 	// headers once the request is sent (504 "timeout"). Zero means
-	// DefaultResponseHeaderTimeout; negative means no limit.
+	// DefaultResponseHeaderTimeout; negative means no limit. An inbound
+	// Server bounds its wait for the app's HTTP/1.1 response head with
+	// it too (never past Config.IdleTimeout).
 	ResponseHeaderTimeout time.Duration
 	// MaxHeaderBytes bounds a request's header block; a larger one gets
 	// 431. net/http allows 4 KiB of slack on HTTP/1. Zero or negative

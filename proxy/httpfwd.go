@@ -22,15 +22,17 @@ const headerXFCC = "X-Forwarded-Client-Cert"
 // xfcc is not empty, gets ours. Keep-alive, chunked bodies, trailers and
 // upgrades (WebSocket) are handled by the library; Host and the
 // X-Forwarded-* headers pass unchanged, none is added. The first request
-// uses up, the connection dialed during detection; should it close, the
-// next request dials target again. It returns when the client connection
-// is done.
+// uses up, the connection dialed during detection (the caller tracks
+// it); should it close, the next request dials target again, these
+// connections tracked as one set (see appConns). It returns when the
+// client connection is done.
 func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, target netip.AddrPort, xfcc string) error {
 	client.SetDeadline(time.Time{})
 	hc := &httpConn{Conn: client, peek: peek, k: k, closed: make(chan struct{})}
 	l := &oneConnListener{c: hc, done: make(chan struct{})}
 
-	var upOnce sync.Once
+	var upOnce, trackApps sync.Once
+	apps := &appConns{}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var c net.Conn
@@ -42,8 +44,8 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 			if err != nil {
 				return nil, err
 			}
-			k.track(nc)
-			return nc, nil
+			trackApps.Do(func() { k.track(connCloser(apps.close)) })
+			return apps.add(nc)
 		},
 		MaxIdleConnsPerHost: 1,
 		DisableCompression:  true,
@@ -76,7 +78,11 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 	}
 	idle := s.cfg.idleTimeout()
 	srv := &http.Server{
-		Handler:                      rp,
+		// Counted as the fast path counts its requests: the server
+		// side's requests it hands over (upgrades, HTTP/1.0...) and
+		// plaintext HTTP/1 to an app port were missing from
+		// requests_total and responses_total.
+		Handler:                      s.instrument(rp),
 		IdleTimeout:                  idle,
 		ReadHeaderTimeout:            s.cfg.headerTimeout(),
 		DisableGeneralOptionsHandler: true,
@@ -201,3 +207,80 @@ type dummyAddr struct{}
 
 func (dummyAddr) Network() string { return "tcp" }
 func (dummyAddr) String() string  { return "meshproxy-http" }
+
+// appConns is the set of app connections serveHTTP1 dialed and has not
+// closed: the client connection tracks the set once (closing it closes
+// them all), and a connection leaves it when closed. Tracking each dial
+// instead would pile up one tracked conn per dial, for as long as the
+// client connection lives, when the app closes after every response.
+type appConns struct {
+	mu     sync.Mutex
+	conns  map[*appConn]struct{}
+	closed bool
+}
+
+// add puts nc in the set; when the set is closed already, nc is closed
+// and an error returned.
+func (a *appConns) add(nc net.Conn) (net.Conn, error) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		nc.Close()
+		return nil, net.ErrClosed
+	}
+	if a.conns == nil {
+		a.conns = map[*appConn]struct{}{}
+	}
+	c := &appConn{Conn: nc, set: a}
+	a.conns[c] = struct{}{}
+	a.mu.Unlock()
+	return c, nil
+}
+
+// close closes every connection of the set, and any added later.
+func (a *appConns) close() error {
+	a.mu.Lock()
+	a.closed = true
+	cs := a.conns
+	a.conns = nil
+	a.mu.Unlock()
+	for c := range cs {
+		c.Conn.Close()
+	}
+	return nil
+}
+
+// appConn is a connection of an appConns: Close takes it out.
+type appConn struct {
+	net.Conn
+	set *appConns
+}
+
+// Close closes the connection and takes it out of its set.
+func (c *appConn) Close() error {
+	c.set.mu.Lock()
+	delete(c.set.conns, c)
+	c.set.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// CloseWrite half-closes the connection when it can.
+func (c *appConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// connCloser is a conn for conn.track whose Close runs the function;
+// its other methods do nothing.
+type connCloser func() error
+
+func (f connCloser) Close() error                     { return f() }
+func (f connCloser) Read([]byte) (int, error)         { return 0, net.ErrClosed }
+func (f connCloser) Write([]byte) (int, error)        { return 0, net.ErrClosed }
+func (f connCloser) LocalAddr() net.Addr              { return nil }
+func (f connCloser) RemoteAddr() net.Addr             { return nil }
+func (f connCloser) SetDeadline(time.Time) error      { return nil }
+func (f connCloser) SetReadDeadline(time.Time) error  { return nil }
+func (f connCloser) SetWriteDeadline(time.Time) error { return nil }

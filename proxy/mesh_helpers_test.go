@@ -80,6 +80,7 @@ type meshOpts struct {
 	noInbound       bool // leave the mesh port closed
 	outHTTP         *HTTPConfig
 	outConfig       func(*Config) // adjust the outbound Server's config
+	inConfig        func(*Config) // adjust the inbound Server's config
 }
 
 func newMeshEnv(t testing.TB, o meshOpts) *meshEnv {
@@ -122,6 +123,9 @@ func newMeshEnv(t testing.TB, o meshOpts) *meshEnv {
 	oc.HTTP = o.outHTTP
 	if o.outConfig != nil {
 		o.outConfig(&oc)
+	}
+	if o.inConfig != nil {
+		o.inConfig(&ic)
 	}
 	e.out = NewServer(Outbound, oc, e.outM, logger(e.outLog))
 	e.in = NewServer(Inbound, ic, e.inM, logger(e.inLog))

@@ -53,6 +53,12 @@ const (
 	classFailure = "failure" // a 5xx, or an error the proxy produced
 )
 
+// statusClientClosed is the status_code label (nginx's 499 "client
+// closed request") of a request whose client went away before its
+// body ended (reset, end of file, idle timeout): no response was sent,
+// and it counts as a failure.
+const statusClientClosed = 499
+
 // NewMetrics creates the proxy metrics and registers them on reg. A nil reg
 // creates working but unregistered collectors (for tests and benchmarks).
 // Registering twice on the same registry is an error.

@@ -81,9 +81,10 @@ type Config struct {
 	// HTTP turns on HTTP-aware outbound proxying (see HTTPConfig): HTTP
 	// requests are balanced per request over the endpoints of their
 	// authority, on pooled connections. Nil means off: outbound HTTP is
-	// forwarded opaquely to the original destination. It has no effect on
-	// an inbound Server, which always serves the HTTP/1.1 and mesh-h2
-	// connections such an outbound proxy sends.
+	// forwarded opaquely to the original destination. An inbound Server
+	// always serves the HTTP/1.1 and mesh-h2 connections such an outbound
+	// proxy sends; of HTTP it uses only ResponseHeaderTimeout (its wait
+	// for the app's response head on HTTP/1.1; nil: the default).
 	HTTP *HTTPConfig
 }
 

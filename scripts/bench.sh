@@ -15,11 +15,29 @@
 # meshproxy runs GOMAXPROCS=2 on this 2-core box; stunnel has a thread per
 # connection. Figures: iperf3 throughput (1 and 8 streams), HTTP/1.1
 # keep-alive with wrk (fixed concurrency) and with scripts/bench/loadgen (a
-# fixed rate, open loop), new connections per second (scripts/bench/connrate),
+# fixed rate, open loop: see "The fixed-rate latency" below), new
+# connections per second (scripts/bench/connrate),
 # RSS idle and with HOLD_CONNS idle connections (scripts/bench/holdconns),
 # CPU seconds per GB moved. Results: docs/bench.md, docs/bench.json,
 # docs/bench-latency.svg (written by scripts/bench/report), the table also
 # printed.
+#
+# The fixed-rate latency (RATE req/s, CONCURRENCY connections, 1 s warm-up
+# then LOAD_SECONDS measured) is noisy on a small shared box: one stall of
+# a few ms anywhere (another process, a GC, the kernel) moves a 5 s run's
+# p99. So it runs last, ROUNDS times per setup, interleaved (round r goes
+# through the setups starting at the r-th, each pair started afresh), and
+# the report takes the median over the rounds of each percentile: a
+# setup's figure is then what most of its rounds saw, and slow drift on
+# the machine hits every setup alike. loadgen keeps its own part small
+# (it writes each request from its timer thread, 1 ns timer slack, GOGC
+# 2000; httpserver runs GOGC 2000 too). Each loadgen run also records
+# its own scheduling lateness, the time requests waited inside loadgen,
+# the CPU pressure (/proc/pressure/cpu) and its own GC cycles over the
+# measured period, and (through meshproxy) the client-side proxy's
+# meshproxy_pool_* counters, so new upstream connections (TLS
+# handshakes) inside it show (raw results: rate-N.json; the report's
+# notes give the lateness and pressure per setup: a noise gauge).
 #
 # meshproxy runs with its defaults: the report says whether its HTTP went
 # through the HTTP-aware path (the client proxy counted requests in
@@ -30,6 +48,13 @@
 #   SECONDS_PER_RUN  iperf3 run length (default 5)
 #   LOAD_SECONDS     wrk, loadgen and connrate run length (default 5)
 #   RATE             loadgen's fixed rate, requests/s (default 1000)
+#   ROUNDS           fixed-rate runs per setup (default 3; median reported)
+#   LATENCY_ONLY=1   only the fixed-rate rounds (no memory, iperf3, wrk,
+#                    connrate figures: those read n/a)
+#   MESHPROXY        the meshproxy binary to measure (default bin/meshproxy;
+#                    another build, for an A/B of two runs)
+#   BENCH_GCTRACE=1  GODEBUG=gctrace=1 for meshproxy, httpserver and
+#                    loadgen (their logs: keep them with BENCH_KEEP=1)
 #   CONCURRENCY      wrk connections (default 32; 2 threads)
 #   HOLD_CONNS       idle connections for the memory figure (default 9000:
 #                    a process may open 20,000 files here and a proxy holds
@@ -52,6 +77,9 @@ BIN=$ROOT/bin
 T=${SECONDS_PER_RUN:-5}
 D=${LOAD_SECONDS:-5}
 RATE=${RATE:-1000}
+ROUNDS=${ROUNDS:-3}
+GCTRACE=${BENCH_GCTRACE:-}
+[ "$GCTRACE" = 1 ] || GCTRACE=
 CONC=${CONCURRENCY:-32}
 HOLD=${HOLD_CONNS:-9000}
 HOLD_SECONDS=5
@@ -96,8 +124,8 @@ fi
 	echo "bench: needs root (network namespaces, nftables): run it as root, e.g. sudo make bench"
 	exit 1
 }
-[ -x "$BIN/meshproxy" ] || {
-	echo "bench: $BIN/meshproxy is missing: run make build first (or use make bench)"
+[ -x "${MESHPROXY:-$BIN/meshproxy}" ] || {
+	echo "bench: ${MESHPROXY:-$BIN/meshproxy} is missing: run make build first (or use make bench)"
 	exit 1
 }
 pkgs=()
@@ -119,7 +147,7 @@ WORK=$(mktemp -d /tmp/meshproxy-bench.XXXXXX)
 chmod 755 "$WORK"
 RES=$WORK/results
 mkdir -p "$RES"
-install -m 0755 "$BIN/meshproxy" "$WORK/"
+install -m 0755 "${MESHPROXY:-$BIN/meshproxy}" "$WORK/meshproxy"
 echo "bench: building the helper programs"
 for p in httpserver loadgen connrate holdconns report; do
 	(cd "$ROOT" && go build -o "$WORK/$p" "./scripts/bench/$p")
@@ -156,8 +184,12 @@ for ns in $CLIENT $SERVER; do
 	ip netns add $ns
 	ip -n $ns link set lo up
 	# Many short connections (connrate) and 9,000 held ones: a wide port
-	# range, and TIME_WAIT ports reused for new outgoing connections.
-	inns $ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+	# range, and TIME_WAIT ports reused for new outgoing connections; but
+	# never the ports the proxies and apps listen on (a pair restarted
+	# for a fixed-rate round after connrate found 127.0.0.1:4140 taken
+	# by a client socket's source port).
+	inns $ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1 \
+		net.ipv4.ip_local_reserved_ports="4140,4143,4190,4191,5201,5202,8080,8082,15201,15443-15446,18080,25201,28080"
 done
 ip -n $CLIENT link add eth0 type veth peer name eth0 netns $SERVER
 ip -n $CLIENT addr add $C_IP/24 dev eth0
@@ -172,7 +204,7 @@ for port in 5201 5202; do
 	ip netns exec $SERVER iperf3 -s -p $port >/dev/null 2>&1 &
 	apps+=($!)
 done
-ip netns exec $SERVER "$WORK/httpserver" -listen 0.0.0.0:8080,0.0.0.0:8082 >"$WORK/httpserver.log" 2>&1 &
+ip netns exec $SERVER env ${GCTRACE:+GODEBUG=gctrace=1} "$WORK/httpserver" -listen 0.0.0.0:8080,0.0.0.0:8082 >"$WORK/httpserver.log" 2>&1 &
 apps+=($!)
 
 # A CA for meshproxy's mTLS, readable by the proxy UID, and leaf
@@ -207,10 +239,13 @@ start_meshproxy() {
 	local caps=() mesh=()
 	[ "$MODE" = tproxy ] && caps=(--inh-caps=+net_admin --ambient-caps=+net_admin)
 	for ns in $CLIENT $SERVER; do
+		# One log per pod for the whole run (fixed-rate rounds restart
+		# the pair), each start marked.
+		echo "== meshproxy ${1:-plaintext} started $(date -u +%T.%N)" >>"$WORK/meshproxy-$ns.log"
 		[ -n "${1:-}" ] && mesh=(--identity-dir "$WORK/ca" --identity "spiffe://cluster.local/ns/bench/sa/$ns")
 		ip netns exec $ns setpriv --reuid=$PROXY_UID --regid=$PROXY_UID --clear-groups "${caps[@]}" \
-			env GOMAXPROCS=2 "$WORK/meshproxy" run --mode "$MODE" --log-level warn --ipv6=false --shutdown-grace 1s "${mesh[@]}" \
-			>"$WORK/meshproxy-$ns.log" 2>&1 &
+			env GOMAXPROCS=2 ${GCTRACE:+GODEBUG=gctrace=1} "$WORK/meshproxy" run --mode "$MODE" --log-level warn --ipv6=false --shutdown-grace 1s "${mesh[@]}" \
+			>>"$WORK/meshproxy-$ns.log" 2>&1 &
 		proxies+=($!)
 	done
 	for ns in $CLIENT $SERVER; do
@@ -219,7 +254,7 @@ start_meshproxy() {
 			sleep 0.1
 		done
 		echo "bench: meshproxy in $ns not ready after 10 s:" >&2
-		cat "$WORK/meshproxy-$ns.log" >&2
+		tail -n 20 "$WORK/meshproxy-$ns.log" >&2
 		return 1
 	done
 }
@@ -353,8 +388,6 @@ measure() {
 	inns $CLIENT timeout $((D + 30)) wrk -c "$CONC" -t 2 -d "${D}s" --latency -s "$ROOT/scripts/bench/wrk-report.lua" "http://$web/" \
 		>"$dir/wrk.out" || echo "bench: wrk $key failed" >&2
 	grep '^{' "$dir/wrk.out" | tail -1 >"$dir/wrk.json" || true
-	inns $CLIENT timeout $((D + 30)) "$WORK/loadgen" -addr "$web" -rate "$RATE" -duration "${D}s" -conns "$CONC" \
-		>"$dir/rate.json" || echo "bench: loadgen $key failed" >&2
 	inns $CLIENT timeout $((D + 30)) "$WORK/connrate" -addr "$web" -duration "${D}s" -workers 8 \
 		>"$dir/connrate.json" || echo "bench: connrate $key failed" >&2
 	if [[ $key == meshproxy* ]]; then
@@ -368,38 +401,76 @@ measure() {
 # wanted KEY: whether BENCH_ONLY includes this setup.
 wanted() { [[ $ONLY == *" $1 "* ]]; }
 
+# start_setup KEY: start KEY's pair (nothing for direct).
+start_setup() {
+	case $1 in
+	direct) ;;
+	meshproxy) start_meshproxy ;;
+	meshproxy-mtls) start_meshproxy mtls ;;
+	haproxy-tcp) start_haproxy tcp ;;
+	haproxy-http) start_haproxy http ;;
+	stunnel) start_stunnel ;;
+	esac
+}
+
+# addrs KEY: "IPERF_ADDR HTTP_ADDR" of a setup (IPERF_ADDR "-": none).
+addrs() {
+	case $1 in
+	direct) echo "$S_IP:5202 $S_IP:8082" ;;
+	meshproxy | meshproxy-mtls) echo "$S_IP:5201 $S_IP:8080" ;;
+	haproxy-tcp) echo "127.0.0.1:25201 127.0.0.1:28080" ;;
+	haproxy-http) echo "- 127.0.0.1:28080" ;;
+	stunnel) echo "127.0.0.1:15201 127.0.0.1:18080" ;;
+	esac
+}
+
+# fixed_rate KEY ROUND: one loadgen run against KEY's pair (started).
+# Through meshproxy it also reads the client-side proxy's pool counters
+# just before and after the measured period (new upstream connections,
+# so TLS handshakes, inside it).
+fixed_rate() {
+	local key=$1 round=$2 web scrape=()
+	web=$(addrs "$key")
+	web=${web#* }
+	[[ $key == meshproxy* ]] && scrape=(-scrape http://127.0.0.1:4191/metrics)
+	inns $CLIENT env ${GCTRACE:+GODEBUG=gctrace=1} timeout $((D + 30)) "$WORK/loadgen" -addr "$web" -rate "$RATE" -duration "${D}s" \
+		-conns "$CONC" "${scrape[@]}" >"$RES/$key/rate-$round.json" 2>"$WORK/loadgen-$key-$round.log" ||
+		echo "bench: loadgen $key (round $round) failed" >&2
+}
+
 started=$(date +%s)
-if wanted direct; then
-	measure direct $S_IP:5202 $S_IP:8082
+keys=()
+for k in $ALL; do wanted $k && keys+=($k); done
+if [ "${LATENCY_ONLY:-}" != 1 ]; then
+	for k in "${keys[@]}"; do
+		start_setup $k
+		read -r ip web <<<"$(addrs $k)"
+		[ "$ip" = - ] && ip=
+		measure $k "$ip" "$web"
+		stop_proxies
+	done
 fi
-if wanted meshproxy; then
-	start_meshproxy
-	measure meshproxy $S_IP:5201 $S_IP:8080
-	stop_proxies
-fi
-if wanted meshproxy-mtls; then
-	start_meshproxy mtls
-	measure meshproxy-mtls $S_IP:5201 $S_IP:8080
-	stop_proxies
-fi
-if wanted haproxy-tcp; then
-	start_haproxy tcp
-	measure haproxy-tcp 127.0.0.1:25201 127.0.0.1:28080
-	stop_proxies
-fi
-if wanted haproxy-http; then
-	start_haproxy http
-	measure haproxy-http "" 127.0.0.1:28080
-	stop_proxies
-fi
-if wanted stunnel; then
-	start_stunnel
-	measure stunnel 127.0.0.1:15201 127.0.0.1:18080
-	stop_proxies
-fi
+# The fixed-rate latency: ROUNDS runs of each setup, interleaved (round r
+# starts at the r-th setup), each with its pair freshly started; the
+# report takes the median of each percentile over the rounds.
+for r in $(seq "$ROUNDS"); do
+	n=${#keys[@]}
+	for i in $(seq 0 $((n - 1))); do
+		k=${keys[$(((i + r - 1) % n))]}
+		mkdir -p "$RES/$k"
+		echo "bench: fixed rate, round $r: $k"
+		if ! start_setup $k; then
+			echo "bench: $k did not start for round $r: that round is missing" >&2
+			stop_proxies
+			continue
+		fi
+		fixed_rate $k $r
+		stop_proxies
+	done
+done
 
 cat >"$RES/settings.json" <<JSON
-{"iperf_seconds":$T,"load_seconds":$D,"rate":$RATE,"concurrency":$CONC,"hold_conns":$HOLD,
+{"iperf_seconds":$T,"load_seconds":$D,"rate":$RATE,"rate_rounds":$ROUNDS,"concurrency":$CONC,"hold_conns":$HOLD,
  "hold_seconds":$HOLD_SECONDS,"mode":"$MODE","connrate_workers":8,
  "meshproxy_version":"$("$WORK/meshproxy" version 2>/dev/null | head -1)",
  "haproxy_version":"$("$HAPROXY" -v | awk 'NR==1 {print $3}')",

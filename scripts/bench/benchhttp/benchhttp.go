@@ -43,10 +43,25 @@ func Dial(addr, host, path string, close bool, timeout time.Duration) (*Conn, er
 // Get sends one request and reads the whole response before deadline. A
 // status other than 2xx is an error.
 func (c *Conn) Get(deadline time.Time) error {
+	if err := c.Send(deadline); err != nil {
+		return err
+	}
+	return c.Receive()
+}
+
+// Send writes one request; the whole exchange (Receive too) must end by
+// deadline.
+func (c *Conn) Send(deadline time.Time) error {
 	c.c.SetDeadline(deadline)
 	if _, err := c.c.Write(c.req); err != nil {
 		return fmt.Errorf("writing request: %w", err)
 	}
+	return nil
+}
+
+// Receive reads the whole response to the request Send wrote. A status
+// other than 2xx is an error.
+func (c *Conn) Receive() error {
 	resp, err := http.ReadResponse(c.r, nil)
 	if err != nil {
 		return fmt.Errorf("reading response: %w", err)

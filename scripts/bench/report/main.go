@@ -9,8 +9,10 @@
 // DIR holds settings.json and one directory per setup (direct, meshproxy,
 // meshproxy-mtls, haproxy-tcp, haproxy-http, stunnel) with the files the
 // script writes: iperf1.json and iperf8.json (iperf3 -J), cpu1.json and
-// cpu8.json, wrk.json, rate.json (loadgen), connrate.json, mem.json. A
-// missing file leaves its figures empty ("n/a"), never zero.
+// cpu8.json, wrk.json, rate-1.json, rate-2.json... (loadgen, one per
+// round; the fixed-rate figures are the median over the rounds; an older
+// single rate.json is read too), connrate.json, mem.json. A missing file
+// leaves its figures empty ("n/a"), never zero.
 package main
 
 import (
@@ -20,6 +22,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -181,6 +185,106 @@ type rateResult struct {
 	AchievedRate float64 `json:"achieved_rate"`
 	FirstError   string  `json:"first_error"`
 	Latency      latency `json:"latency"`
+	// Late is loadgen's own send lateness (its scheduler woke late).
+	Late latency `json:"late"`
+	// CPUPressure: percent of the time some task waited for a CPU (-1
+	// or absent: unknown).
+	CPUPressure *float64 `json:"cpu_pressure_pct"`
+	// ScrapeDelta: counters of the client-side proxy over the measured
+	// period (meshproxy setups).
+	ScrapeDelta map[string]float64 `json:"scrape_delta"`
+}
+
+// readRates reads a setup's fixed-rate rounds (rate-1.json, rate-2.json,
+// ...; or one rate.json) and folds them into one result: the median over
+// the rounds of each percentile, max and curve point (so one disturbed
+// round moves nothing), the lowest achieved rate, and the sums of the
+// counts, errors and scraped counters. n is how many rounds were read.
+func readRates(dir string, raw map[string]json.RawMessage, notes *[]string) (rateResult, int) {
+	names, _ := filepath.Glob(filepath.Join(dir, "rate-*.json"))
+	sort.Slice(names, func(i, j int) bool { return roundOf(names[i]) < roundOf(names[j]) })
+	if len(names) == 0 {
+		names = []string{filepath.Join(dir, "rate.json")}
+	}
+	var rounds []rateResult
+	for _, name := range names {
+		var r rateResult
+		if readJSON(dir, filepath.Base(name), &r, raw, notes) {
+			rounds = append(rounds, r)
+		}
+	}
+	if len(rounds) == 0 {
+		return rateResult{}, 0
+	}
+	med := func(get func(*rateResult) float64) float64 {
+		v := make([]float64, len(rounds))
+		for i := range rounds {
+			v[i] = get(&rounds[i])
+		}
+		return median(v)
+	}
+	out := rateResult{TargetRate: rounds[0].TargetRate, AchievedRate: rounds[0].AchievedRate}
+	for _, r := range rounds {
+		out.Scheduled += r.Scheduled
+		out.OK += r.OK
+		out.Errors += r.Errors
+		out.Unfinished += r.Unfinished
+		out.AchievedRate = min(out.AchievedRate, r.AchievedRate)
+		if out.FirstError == "" {
+			out.FirstError = r.FirstError
+		}
+		for k, v := range r.ScrapeDelta {
+			if out.ScrapeDelta == nil {
+				out.ScrapeDelta = map[string]float64{}
+			}
+			out.ScrapeDelta[k] += v
+		}
+	}
+	out.Latency.P50 = med(func(r *rateResult) float64 { return r.Latency.P50 })
+	out.Latency.P99 = med(func(r *rateResult) float64 { return r.Latency.P99 })
+	out.Latency.P999 = med(func(r *rateResult) float64 { return r.Latency.P999 })
+	out.Latency.Max = med(func(r *rateResult) float64 { return r.Latency.Max })
+	out.Late.P50 = med(func(r *rateResult) float64 { return r.Late.P50 })
+	out.Late.P99 = med(func(r *rateResult) float64 { return r.Late.P99 })
+	var psi []float64
+	for _, r := range rounds {
+		if r.CPUPressure != nil && *r.CPUPressure >= 0 {
+			psi = append(psi, *r.CPUPressure)
+		}
+	}
+	if len(psi) > 0 {
+		out.CPUPressure = num(median(psi))
+	}
+	for i, pt := range rounds[0].Latency.Curve {
+		v := []float64{}
+		for _, r := range rounds {
+			if i < len(r.Latency.Curve) {
+				v = append(v, r.Latency.Curve[i].Micros)
+			}
+		}
+		out.Latency.Curve = append(out.Latency.Curve, curvePoint{Percentile: pt.Percentile, Micros: median(v)})
+	}
+	return out, len(rounds)
+}
+
+// roundOf is the round number in a rate-N.json name (0 if none).
+func roundOf(name string) int {
+	n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(name), "rate-"), ".json"))
+	return n
+}
+
+// median is the middle value of v (the mean of the two middle ones for
+// an even count); v is reordered.
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	sort.Float64s(v)
+	m := len(v) / 2
+	if len(v)%2 == 0 {
+		return (v[m-1] + v[m]) / 2
+	}
+	return v[m]
 }
 
 type connrateResult struct {
@@ -264,6 +368,7 @@ func build(dir string) (*output, error) {
 	}
 	set := func(fig, s string, v float64) { byKey[fig].Values[s] = num(v) }
 
+	var lateness []string // loadgen's own lateness per setup
 	for _, s := range setups {
 		sd := filepath.Join(dir, s.Key)
 		if _, err := os.Stat(sd); err != nil {
@@ -300,17 +405,32 @@ func build(dir string) (*output, error) {
 				out.Notes = append(out.Notes, fmt.Sprintf("%s: wrk saw %.0f socket errors and %.0f non-2xx responses", s.Label, w.Errors, w.Non2xx))
 			}
 		}
-		var r rateResult
-		if readJSON(sd, "rate.json", &r, raw, &out.Notes) {
+		if r, n := readRates(sd, raw, &out.Notes); n > 0 {
 			set("rate_p50_ms", s.Key, r.Latency.P50/1e3)
 			set("rate_p99_ms", s.Key, r.Latency.P99/1e3)
 			set("rate_p999_ms", s.Key, r.Latency.P999/1e3)
 			set("rate_max_ms", s.Key, r.Latency.Max/1e3)
 			out.Curves[s.Key] = r.Latency.Curve
+			checks["rate_rounds"] = n
+			if r.Late.P99 > 0 {
+				checks["rate_loadgen_late_p99_ms"] = r.Late.P99 / 1e3
+				l := fmt.Sprintf("%s %.2f ms", s.Label, r.Late.P99/1e3)
+				if r.CPUPressure != nil {
+					checks["rate_cpu_pressure_pct"] = *r.CPUPressure
+					l += fmt.Sprintf(" (CPU pressure %.0f%%)", *r.CPUPressure)
+				}
+				lateness = append(lateness, l)
+			}
 			checks["rate_achieved"] = r.AchievedRate
 			checks["rate_errors"] = r.Errors + r.Unfinished
 			if r.Errors+r.Unfinished > 0 {
 				out.Notes = append(out.Notes, fmt.Sprintf("%s: at the fixed rate %.0f of %.0f requests failed or did not finish (first error: %s)", s.Label, r.Errors+r.Unfinished, r.Scheduled, r.FirstError))
+			}
+			if d, ok := r.ScrapeDelta["meshproxy_pool_dials_total"]; ok {
+				checks["rate_pool_dials_measured"] = d
+				if d > 0 {
+					out.Notes = append(out.Notes, fmt.Sprintf("%s: the client-side proxy dialed %.0f upstream connections during the fixed-rate measured periods (all rounds)", s.Label, d))
+				}
 			}
 		}
 		var c connrateResult
@@ -352,6 +472,10 @@ func build(dir string) (*output, error) {
 		}
 	}
 
+	if len(lateness) > 0 {
+		out.Notes = append(out.Notes, "at the fixed rate, loadgen's own lateness p99 (how late its scheduler sent a request; median over the rounds; in brackets the share of the time some task on the machine waited for a CPU, /proc/pressure/cpu): "+
+			strings.Join(lateness, ", ")+". It is part of every latency figure: loadgen shares the cores with the app and the proxies (whose work delays it too) and with anything else running on the machine; when it is near a setup's p99, that p99 is mostly waiting for a CPU.")
+	}
 	for _, f := range figs {
 		f.VsDirect = map[string]*float64{}
 		for _, s := range setups[1:] {
