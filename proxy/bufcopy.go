@@ -277,6 +277,8 @@ type batchConn struct {
 	mu       sync.Mutex // orders batches and direct writes
 	batching bool
 	bp       *[]byte
+
+	h1dl upDeadlines // the HTTP fast path's (h1Conn.dlCache)
 }
 
 // newBatchConn wraps c for tls.Client/tls.Server.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The HTTP/1.1 fast path: one goroutine per client connection reads a
@@ -89,6 +92,144 @@ type h1Conn struct {
 	idle bool
 	dead bool
 	cur  net.Conn // the upstream in use
+
+	// The client's read and write deadlines as this connection last set
+	// them (zero: none known; see stale), and (inbound) the app
+	// connection's (dlCache).
+	rdl, wdl time.Time
+	appDL    upDeadlines
+
+	// readIdle's callback and its results, made once.
+	idleRead func(fd uintptr) bool
+	rn       int
+	rerr     error
+
+	met h1MetricCache
+
+	one [1]byte // waitIdle's read from a TLS client
+
+	// outbound: the context for dials, naming the last request's host
+	dialCtx  context.Context
+	dialHost string
+}
+
+// h1MetricCache holds the metric children of the labels of this
+// connection's last request and response: a client connection sends
+// most of its requests to one authority, and resolving the children
+// (hashing the label values, formatting the status) per request shows
+// in the profile.
+type h1MetricCache struct {
+	authority string
+	requests  prometheus.Counter
+
+	respAuthority string
+	respStatus    int
+	respClass     string
+	responses     prometheus.Counter
+
+	latAuthority string
+	latStatus    int
+	latClass     string
+	latency      prometheus.Observer
+}
+
+// upDeadlines is what an upstream connection's deadlines were last set
+// to by the fast path (zero: not known), so that fresh ones are not set
+// again (stale). A mesh connection's live in its batchConn, as it moves
+// between client connections through the pool; the inbound app
+// connection's in the h1Conn. They are read and written under the mu of
+// the h1Conn using the connection (the pool orders the hand-overs).
+type upDeadlines struct{ r, w time.Time }
+
+// Which deadlines of an upstream upSet and upBound set.
+const (
+	dlRead  = 1
+	dlWrite = 2
+	dlBoth  = dlRead | dlWrite
+)
+
+// dlCache returns the deadline cache of the upstream up, or nil (a
+// plaintext pooled connection: its deadlines are always set).
+func (c *h1Conn) dlCache(up net.Conn) *upDeadlines {
+	if c.h == nil {
+		return &c.appDL // inbound: the upstream is the app connection
+	}
+	if tc, ok := up.(*tls.Conn); ok {
+		if bc, ok := tc.NetConn().(*batchConn); ok {
+			return &bc.h1dl
+		}
+	}
+	return nil
+}
+
+// upSet sets the deadlines (which) of the upstream up in use to t,
+// unless the exchange was killed (its past deadline stays), and notes
+// them in up's cache.
+func (c *h1Conn) upSet(up net.Conn, which int, t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.dead {
+		c.setLocked(up, which, t)
+	}
+}
+
+func (c *h1Conn) setLocked(up net.Conn, which int, t time.Time) {
+	switch which {
+	case dlRead:
+		up.SetReadDeadline(t)
+	case dlWrite:
+		up.SetWriteDeadline(t)
+	default:
+		up.SetDeadline(t)
+	}
+	if dc := c.dlCache(up); dc != nil {
+		if which&dlRead != 0 {
+			dc.r = t
+		}
+		if which&dlWrite != 0 {
+			dc.w = t
+		}
+	}
+}
+
+// upBound bounds the reads or writes (which) of the upstream up in use
+// at d from now (no bound when d <= 0), as upSet does, but lazily: not
+// while the deadlines noted in up's cache are fresh (stale). Both ways
+// at once share one runtime timer.
+func (c *h1Conn) upBound(up net.Conn, which int, d time.Duration) {
+	var want time.Time
+	if d > 0 {
+		want = time.Now().Add(d)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead {
+		return
+	}
+	if dc := c.dlCache(up); d > 0 && dc != nil &&
+		(which&dlRead == 0 || !stale(dc.r, want, d)) && (which&dlWrite == 0 || !stale(dc.w, want, d)) {
+		return
+	}
+	c.setLocked(up, which, want)
+}
+
+// upForget notes that up's read deadline is no longer known (relayBody
+// sets it).
+func (c *h1Conn) upForget(up net.Conn) {
+	c.mu.Lock()
+	if dc := c.dlCache(up); dc != nil {
+		dc.r = time.Time{}
+	}
+	c.mu.Unlock()
+}
+
+// stale reports whether a deadline last set to last must be set again
+// to want (now plus d): not when last is at most want and less than
+// d/64 before it. Each set updates a runtime timer, which showed in the
+// profile when done per request; a stall or idle bound of d is then
+// enforced between d - d/64 and d.
+func stale(last, want time.Time, d time.Duration) bool {
+	return last.IsZero() || last.After(want) || want.Sub(last) >= d/64
 }
 
 // take gets the request buffers.
@@ -117,7 +258,7 @@ func (c *h1Conn) kill() {
 	c.mu.Lock()
 	c.dead = true
 	if c.cur != nil {
-		c.cur.SetDeadline(time.Unix(1, 0))
+		c.setLocked(c.cur, dlBoth, time.Unix(1, 0))
 	}
 	c.mu.Unlock()
 }
@@ -125,11 +266,10 @@ func (c *h1Conn) kill() {
 func (c *h1Conn) setCur(up net.Conn) {
 	c.mu.Lock()
 	c.cur = up
-	dead := c.dead
-	c.mu.Unlock()
-	if dead && up != nil {
-		up.SetDeadline(time.Unix(1, 0))
+	if c.dead && up != nil {
+		c.setLocked(up, dlBoth, time.Unix(1, 0))
 	}
+	c.mu.Unlock()
 }
 
 // poke wakes the connection if it is idle (shutdown).
@@ -137,6 +277,7 @@ func (c *h1Conn) poke() {
 	c.mu.Lock()
 	if c.idle {
 		c.c.SetReadDeadline(time.Unix(1, 0))
+		c.rdl = time.Time{}
 	}
 	c.mu.Unlock()
 }
@@ -159,7 +300,10 @@ func (c *h1Conn) countIn(n int) {
 // writeClient writes b to the client, counting it.
 func (c *h1Conn) writeClient(b []byte) error {
 	if d := c.s.cfg.idleTimeout(); d > 0 {
-		c.c.SetWriteDeadline(time.Now().Add(d))
+		if want := time.Now().Add(d); stale(c.wdl, want, d) {
+			c.c.SetWriteDeadline(want)
+			c.wdl = want
+		}
 	}
 	n, err := c.c.Write(b)
 	if n > 0 {
@@ -172,15 +316,18 @@ func (c *h1Conn) writeClient(b []byte) error {
 // h1Registry tracks the fast-path connections of a Server, to close the
 // idle ones at shutdown.
 type h1Registry struct {
-	mu      sync.Mutex
-	conns   map[*h1Conn]struct{}
-	closing bool
+	mu    sync.Mutex
+	conns map[*h1Conn]struct{}
+	// closing is set under mu (so that add sees it) and read without
+	// it: every request checks it, and a mutex all connections share
+	// showed in the profile.
+	closing atomic.Bool
 }
 
 func (r *h1Registry) add(c *h1Conn) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.closing {
+	if r.closing.Load() {
 		return false
 	}
 	if r.conns == nil {
@@ -197,16 +344,14 @@ func (r *h1Registry) remove(c *h1Conn) {
 }
 
 func (r *h1Registry) isClosing() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.closing
+	return r.closing.Load()
 }
 
 // shutdown closes the idle connections now; busy ones close after their
 // response.
 func (r *h1Registry) shutdown() {
 	r.mu.Lock()
-	r.closing = true
+	r.closing.Store(true)
 	cs := make([]*h1Conn, 0, len(r.conns))
 	for c := range r.conns {
 		cs = append(cs, c)
@@ -227,9 +372,13 @@ func (c *h1Conn) waitIdle() error {
 	}
 	c.idle = true
 	if d := c.s.cfg.idleTimeout(); d > 0 {
-		c.c.SetReadDeadline(time.Now().Add(d))
+		if want := time.Now().Add(d); stale(c.rdl, want, d) {
+			c.c.SetReadDeadline(want)
+			c.rdl = want
+		}
 	} else {
 		c.c.SetReadDeadline(time.Time{})
+		c.rdl = time.Time{}
 	}
 	c.mu.Unlock()
 	defer func() {
@@ -240,18 +389,38 @@ func (c *h1Conn) waitIdle() error {
 	if c.tcp != nil {
 		return c.readIdle()
 	}
-	var one [1]byte
-	n, err := c.c.Read(one[:])
+	n, err := c.c.Read(c.one[:])
 	if n == 1 {
 		c.take()
-		c.cr.buf[0] = one[0]
+		c.cr.buf[0] = c.one[0]
 		c.cr.w = 1
+		c.readDecrypted()
 		return nil
 	}
 	if err == nil {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// readDecrypted adds to the client buffer, without waiting, what the TLS
+// client's record after waitIdle's one byte already holds (and whatever
+// else the socket has): the rest of the request head, usually, which
+// then needs no header deadline (serve). A failure is left for the next
+// read to find again (a TLS error is kept; not waiting is not one).
+func (c *h1Conn) readDecrypted() {
+	tc, ok := c.c.(*tls.Conn)
+	if !ok {
+		return
+	}
+	bc, ok := tc.NetConn().(*batchConn)
+	if !ok {
+		return
+	}
+	bc.noWait.Store(true)
+	n, _ := tc.Read(c.cr.buf[c.cr.w:])
+	bc.noWait.Store(false)
+	c.cr.w += n
 }
 
 // readIdle waits for the client's bytes and reads them, taking the
@@ -264,23 +433,11 @@ func (c *h1Conn) readIdle() error {
 			return err
 		}
 		c.rc = rc
+		c.idleRead = c.readOnce
 	}
-	var n int
-	var rerr error
-	err := c.rc.Read(func(fd uintptr) bool {
-		c.take()
-		for {
-			n, rerr = syscall.Read(int(fd), c.cr.buf[c.cr.w:])
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			c.release()
-			return false
-		}
-		return true
-	})
+	c.rn, c.rerr = 0, nil
+	err := c.rc.Read(c.idleRead)
+	n, rerr := c.rn, c.rerr
 	if err == nil {
 		err = rerr
 	}
@@ -292,6 +449,23 @@ func (c *h1Conn) readIdle() error {
 		err = io.EOF
 	}
 	return err
+}
+
+// readOnce is readIdle's RawConn callback: one read into the buffers,
+// which go back to their pool when the socket had nothing.
+func (c *h1Conn) readOnce(fd uintptr) bool {
+	c.take()
+	for {
+		c.rn, c.rerr = syscall.Read(int(fd), c.cr.buf[c.cr.w:])
+		if c.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if c.rerr == syscall.EAGAIN {
+		c.release()
+		return false
+	}
+	return true
 }
 
 // serve runs the client's requests until the connection is done. A
@@ -324,7 +498,13 @@ func (c *h1Conn) serve(peek []byte) (handoff []byte, err error) {
 				return nil, err
 			}
 		}
-		c.c.SetReadDeadline(time.Now().Add(c.s.cfg.headerTimeout()))
+		// The head usually came whole with the first read: no header
+		// deadline to set then (a runtime timer update each way).
+		waited := headEnd(c.cr.buffered(), 0) < 0
+		if waited {
+			c.c.SetReadDeadline(time.Now().Add(c.s.cfg.headerTimeout()))
+			c.rdl = time.Time{}
+		}
 		n, err := readHead(&c.cr, 0, requestLineOK)
 		if err != nil {
 			if isTimeout(err) || c.cr.r == c.cr.w {
@@ -337,7 +517,9 @@ func (c *h1Conn) serve(peek []byte) (handoff []byte, err error) {
 			c.h != nil && c.h.routed(m, c.k.orig) {
 			return c.handoffBytes(), nil
 		}
-		c.c.SetReadDeadline(time.Time{})
+		if waited {
+			c.c.SetReadDeadline(time.Time{})
+		}
 		if !c.exchange(n) || c.s.in.fast.isClosing() {
 			c.lingerClose()
 			return nil, nil
@@ -378,6 +560,7 @@ func (c *h1Conn) lingerClose() {
 	c.take()
 	buf := c.b.in
 	c.c.SetReadDeadline(end)
+	c.rdl = time.Time{}
 	for got := 0; got < h1LingerBytes; {
 		n, err := c.c.Read(buf)
 		got += n
@@ -431,9 +614,14 @@ func (r h1Result) class() string {
 // client connection must close.
 func (c *h1Conn) exchange(n int) bool {
 	start := time.Now()
-	authority := string(c.b.req.host)
+	m := &c.met
+	if m.requests == nil || string(c.b.req.host) != m.authority {
+		m.authority = string(c.b.req.host)
+		m.requests = c.s.m.requests.WithLabelValues(c.s.m.dir, m.authority)
+	}
+	authority := m.authority
 	c.unread = c.b.req.hasBody()
-	c.s.m.requests.WithLabelValues(c.s.m.dir, authority).Inc()
+	m.requests.Inc()
 	res := h1Result{authority: authority}
 	var keep bool
 	if c.h != nil {
@@ -451,14 +639,23 @@ func (c *h1Conn) exchange(n int) bool {
 func (c *h1Conn) countResponse(res *h1Result) {
 	if res.status != 0 && !res.counted {
 		res.counted = true
-		c.s.m.responses.WithLabelValues(c.s.m.dir, res.authority, strconv.Itoa(res.status), res.class()).Inc()
+		m, class := &c.met, res.class()
+		if m.responses == nil || m.respStatus != res.status || m.respClass != class || m.respAuthority != res.authority {
+			m.responses = c.s.m.responses.WithLabelValues(c.s.m.dir, res.authority, strconv.Itoa(res.status), class)
+			m.respAuthority, m.respStatus, m.respClass = res.authority, res.status, class
+		}
+		m.responses.Inc()
 	}
 }
 
 // observe records the latency of a response whose head goes out now.
 func (c *h1Conn) observe(authority string, start time.Time, res *h1Result) {
-	c.s.m.latency.WithLabelValues(c.s.m.dir, authority, strconv.Itoa(res.status), res.class()).
-		Observe(time.Since(start).Seconds())
+	m, class := &c.met, res.class()
+	if m.latency == nil || m.latStatus != res.status || m.latClass != class || m.latAuthority != authority {
+		m.latency = c.s.m.latency.WithLabelValues(c.s.m.dir, authority, strconv.Itoa(res.status), class)
+		m.latAuthority, m.latStatus, m.latClass = authority, res.status, class
+	}
+	m.latency.Observe(time.Since(start).Seconds())
 }
 
 // bodyKind is how a request's body is framed.
@@ -513,22 +710,13 @@ func appendField(out []byte, f h1Field) []byte {
 // upWrite writes b to the upstream up, within the idle timeout: a
 // request's upload is bounded per write, not as a whole (the response
 // timeout starts once it is sent).
+//
+// A pooled connection keeps the deadlines of its last use: every use
+// sets those it needs.
 func (c *h1Conn) upWrite(up net.Conn, b []byte) error {
-	if d := c.s.cfg.idleTimeout(); d > 0 {
-		c.upDeadline(func() { up.SetWriteDeadline(time.Now().Add(d)) })
-	}
+	c.upBound(up, dlWrite, c.s.cfg.idleTimeout())
 	_, err := up.Write(b)
 	return err
-}
-
-// upDeadline runs set (which sets a deadline on the upstream in use)
-// unless the exchange was killed: a kill's past deadline stays.
-func (c *h1Conn) upDeadline(set func()) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.dead {
-		set()
-	}
 }
 
 // sendRequest writes the request (head in c.b.out, n bytes of client
@@ -578,6 +766,7 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 		c.unread = false
 		return true, nil
 	}
+	c.rdl = time.Time{} // relayBody sets the client's read deadline
 	err = relayBody(&c.cr, write, cl, m.chunked, c.s.cfg.idleTimeout(), c.countIn, nil)
 	var we *writeError
 	switch {
@@ -749,6 +938,11 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	if c.h != nil && c.h.cfg.StreamIdleTimeout > 0 {
 		rd = c.h.cfg.StreamIdleTimeout
 	}
+	if rd <= 0 {
+		// No per-read bound on the body: the response header
+		// timeout's deadline must not cut it.
+		c.upSet(c.ur.c, dlRead, time.Time{})
+	}
 	c.observe(authority, start, res)
 	cl := m.cl
 	switch {
@@ -786,6 +980,9 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 	}
 	var err error
 	if cl != 0 {
+		if cl < 0 || int64(len(c.ur.buffered())) < cl {
+			c.upForget(c.ur.c) // relayBody may read, setting the read deadline
+		}
 		err = relayBody(&c.ur, write, cl, m.chunked, rd, nil, end)
 	}
 	if err != nil {

@@ -980,3 +980,84 @@ func TestH1MalformedChunkedBody(t *testing.T) {
 		t.Errorf("responses_total{status_code=400,classification=failure} = %v; want 1", got)
 	}
 }
+
+// TestH1IdleTimeoutKeptConnection: the fast path refreshes a kept
+// client connection's deadlines lazily (not at every request), yet a
+// connection that keeps sending requests for longer than the idle timeout
+// stays open, and one that goes quiet is closed after about the idle
+// timeout. The upstream's deadlines (pooled, set per use) must not cut
+// the later requests either.
+func TestH1IdleTimeoutKeptConnection(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	bs := startBackends(t, echoPath, 0, "127.0.0.1")
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, IdleTimeout: idle, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	d := newProxyDialer(t, srv, bs[0].addr)
+	rc := dialRaw(t, d)
+	start := time.Now()
+	for i := 0; time.Since(start) < 3*idle; i++ {
+		path := fmt.Sprintf("/%d", i)
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + bs[0].addr.String() + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != path {
+			t.Fatalf("request %d, %v after the first: %d %q", i, time.Since(start).Round(time.Millisecond), resp.StatusCode, body)
+		}
+		time.Sleep(idle / 8)
+	}
+	// Quiet now: the proxy closes the connection (bounded wait).
+	quiet := time.Now()
+	rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := rc.r.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d bytes from a quiet connection; want it closed", n)
+	} else if isTimeout(err) {
+		t.Fatalf("a connection quiet for %v is still open (idle timeout %v)", time.Since(quiet).Round(time.Millisecond), idle)
+	}
+	if q := time.Since(quiet); q < idle/2 {
+		t.Errorf("the quiet connection was closed after %v; want about the idle timeout %v", q.Round(time.Millisecond), idle)
+	}
+	if n := bs[0].conns.Load(); n != 1 {
+		t.Errorf("backend accepted %d connections; want the one pooled connection", n)
+	}
+}
+
+// TestH1MeshResponseTimeoutLazyDeadline: over a pooled mTLS connection
+// the response header timeout is set lazily (kept when still fresh from
+// the last request), yet it still bounds a slow response right after a
+// fast one, and a deadline that expired while the connection sat in the
+// pool is replaced, not taken for a fresh one.
+func TestH1MeshResponseTimeoutLazyDeadline(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	e := newMeshEnv(t, meshOpts{outHTTP: &HTTPConfig{ResponseHeaderTimeout: timeout}})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(3 * timeout)
+		}
+		io.WriteString(w, r.URL.Path)
+	})}
+	go app.Serve(ln)
+	t.Cleanup(func() { app.Close() })
+	appAddr := netip.MustParseAddrPort(ln.Addr().String())
+	e.out.mesh.cache.SetMeshed(appAddr.Addr())
+	rc := dialRaw(t, newProxyDialer(t, e.out, appAddr))
+	get := func(path string) (int, string) {
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + appAddr.String() + "\r\n\r\n")
+		resp, body := rc.read("GET")
+		return resp.StatusCode, body
+	}
+	if code, body := get("/a"); code != 200 || body != "/a" {
+		t.Fatalf("GET /a = %d %q; want 200", code, body)
+	}
+	time.Sleep(timeout + timeout/2) // the deadline set for /a expires
+	if code, body := get("/b"); code != 200 || body != "/b" {
+		t.Fatalf("GET /b after the pooled connection's deadline expired = %d %q; want 200", code, body)
+	}
+	if code, _ := get("/slow"); code != http.StatusGatewayTimeout {
+		t.Errorf("GET /slow right after /b = %d; want 504 (the response header timeout)", code)
+	}
+	if code, body := get("/c"); code != 200 || body != "/c" {
+		t.Errorf("GET /c = %d %q; want 200", code, body)
+	}
+}

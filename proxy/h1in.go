@@ -69,6 +69,7 @@ func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 func (c *h1Conn) setApp(nc net.Conn) {
 	c.mu.Lock()
 	c.app = nc
+	c.appDL = upDeadlines{}
 	c.mu.Unlock()
 }
 
@@ -147,7 +148,8 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 			return fail(http.StatusBadGateway, reasonAppUnreachable, false)
 		}
 		c.setCur(up)
-		c.upDeadline(func() { up.SetDeadline(time.Time{}) })
+		// upWrite bounds the writes (lazily, upBound), and so is the
+		// wait for the response below.
 		touched, err := c.sendRequest(up, n, replay)
 		var hn int
 		var got bool
@@ -161,9 +163,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 				err = rerr
 			}
 		} else if err == nil {
-			if d := c.s.inboundResponseTimeout(); d > 0 {
-				c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
-			}
+			c.upBound(up, dlRead, c.s.inboundResponseTimeout())
 			hn, got, err = c.readResponse(up)
 		}
 		if err != nil {

@@ -147,7 +147,8 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 					keep = false
 				}
 				if keep {
-					up.Conn.SetDeadline(time.Time{})
+					// Pooled with its deadlines: every use sets
+					// those it needs (upWrite, attemptOut).
 					h.pool.Put(up)
 				} else {
 					up.Conn.Close()
@@ -217,7 +218,10 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 	}
 	ctx := c.k.ctx
 	if c.s.mesh != nil {
-		ctx = context.WithValue(ctx, dialNameKey{}, host)
+		if c.dialCtx == nil || c.dialHost != host {
+			c.dialCtx, c.dialHost = context.WithValue(ctx, dialNameKey{}, host), host
+		}
+		ctx = c.dialCtx
 	}
 	for try := 0; ; try++ {
 		var reused bool
@@ -233,7 +237,9 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 			continue
 		}
 		c.setCur(up.Conn)
-		c.upDeadline(func() { up.Conn.SetDeadline(time.Time{}) })
+		if !reused {
+			c.upSet(up.Conn, dlBoth, time.Time{})
+		}
 		touched, err = c.sendRequest(up.Conn, n, replay)
 		var got bool
 		if errors.Is(err, errUpstreamWrite) && !errors.Is(err, errClientBody) {
@@ -253,13 +259,14 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		if err == nil {
 			// As net/http's, the response header timeout starts once
 			// the request is sent.
-			if d := h.cfg.ResponseHeaderTimeout; d > 0 {
-				c.upDeadline(func() { up.Conn.SetReadDeadline(time.Now().Add(d)) })
-			}
+			// (Lazily, as the write deadline: a bound of d is
+			// enforced between d - d/64 and d.)
+			c.upBound(up.Conn, dlRead, h.cfg.ResponseHeaderTimeout)
 			hn, got, err = c.readResponse(up.Conn)
 		}
 		if err == nil {
-			up.Conn.SetDeadline(time.Time{})
+			// The read deadline stays: relayResponse's body reads set
+			// their own, or clear it when they have no bound.
 			return up, hn, touched, nil
 		}
 		up.Conn.Close()
@@ -291,7 +298,7 @@ func (c *h1Conn) readEarlyResponse(up net.Conn) (hn int, got bool, err error) {
 	case c.h == nil && c.s.inboundResponseTimeout() > 0:
 		d = c.s.inboundResponseTimeout()
 	}
-	c.upDeadline(func() { up.SetReadDeadline(time.Now().Add(d)) })
+	c.upSet(up, dlRead, time.Now().Add(d))
 	hn, got, err = c.readResponse(up)
 	if err == nil {
 		c.b.req.connClose = true  // the client's body is not all read
