@@ -12,7 +12,7 @@
 #
 # Every pair has the same two-hop shape: a proxy in the client pod, one in the
 # server pod, the app on 127.0.0.1 behind it. HAProxy runs nbthread 2, as
-# meshproxy runs GOMAXPROCS=2 on this 2-core box; stunnel has a thread per
+# meshproxy runs GOMAXPROCS=2 on this 2-core box (PROCS); stunnel has a thread per
 # connection. Figures: iperf3 throughput (1 and 8 streams), HTTP/1.1
 # keep-alive with wrk (fixed concurrency) and with scripts/bench/loadgen (a
 # fixed rate, open loop: see "The fixed-rate latency" below), new
@@ -60,6 +60,8 @@
 #                    a process may open 20,000 files here and a proxy holds
 #                    two per connection)
 #   MODE             meshproxy interception: redirect (default) or tproxy
+#   PROCS            threads of each proxy: meshproxy GOMAXPROCS and HAProxy
+#                    nbthread (default 2, the cores of this box)
 #   BENCH_OUT        where the results go (default docs/ of the checkout)
 #   BENCH_GO=1       also run go test -bench Forward ./proxy/ first
 #   BENCH_KEEP=1     keep the raw results and the logs (printed: where)
@@ -84,6 +86,7 @@ CONC=${CONCURRENCY:-32}
 HOLD=${HOLD_CONNS:-9000}
 HOLD_SECONDS=5
 MODE=${MODE:-redirect}
+PROCS=${PROCS:-2}
 ALL="direct meshproxy meshproxy-mtls haproxy-tcp haproxy-http stunnel"
 for k in ${BENCH_ONLY:-}; do
 	[[ " $ALL " == *" $k "* ]] || {
@@ -244,7 +247,7 @@ start_meshproxy() {
 		echo "== meshproxy ${1:-plaintext} started $(date -u +%T.%N)" >>"$WORK/meshproxy-$ns.log"
 		[ -n "${1:-}" ] && mesh=(--identity-dir "$WORK/ca" --identity "spiffe://cluster.local/ns/bench/sa/$ns")
 		ip netns exec $ns setpriv --reuid=$PROXY_UID --regid=$PROXY_UID --clear-groups "${caps[@]}" \
-			env GOMAXPROCS=2 ${GCTRACE:+GODEBUG=gctrace=1} "$WORK/meshproxy" run --mode "$MODE" --log-level warn --ipv6=false --shutdown-grace 1s "${mesh[@]}" \
+			env GOMAXPROCS=$PROCS ${GCTRACE:+GODEBUG=gctrace=1} "$WORK/meshproxy" run --mode "$MODE" --log-level warn --ipv6=false --shutdown-grace 1s "${mesh[@]}" \
 			>>"$WORK/meshproxy-$ns.log" 2>&1 &
 		proxies+=($!)
 	done
@@ -259,8 +262,8 @@ start_meshproxy() {
 	done
 }
 
-# start_haproxy tcp|http: the HAProxy pair. nbthread 2 to match meshproxy's
-# GOMAXPROCS=2; maxconn sized for HOLD_CONNS.
+# start_haproxy tcp|http: the HAProxy pair. nbthread $PROCS to match
+# meshproxy's GOMAXPROCS; maxconn sized for HOLD_CONNS.
 start_haproxy() {
 	local mode=$1
 	for side in client server; do
@@ -268,7 +271,7 @@ start_haproxy() {
 		[ $side = server ] && ns=$SERVER
 		cat >"$conf" <<CONF
 global
-	nbthread 2
+	nbthread $PROCS
 	maxconn $((HOLD + 200))
 defaults
 	mode $mode
@@ -471,7 +474,7 @@ done
 
 cat >"$RES/settings.json" <<JSON
 {"iperf_seconds":$T,"load_seconds":$D,"rate":$RATE,"rate_rounds":$ROUNDS,"concurrency":$CONC,"hold_conns":$HOLD,
- "hold_seconds":$HOLD_SECONDS,"mode":"$MODE","connrate_workers":8,
+ "hold_seconds":$HOLD_SECONDS,"mode":"$MODE","procs":$PROCS,"connrate_workers":8,
  "meshproxy_version":"$("$WORK/meshproxy" version 2>/dev/null | head -1)",
  "haproxy_version":"$("$HAPROXY" -v | awk 'NR==1 {print $3}')",
  "stunnel_version":"$("$STUNNEL" -version 2>&1 | awk '/^stunnel/ {print $2; exit}')",

@@ -15,7 +15,11 @@ func markdown(o *output) string {
 	p("All setups ran one after another in the same run on the same machine; numbers move by several %% between runs on this shared box, so read ratios, not digits.\n\n")
 	p("Two network namespaces (client 198.18.0.1, server 198.18.0.2, one veth). Every proxied setup is a pair with the same two-hop shape: ")
 	p("a proxy in the client namespace, one in the server namespace, the app on 127.0.0.1 behind it. ")
-	p("meshproxy (%v) captures with %s rules and runs with GOMAXPROCS=2; HAProxy %v runs `nbthread 2`; stunnel %v uses a thread per connection. ", st["meshproxy_version"], st["mode"], st["haproxy_version"], st["stunnel_version"])
+	procs := st["procs"]
+	if procs == nil {
+		procs = 2 // results from before the PROCS setting
+	}
+	p("meshproxy (%v) captures with %s rules and runs with GOMAXPROCS=%v; HAProxy %v runs `nbthread %v`; stunnel %v uses a thread per connection. ", st["meshproxy_version"], st["mode"], procs, st["haproxy_version"], procs, st["stunnel_version"])
 	p("mTLS and stunnel: TLS 1.3, both sides present ECDSA P-256 certificates from the same `meshproxy ca` CA.\n\n")
 	switch o.MeshproxyHTTP {
 	case "http-aware":
