@@ -97,10 +97,7 @@ func (e copyEnd) fast() bool {
 // errWouldBlock when nothing is.
 func (e copyEnd) readNoWait(p []byte) (int, error) {
 	if e.batch != nil {
-		e.batch.noWait.Store(true)
-		n, err := e.c.Read(p)
-		e.batch.noWait.Store(false)
-		return n, err
+		return e.batch.readTLSNoWait(e.c, p)
 	}
 	return rawReadNoWait(e.rc, p)
 }
@@ -279,6 +276,16 @@ type batchConn struct {
 	bp       *[]byte
 
 	h1dl upDeadlines // the HTTP fast path's (h1Conn.dlCache)
+}
+
+// readTLSNoWait reads from tc, the TLS layer over b, what the records
+// already received hold, without waiting for more: errWouldBlock (a
+// temporary error, which the TLS layer does not keep) when there is
+// nothing.
+func (b *batchConn) readTLSNoWait(tc net.Conn, p []byte) (int, error) {
+	b.noWait.Store(true)
+	defer b.noWait.Store(false)
+	return tc.Read(p)
 }
 
 // newBatchConn wraps c for tls.Client/tls.Server.

@@ -417,9 +417,7 @@ func (c *h1Conn) readDecrypted() {
 	if !ok {
 		return
 	}
-	bc.noWait.Store(true)
-	n, _ := tc.Read(c.cr.buf[c.cr.w:])
-	bc.noWait.Store(false)
+	n, _ := bc.readTLSNoWait(tc, c.cr.buf[c.cr.w:])
 	c.cr.w += n
 }
 
