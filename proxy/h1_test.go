@@ -464,24 +464,13 @@ func TestH1ClientResetMidBody(t *testing.T) {
 		_, err := io.Copy(io.Discard, r.Body)
 		bodyErr <- err
 	}), 0)
-	// Warm up (the pool's and the servers' own goroutines start).
-	rc := dialRaw(t, d)
-	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	rc.read("GET")
-	<-bodyErr
-	rc.c.Close()
-	waitConnEnded(t, srv)
+	warmUp(t, srv, d, authority, bodyErr)
 	before := goroutines()
 	fds := openFDs(t)
 
-	c, err := d.dial(t.Context(), "tcp", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(c, "POST /x HTTP/1.1\r\nHost: "+authority+"\r\nContent-Length: 1048576\r\n\r\n")
-	c.Write(bytes.Repeat([]byte("y"), 64<<10))
+	c := startUpload(t, d, authority)
 	time.Sleep(50 * time.Millisecond)
-	c.(*net.TCPConn).SetLinger(0)
+	c.SetLinger(0)
 	c.Close()
 	select {
 	case err := <-bodyErr:
@@ -859,19 +848,26 @@ func TestH1EarlyResponseDuringUpload(t *testing.T) {
 	}
 }
 
-// TestH1InboundEarlyResponseDuringUpload: the same through two proxies:
-// the app answers 413 before reading the body and closes.
-func TestH1InboundEarlyResponseDuringUpload(t *testing.T) {
-	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// answer413AndReset is an app that answers 413 "big!" before it reads
+// the request body and closes with the body unread: a reset, as the
+// kernel sends for unread bytes.
+func answer413AndReset(t *testing.T) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, _, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			t.Error(err)
 			return
 		}
 		io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
-		c.(*net.TCPConn).SetLinger(0) // unread body: a reset, as the kernel does
+		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
-	}))
+	})
+}
+
+// TestH1InboundEarlyResponseDuringUpload: the same through two proxies:
+// the app answers 413 before reading the body and closes.
+func TestH1InboundEarlyResponseDuringUpload(t *testing.T) {
+	_, d, authority := meshHTTPEnv(t, answer413AndReset(t))
 	rc := dialRaw(t, d)
 	const size = 8 << 20
 	rc.send("POST /u HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: " + strconv.Itoa(size) + "\r\n\r\n")

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"meshproxy/balancer"
 )
 
 // The edges of the HTTP/1 fast path: early answers, timeouts, bodies
@@ -68,16 +70,7 @@ func TestH1EarlyAnswerLingers(t *testing.T) {
 // linger (the server side toward the client side, the client side
 // toward the client).
 func TestH1MeshEarlyAnswerLingers(t *testing.T) {
-	_, d, authority := meshHTTPEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, _, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
-		c.(*net.TCPConn).SetLinger(0)
-		c.Close()
-	}))
+	_, d, authority := meshHTTPEnv(t, answer413AndReset(t))
 	c := d.client()
 	for i := range 10 {
 		resp, body, err := postBig(t, c, "http://"+authority+"/u", authority)
@@ -176,20 +169,7 @@ func TestH1InboundResponseTimeout(t *testing.T) {
 // doing), the upstream connection (its request cut short) is not reused,
 // and nothing is left behind.
 func TestH1ClientBodyBreaksOff(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		cut  func(c *net.TCPConn)
-	}{
-		{"reset", func(c *net.TCPConn) { c.SetLinger(0); c.Close() }},
-		{"eof", func(c *net.TCPConn) {
-			c.CloseWrite()
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if b, err := io.ReadAll(c); len(b) > 0 || err != nil {
-				t.Errorf("after the body broke off, the client read %q (error %v); want the end", b, err)
-			}
-			c.Close()
-		}},
-	} {
+	for _, tc := range bodyCuts(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			bodyErr := make(chan error, 1)
 			bs := startBackends(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -205,28 +185,17 @@ func TestH1ClientBodyBreaksOff(t *testing.T) {
 			defer srv.Shutdown(context.Background())
 			d := newProxyDialer(t, srv, bs[0].addr)
 			authority := fmt.Sprintf("web.test:%d", bs[0].addr.Port())
-			// Warm up: one pooled upstream connection.
-			rc := dialRaw(t, d)
-			rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-			rc.read("GET")
-			<-bodyErr
-			rc.c.Close()
-			waitConnEnded(t, srv)
+			warmUp(t, srv, d, authority, bodyErr) // one pooled upstream connection
 			before := goroutines()
 			fds := openFDs(t)
 
-			c, err := d.dial(t.Context(), "tcp", "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			io.WriteString(c, "POST /x HTTP/1.1\r\nHost: "+authority+"\r\nContent-Length: 1048576\r\n\r\n")
-			c.Write(bytes.Repeat([]byte("y"), 64<<10))
+			c := startUpload(t, d, authority)
 			select {
 			case <-time.After(50 * time.Millisecond):
 			case err := <-bodyErr:
 				t.Fatalf("the app's request ended (%v) before the client broke off", err)
 			}
-			tc.cut(c.(*net.TCPConn))
+			tc.cut(c)
 			select {
 			case err := <-bodyErr:
 				if err == nil {
@@ -236,22 +205,10 @@ func TestH1ClientBodyBreaksOff(t *testing.T) {
 				t.Fatal("the app's request did not end 10s after the client broke off")
 			}
 			waitConnEnded(t, srv)
-			if got := testutil.ToFloat64(srv.m.responses.WithLabelValues("outbound", authority, "499", classFailure)); got != 1 {
-				t.Errorf("responses_total{status_code=499,classification=failure} = %v; want 1", got)
-			}
-			if n := strings.Count(log.String(), "http request abandoned by the client"); n != 1 {
-				t.Errorf("the abandoned request was logged %d times; want once; log:\n%s", n, log.String())
-			}
-			for _, svc := range bal.Snapshot() {
-				for _, ep := range svc.Endpoints {
-					if ep.ConsecutiveFailures != 0 || ep.State != "ready" {
-						t.Errorf("endpoint %s: %d consecutive failures, %s; want none, ready (the client broke off)", ep.Addr, ep.ConsecutiveFailures, ep.State)
-					}
-				}
-			}
+			checkAbandoned(t, srv, log, bal, authority)
 			// The upstream connection whose request was cut short is
 			// not reused: the next request dials a second one.
-			rc = dialRaw(t, d)
+			rc := dialRaw(t, d)
 			rc.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
 			if resp, _ := rc.read("GET"); resp.StatusCode != 200 {
 				t.Errorf("next request: %d; want 200", resp.StatusCode)
@@ -470,5 +427,73 @@ func TestH1MeshUpstreamBodyBreaksOff(t *testing.T) {
 		m   *Metrics
 	}{{"outbound", e.outM}, {"inbound", e.inM}} {
 		waitValue(t, m.dir+" failures", m.m.responses.WithLabelValues(m.dir, authority, "200", classFailure), 1)
+	}
+}
+
+// bodyCut is a way a client breaks its request body off.
+type bodyCut struct {
+	name string
+	cut  func(c *net.TCPConn)
+}
+
+// bodyCuts are the ways a client breaks its request body off: a reset,
+// and an end of file (after which the client must read the end, no
+// answer).
+func bodyCuts(t *testing.T) []bodyCut {
+	return []bodyCut{
+		{"reset", func(c *net.TCPConn) { c.SetLinger(0); c.Close() }},
+		{"eof", func(c *net.TCPConn) {
+			c.CloseWrite()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if b, err := io.ReadAll(c); len(b) > 0 || err != nil {
+				t.Errorf("after the body broke off, the client read %q (error %v); want the end", b, err)
+			}
+			c.Close()
+		}},
+	}
+}
+
+// warmUp sends one GET through d to an app that reports each request's
+// end on bodyErr, and waits until srv has no connection left: the
+// pool's, the app's and the servers' own goroutines are started.
+func warmUp(t *testing.T, srv *Server, d *proxyDialer, authority string, bodyErr <-chan error) {
+	t.Helper()
+	rc := dialRaw(t, d)
+	rc.send("GET / HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	rc.read("GET")
+	<-bodyErr
+	rc.c.Close()
+	waitConnEnded(t, srv)
+}
+
+// startUpload dials through d and starts a POST of 1 MiB, sending its
+// head and the first 64 KiB of its body.
+func startUpload(t *testing.T, d *proxyDialer, authority string) *net.TCPConn {
+	t.Helper()
+	c, err := d.dial(t.Context(), "tcp", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "POST /x HTTP/1.1\r\nHost: "+authority+"\r\nContent-Length: 1048576\r\n\r\n")
+	c.Write(bytes.Repeat([]byte("y"), 64<<10))
+	return c.(*net.TCPConn)
+}
+
+// checkAbandoned checks what a request whose client broke its body off
+// leaves on the client side's srv: responses_total{status_code="499"}
+// failure once, one log line, and no failure charged to an endpoint of
+// bal.
+func checkAbandoned(t *testing.T, srv *Server, log *logBuf, bal *balancer.Balancer, authority string) {
+	t.Helper()
+	waitValue(t, "responses_total{499,failure}", srv.m.responses.WithLabelValues("outbound", authority, "499", classFailure), 1)
+	if n := strings.Count(log.String(), "http request abandoned by the client"); n != 1 {
+		t.Errorf("the abandoned request was logged %d times; want once; log:\n%s", n, log.String())
+	}
+	for _, svc := range bal.Snapshot() {
+		for _, ep := range svc.Endpoints {
+			if ep.ConsecutiveFailures != 0 || ep.State != "ready" {
+				t.Errorf("endpoint %s: %d consecutive failures, %s; want none, ready (the client broke off)", ep.Addr, ep.ConsecutiveFailures, ep.State)
+			}
+		}
 	}
 }
