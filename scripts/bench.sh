@@ -87,6 +87,12 @@ HOLD=${HOLD_CONNS:-9000}
 HOLD_SECONDS=5
 MODE=${MODE:-redirect}
 PROCS=${PROCS:-2}
+for v in SECONDS_PER_RUN=$T LOAD_SECONDS=$D RATE=$RATE ROUNDS=$ROUNDS CONCURRENCY=$CONC HOLD_CONNS=$HOLD PROCS=$PROCS; do
+	[[ ${v#*=} =~ ^[1-9][0-9]*$ ]] || {
+		echo "bench: ${v%%=*} is '${v#*=}'; it must be a whole number above 0"
+		exit 2
+	}
+done
 ALL="direct meshproxy meshproxy-mtls haproxy-tcp haproxy-http stunnel"
 for k in ${BENCH_ONLY:-}; do
 	[[ " $ALL " == *" $k "* ]] || {
