@@ -53,8 +53,16 @@ func (h *httpRuntime) newH1Pool() *balancer.Pool[net.Conn] {
 
 // dialH1 opens an upstream connection for the fast path: mutual TLS
 // with protocol http/1 when dst is meshed, plain TCP otherwise (refused
-// when outbound TLS is required).
-func (h *httpRuntime) dialH1(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+// when outbound TLS is required). A spare's failed dial (pre-connect),
+// which no request sees, is logged here.
+func (h *httpRuntime) dialH1(ctx context.Context, dst netip.AddrPort) (c net.Conn, err error) {
+	if balancer.IsPreConnect(ctx) {
+		defer func() {
+			if err != nil {
+				h.s.log.Debug("pre-connect failed", "dst", dst.String(), "backoff", balancer.PreConnectBackoff, "error", err)
+			}
+		}()
+	}
 	if m := h.s.mesh; m != nil {
 		if state, _ := m.meshState(dst.Addr()); state != balancer.Unmeshed {
 			c, err := h.dialMeshConn(ctx, dst.String(), ProtocolHTTP1)
