@@ -67,10 +67,13 @@ func (s *Server) appErrorHandler(k *conn, target netip.AddrPort) func(http.Respo
 			reason = reasonAppUnreachable
 		case r.Context().Err() == nil && errors.As(err, &ne) && ne.Timeout():
 			status, reason = http.StatusGatewayTimeout, "timeout"
+		}
+		if status == http.StatusGatewayTimeout {
 			s.log.Warn("http response timed out", "src", k.src, "target", target.String(),
 				"timeout", s.inboundResponseTimeout(), "error", err)
+		} else {
+			s.log.Debug("http delivery failed", "src", k.src, "target", target.String(), "reason", reason, "error", err)
 		}
-		s.log.Debug("http delivery failed", "src", k.src, "target", target.String(), "error", err)
 		w.Header().Set(headerProxyError, reason)
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(status)
