@@ -62,6 +62,9 @@ type Manager struct {
 
 	mu   sync.RWMutex
 	cert *tls.Certificate
+
+	// installed holds one wake-up after each installed certificate.
+	installed chan struct{}
 }
 
 // NewManager checks cfg and returns a Manager holding no certificate yet.
@@ -90,10 +93,11 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		log = slog.Default()
 	}
 	return &Manager{
-		cfg:      cfg,
-		log:      log.With("identity", cfg.ID.String()),
-		verifier: v,
-		sessions: tls.NewLRUClientSessionCache(256),
+		cfg:       cfg,
+		log:       log.With("identity", cfg.ID.String()),
+		verifier:  v,
+		sessions:  tls.NewLRUClientSessionCache(256),
+		installed: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -125,6 +129,11 @@ func (m *Manager) Ready() bool {
 	return err == nil
 }
 
+// Installed returns a channel that receives after a new certificate is
+// installed, so a watcher of Ready need not wait for its next poll. Wake-ups
+// coalesce: several installs between two receives give one.
+func (m *Manager) Installed() <-chan struct{} { return m.installed }
+
 // Current describes the held certificate: its identity, serial number (hex)
 // and expiry. All are zero when there is no certificate.
 func (m *Manager) Current() (id ID, serial string, notAfter time.Time) {
@@ -152,6 +161,10 @@ func (m *Manager) Refresh(ctx context.Context) error {
 	m.mu.Lock()
 	m.cert = c
 	m.mu.Unlock()
+	select {
+	case m.installed <- struct{}{}:
+	default:
+	}
 	if m.cfg.OnCertificate != nil {
 		m.cfg.OnCertificate(c.Leaf)
 	}

@@ -260,18 +260,25 @@ func TestManagerWaitsForService(t *testing.T) {
 	if _, err := m.ServerTLSConfig().GetCertificate(nil); !errors.Is(err, ErrNotReady) {
 		t.Errorf("GetCertificate while not ready: err = %v; want ErrNotReady", err)
 	}
+	select {
+	case <-m.Installed():
+		t.Fatal("Installed() woke with no certificate installed")
+	default:
+	}
 
 	l, err = net.Listen("tcp", addr)
 	if err != nil {
 		t.Skipf("could not re-listen on %s: %v", addr, err)
 	}
 	startService(t, ca, l)
-	deadline := time.Now().Add(15 * time.Second)
-	for !m.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatal("Manager not ready 15s after the service started")
-		}
-		time.Sleep(20 * time.Millisecond)
+	// A watcher learns of the certificate from Installed, without polling.
+	select {
+	case <-m.Installed():
+	case <-time.After(15 * time.Second):
+		t.Fatal("Installed() did not wake within 15s after the service started")
+	}
+	if !m.Ready() {
+		t.Fatal("Manager not ready when Installed() woke")
 	}
 	if id, serial, notAfter := m.Current(); id != web || serial == "" || notAfter.IsZero() {
 		t.Errorf("Current() = %v, %q, %v", id, serial, notAfter)

@@ -207,6 +207,7 @@ func watchIdentity(ctx context.Context, mgr *identity.Manager, firstReady func()
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-mgr.Installed():
 		}
 		ok := mgr.Ready()
 		if ok == ready || ctx.Err() != nil {
