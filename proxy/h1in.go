@@ -98,16 +98,20 @@ func (a h1AppCloser) SetReadDeadline(time.Time) error  { return nil }
 func (a h1AppCloser) SetWriteDeadline(time.Time) error { return nil }
 
 // inboundResponseTimeout bounds the server side's wait for the app's
-// response head once the request is sent: the ResponseHeaderTimeout of
-// the Server's HTTPConfig (the client side's setting: one config serves
-// both) or DefaultResponseHeaderTimeout, never past the idle timeout;
+// response head once the request is sent: Config.InboundResponseTimeout,
+// else the ResponseHeaderTimeout of the Server's HTTPConfig (the client
+// side's setting: one config serves both), else
+// DefaultResponseHeaderTimeout, never past the idle timeout;
 // 0 means none. The client side's wait for the same response started
 // earlier (when its request left), so with equal settings the client
 // side answers its 504 first; this bound frees the app and mesh
 // connections instead of holding them for the idle timeout.
 func (s *Server) inboundResponseTimeout() time.Duration {
 	d := DefaultResponseHeaderTimeout
-	if s.cfg.HTTP != nil && s.cfg.HTTP.ResponseHeaderTimeout != 0 {
+	switch {
+	case s.cfg.InboundResponseTimeout != 0:
+		d = s.cfg.InboundResponseTimeout
+	case s.cfg.HTTP != nil && s.cfg.HTTP.ResponseHeaderTimeout != 0:
 		d = s.cfg.HTTP.ResponseHeaderTimeout
 	}
 	idle := s.cfg.idleTimeout()

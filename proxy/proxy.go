@@ -61,6 +61,13 @@ type Config struct {
 	// to the application (used by mesh HTTP/2 delivery) idle this long.
 	// Zero means the smaller of IdleTimeout and 90s.
 	InboundPoolIdleTimeout time.Duration
+	// InboundResponseTimeout bounds the server side's wait for the app's
+	// response head to a mesh HTTP request. Zero takes
+	// HTTP.ResponseHeaderTimeout when HTTP is set, else
+	// DefaultResponseHeaderTimeout; negative means no bound but
+	// IdleTimeout. It exists apart from HTTP because a proxy whose
+	// outbound HTTP handling is off still delivers its peers' HTTP.
+	InboundResponseTimeout time.Duration
 	// ConnectTimeout bounds dialing the target. Zero means 3s.
 	ConnectTimeout time.Duration
 	// IdleTimeout closes a connection with no bytes in either direction

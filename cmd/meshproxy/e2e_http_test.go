@@ -171,3 +171,47 @@ func (h *h2cTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	return cc.RoundTrip(r)
 }
+
+// TestInboundResponseTimeoutWithHTTPOff: a server-side proxy whose own
+// outbound HTTP handling is off (--http=false) still delivers its peers'
+// HTTP, and bounds the app's response head by its --response-timeout,
+// not the 30s default: the client's proxy waits 20s, so only the server
+// side's 504 can come back within the client's 10s.
+func TestInboundResponseTimeoutWithHTTPOff(t *testing.T) {
+	ca := newCADir(t, "cluster.local")
+	l := newLab(t, labOptions{mode: "redirect",
+		clientArgs: meshArgs(ca, clientID, "--response-timeout", "20s"),
+		serverArgs: meshArgs(ca, serverID, "--http=false", "--response-timeout", "500ms")})
+	// The app reads requests and never answers.
+	lis, err := l.server.Listen("tcp4", "0.0.0.0:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go io.Copy(io.Discard, c)
+		}
+	}()
+	dst := hostPort(serverV4, 8080)
+	c, err := l.client.Dial("tcp4", dst, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET /never HTTP/1.1\r\nHost: %s\r\n\r\n", dst)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no response within 10s (%v): the server side did not bound the app's response head by its --response-timeout 500ms", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout || resp.Header.Get("meshproxy-error") != "timeout" {
+		t.Errorf("response %d meshproxy-error=%q; want 504 timeout", resp.StatusCode, resp.Header.Get("meshproxy-error"))
+	}
+}
