@@ -9,6 +9,10 @@
 #   haproxy-tcp     HAProxy pair, mode tcp (client-side 127.0.0.1 -> server-side -> app)
 #   haproxy-http    HAProxy pair, mode http
 #   stunnel         stunnel pair, TLS 1.3 both ways, P-256 certs from `meshproxy ca issue`
+#   go-relay        a pair of scripts/bench/gorelay: a goroutine per direction
+#                   moving bytes, nothing else: the floor of any Go proxy
+#                   on this machine (what Go's runtime costs, apart from
+#                   anything meshproxy does)
 #
 # Every pair has the same two-hop shape: a proxy in the client pod, one in the
 # server pod, the app on 127.0.0.1 behind it. HAProxy runs nbthread 2, as
@@ -93,7 +97,7 @@ for v in SECONDS_PER_RUN=$T LOAD_SECONDS=$D RATE=$RATE ROUNDS=$ROUNDS CONCURRENC
 		exit 2
 	}
 done
-ALL="direct meshproxy meshproxy-mtls haproxy-tcp haproxy-http stunnel"
+ALL="direct meshproxy meshproxy-mtls haproxy-tcp haproxy-http stunnel go-relay"
 for k in ${BENCH_ONLY:-}; do
 	[[ " $ALL " == *" $k "* ]] || {
 		echo "bench: BENCH_ONLY names '$k'; the setups are: $ALL"
@@ -115,8 +119,8 @@ C_IP=198.18.0.1
 S_IP=198.18.0.2
 # Ports: 5201/8080 are captured (through meshproxy); 5202/8082 are ignored by
 # the rules (direct, and the peers' backends on 127.0.0.1); 15443-15446 are
-# the peers' own pod-to-pod ports, ignored too.
-IGNORE=5202,8082,15443,15444,15445,15446
+# the peers' own pod-to-pod ports (15447-15448: the Go relay's), ignored too.
+IGNORE=5202,8082,15443,15444,15445,15446,15447,15448
 
 case $MODE in redirect | tproxy) ;; *)
 	echo "bench: MODE must be redirect or tproxy, not '$MODE'"
@@ -158,7 +162,7 @@ RES=$WORK/results
 mkdir -p "$RES"
 install -m 0755 "${MESHPROXY:-$BIN/meshproxy}" "$WORK/meshproxy"
 echo "bench: building the helper programs"
-for p in httpserver loadgen connrate holdconns report; do
+for p in httpserver loadgen connrate holdconns report gorelay; do
 	(cd "$ROOT" && go build -o "$WORK/$p" "./scripts/bench/$p")
 done
 
@@ -198,7 +202,7 @@ for ns in $CLIENT $SERVER; do
 	# for a fixed-rate round after connrate found 127.0.0.1:4140 taken
 	# by a client socket's source port).
 	inns $ns sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1 \
-		net.ipv4.ip_local_reserved_ports="4140,4143,4190,4191,5201,5202,8080,8082,15201,15443-15446,18080,25201,28080"
+		net.ipv4.ip_local_reserved_ports="4140,4143,4190,4191,5201,5202,8080,8082,15201,15443-15448,18080,25201,28080,35201,38080"
 done
 ip -n $CLIENT link add eth0 type veth peer name eth0 netns $SERVER
 ip -n $CLIENT addr add $C_IP/24 dev eth0
@@ -394,8 +398,14 @@ measure() {
 		done
 	fi
 	inns $CLIENT timeout 20 wrk -c "$CONC" -t 2 -d 1s "http://$web/" >/dev/null # warm-up
+	local wbefore wafter
+	[ ${#proxies[@]} -gt 0 ] && wbefore=$(cpu_ticks "${proxies[@]}")
 	inns $CLIENT timeout $((D + 30)) wrk -c "$CONC" -t 2 -d "${D}s" --latency -s "$ROOT/scripts/bench/wrk-report.lua" "http://$web/" \
 		>"$dir/wrk.out" || echo "bench: wrk $key failed" >&2
+	if [ ${#proxies[@]} -gt 0 ]; then
+		wafter=$(cpu_ticks "${proxies[@]}")
+		printf '{"ticks":%s,"clk_tck":%s}\n' $((wafter - wbefore)) "$(getconf CLK_TCK)" >"$dir/cpuwrk.json"
+	fi
 	grep '^{' "$dir/wrk.out" | tail -1 >"$dir/wrk.json" || true
 	inns $CLIENT timeout $((D + 30)) "$WORK/connrate" -addr "$web" -duration "${D}s" -workers 8 \
 		>"$dir/connrate.json" || echo "bench: connrate $key failed" >&2
@@ -405,6 +415,20 @@ measure() {
 		reqs=$(inns $CLIENT curl -fs http://127.0.0.1:4191/metrics | awk '/^meshproxy_requests_total/ {s += $NF} END {print s + 0}')
 		printf '{"requests_total":%s}\n' "${reqs:-0}" >"$dir/http.json"
 	fi
+}
+
+# start_gorelay: the Go relay pair (scripts/bench/gorelay), the floor of
+# a Go proxy: a goroutine per direction moving bytes, nothing else.
+# GOMAXPROCS $PROCS as meshproxy.
+start_gorelay() {
+	ip netns exec $CLIENT env GOMAXPROCS=$PROCS "$WORK/gorelay" \
+		-pairs 127.0.0.1:35201=$S_IP:15447,127.0.0.1:38080=$S_IP:15448 >"$WORK/gorelay-client.log" 2>&1 &
+	proxies+=($!)
+	ip netns exec $SERVER env GOMAXPROCS=$PROCS "$WORK/gorelay" \
+		-pairs $S_IP:15447=127.0.0.1:5202,$S_IP:15448=127.0.0.1:8082 >"$WORK/gorelay-server.log" 2>&1 &
+	proxies+=($!)
+	wait_port $SERVER $S_IP 15448
+	wait_port $CLIENT 127.0.0.1 38080
 }
 
 # wanted KEY: whether BENCH_ONLY includes this setup.
@@ -419,6 +443,7 @@ start_setup() {
 	haproxy-tcp) start_haproxy tcp ;;
 	haproxy-http) start_haproxy http ;;
 	stunnel) start_stunnel ;;
+	go-relay) start_gorelay ;;
 	esac
 }
 
@@ -430,6 +455,7 @@ addrs() {
 	haproxy-tcp) echo "127.0.0.1:25201 127.0.0.1:28080" ;;
 	haproxy-http) echo "- 127.0.0.1:28080" ;;
 	stunnel) echo "127.0.0.1:15201 127.0.0.1:18080" ;;
+	go-relay) echo "127.0.0.1:35201 127.0.0.1:38080" ;;
 	esac
 }
 

@@ -7,9 +7,9 @@
 //	report -results DIR -md docs/bench.md -json docs/bench.json -svg docs/bench-latency.svg
 //
 // DIR holds settings.json and one directory per setup (direct, meshproxy,
-// meshproxy-mtls, haproxy-tcp, haproxy-http, stunnel) with the files the
+// meshproxy-mtls, haproxy-tcp, haproxy-http, stunnel, go-relay) with the files the
 // script writes: iperf1.json and iperf8.json (iperf3 -J), cpu1.json and
-// cpu8.json, wrk.json, rate-1.json, rate-2.json... (loadgen, one per
+// cpu8.json, wrk.json and cpuwrk.json (the proxies' CPU ticks over it), rate-1.json, rate-2.json... (loadgen, one per
 // round; the fixed-rate figures are the median over the rounds; an older
 // single rate.json is read too), connrate.json, mem.json. A missing file
 // leaves its figures empty ("n/a"), never zero.
@@ -42,6 +42,7 @@ var setups = []setup{
 	{"haproxy-tcp", "HAProxy TCP pair"},
 	{"haproxy-http", "HAProxy HTTP pair"},
 	{"stunnel", "stunnel pair"},
+	{"go-relay", "Go relay pair (floor)"},
 }
 
 // comparison is a ratio column: A's value divided by B's.
@@ -58,6 +59,10 @@ var comparisons = []comparison{
 	{Key: "meshproxy/haproxy-http", A: "meshproxy", B: "haproxy-http", HTTPOnly: true},
 	{Key: "meshproxy-mtls/direct", A: "meshproxy-mtls", B: "direct"},
 	{Key: "meshproxy-mtls/stunnel", A: "meshproxy-mtls", B: "stunnel"},
+	// How a Go proxy doing nothing but move bytes compares with HAProxy
+	// doing the same, and how far meshproxy is above that floor.
+	{Key: "go-relay/haproxy-tcp", A: "go-relay", B: "haproxy-tcp"},
+	{Key: "meshproxy/go-relay", A: "meshproxy", B: "go-relay"},
 }
 
 // figure is one row: a measured quantity for every setup.
@@ -347,6 +352,7 @@ func build(dir string) (*output, error) {
 		{Key: "wrk_p50_ms", Label: "wrk latency p50", Unit: "ms", Better: "lower", HTTP: true},
 		{Key: "wrk_p99_ms", Label: "wrk latency p99", Unit: "ms", Better: "lower", HTTP: true},
 		{Key: "wrk_p999_ms", Label: "wrk latency p99.9", Unit: "ms", Better: "lower", HTTP: true},
+		{Key: "wrk_cpu_us_per_req", Label: "wrk: CPU per request, both proxies", Unit: "µs", Better: "lower", HTTP: true},
 		{Key: "rate_p50_ms", Label: "at " + rate + " req/s: p50", Unit: "ms", Better: "lower", HTTP: true},
 		{Key: "rate_p99_ms", Label: "at " + rate + " req/s: p99", Unit: "ms", Better: "lower", HTTP: true},
 		{Key: "rate_p999_ms", Label: "at " + rate + " req/s: p99.9", Unit: "ms", Better: "lower", HTTP: true},
@@ -400,6 +406,10 @@ func build(dir string) (*output, error) {
 			set("wrk_p50_ms", s.Key, w.P50/1e3)
 			set("wrk_p99_ms", s.Key, w.P99/1e3)
 			set("wrk_p999_ms", s.Key, w.P999/1e3)
+			var cpu cpuResult
+			if readJSON(sd, "cpuwrk.json", &cpu, raw, &out.Notes) && cpu.ClkTck > 0 && w.Requests > 0 {
+				set("wrk_cpu_us_per_req", s.Key, cpu.Ticks/cpu.ClkTck/w.Requests*1e6)
+			}
 			checks["wrk_errors"] = w.Errors + w.Non2xx
 			if w.Errors+w.Non2xx > 0 {
 				out.Notes = append(out.Notes, fmt.Sprintf("%s: wrk saw %.0f socket errors and %.0f non-2xx responses", s.Label, w.Errors, w.Non2xx))

@@ -25,7 +25,7 @@ func markdown(o *output) string {
 	case "http-aware":
 		p("**HTTP through meshproxy took its HTTP-aware path** (the client-side proxy counted the requests in `meshproxy_requests_total`): ")
 		p("it parses each request and sends it over pooled upstream connections (plaintext: HTTP/1.1 to the server pod; mTLS: HTTP/1.1 over pooled mTLS connections to the server pod's proxy, one request at a time each), as the HAProxy HTTP pair parses each request and reuses server connections. ")
-		p("The HAProxy TCP and stunnel pairs forward the bytes of each client connection on a connection of its own.\n\n")
+		p("The HAProxy TCP, stunnel and Go relay pairs forward the bytes of each client connection on a connection of its own.\n\n")
 	case "opaque":
 		p("**HTTP through meshproxy was forwarded as opaque TCP** (its client-side proxy counted no HTTP requests): the meshproxy HTTP figures are TCP forwarding of HTTP/1.1 bytes, like the HAProxy TCP pair; the HAProxy HTTP pair parses every request.\n\n")
 	default:
@@ -93,6 +93,8 @@ func markdown(o *output) string {
 	p("- **RSS**: VmRSS from /proc/PID/status, of each proxy 1 s after it was ready (idle), and with %v idle keep-alive connections held open for %vs by scripts/bench/holdconns (each made one request first so every hop is connected). A process may open at most 20,000 files here and a proxy holds two per connection, hence %v. Per connection = (loaded − idle) / connections held.\n", st["hold_conns"], st["hold_seconds"], st["hold_conns"])
 	p("  The connections are HTTP keep-alive connections to the HTTP port, so a proxy that pools upstream HTTP connections (HAProxy HTTP; meshproxy when HTTP-aware) holds %v client connections on its client side but only a few upstream, and its server side sees only those few: its server-side per-connection figure is not a per-connection cost.\n", st["hold_conns"])
 	p("- **CPU per GB**: user+system time (/proc/PID/stat, all threads) of both proxies across the iperf3 run, divided by the GB the receiver got.\n")
+	p("- **CPU per request**: user+system time of both proxies across the wrk run, divided by the requests wrk completed: what each request costs the proxies, which a noisy machine moves less than it moves requests/s.\n")
+	p("- **Go relay pair (floor)**: scripts/bench/gorelay, a goroutine per direction moving bytes with plain reads and writes (no parsing, TLS, metrics or pooling), GOMAXPROCS as meshproxy: what any proxy on Go's runtime costs on this machine, apart from what meshproxy does.\n")
 	if len(o.Notes) > 0 {
 		p("\n## Notes from this run\n\n")
 		for _, n := range o.Notes {

@@ -24,6 +24,7 @@ var colors = map[string]string{
 	"haproxy-tcp":    "#2ca02c",
 	"haproxy-http":   "#9467bd",
 	"stunnel":        "#ff7f0e",
+	"go-relay":       "#8c564b",
 }
 
 // plot draws the fixed-rate latency percentile curves: x is the
