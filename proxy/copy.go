@@ -133,10 +133,19 @@ func stalled(err error) error {
 
 // proxyCopy moves bytes from src to dst until src reaches EOF (returns nil,
 // leaving the half-close to the caller) or an error. It never wraps the
-// conns: the kernel splices, through a pipe the direction takes from a
-// small pool only while bytes are waiting (an idle connection holds no
-// pipe, and no buffer). Each wake-up moves everything src has (up to
-// maxBurst) with non-blocking splices, and is counted when it ends.
+// conns, and an idle connection holds no pipe and no buffer. It has two
+// modes per direction:
+//
+//   - messages (the start, and request/response traffic): each wake-up
+//     reads what src has into a pooled buffer, taken only once bytes are
+//     there (readCopy), and writes it: one read and one write per message,
+//     where a splice takes two splices and a readiness peek;
+//   - a stream: once a read fills the buffer, more is likely waiting and
+//     the direction splices, through a pipe taken from a small pool for
+//     each burst (everything src has, up to maxBurst, with non-blocking
+//     splices), until a burst moves less than a buffer.
+//
+// Either counts the bytes as they are delivered.
 //
 // Idle and write-stall checks follow idle as idleClock says: a connection
 // is closed between idle and about 1.5 times idle after its last byte,
@@ -157,24 +166,37 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 	if err := clock.start(src); err != nil {
 		return err
 	}
-	for {
-		err := waitReadable(src)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			err = fmt.Errorf("%w: %w", errReadDeadline, err)
+	var burst int64
+	delivered := func(n int64) {
+		burst += n
+		count.Add(float64(n))
+		total.Add(n)
+		now := time.Now()
+		clock.moved(now)
+		// A burst may be megabytes: a reader that keeps taking them
+		// is not stalled, however long it takes.
+		clock.armWrite(dst, now)
+	}
+	arm := func() {
+		if idle > 0 {
+			clock.armWrite(dst, time.Now())
 		}
-		if err == nil {
-			if idle > 0 {
-				clock.armWrite(dst, time.Now())
+	}
+	stream := false
+	for {
+		burst = 0
+		if stream {
+			err = waitReadable(src)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				err = fmt.Errorf("%w: %w", errReadDeadline, err)
 			}
-			err = spliceBurst(dstRC, srcRC, dst, src, func(n int64) {
-				count.Add(float64(n))
-				total.Add(n)
-				now := time.Now()
-				clock.moved(now)
-				// A burst may be megabytes: a reader that keeps
-				// taking them is not stalled, however long it takes.
-				clock.armWrite(dst, now)
-			})
+			if err == nil {
+				arm()
+				err = spliceBurst(dstRC, srcRC, dst, src, delivered)
+			}
+			stream = burst >= bufSize
+		} else {
+			stream, err = readCopy(dst, srcRC, arm, delivered)
 		}
 		switch {
 		case err == nil, err == errWouldBlock:
@@ -191,6 +213,64 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 	}
 }
 
+// readCopy waits until src has bytes, holding no buffer meanwhile, reads
+// what it has (up to bufSize) into a pooled buffer, calls before, and
+// writes the bytes to dst, reporting them to delivered. full says the
+// read filled the buffer: src likely has more. A read deadline comes back
+// wrapped in errReadDeadline, src's end as io.EOF.
+func readCopy(dst *net.TCPConn, srcRC syscall.RawConn, before func(), delivered func(int64)) (full bool, err error) {
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	err = srcRC.Read(func(fd uintptr) bool {
+		if bp == nil {
+			bp = bufPool.Get().(*[]byte)
+		}
+		for {
+			n, rerr = unix.Read(int(fd), *bp)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		if rerr == unix.EAGAIN {
+			// Nothing yet: wait without the buffer.
+			bufPool.Put(bp)
+			bp = nil
+			return false
+		}
+		return true
+	})
+	if bp != nil {
+		defer bufPool.Put(bp)
+	}
+	switch {
+	case err != nil:
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", errReadDeadline, err)
+		}
+		return false, err
+	case rerr != nil:
+		return false, os.NewSyscallError("read", rerr)
+	case n == 0:
+		return false, io.EOF
+	}
+	before()
+	m, werr := dst.Write((*bp)[:n])
+	if m > 0 {
+		delivered(int64(m))
+	}
+	if werr != nil {
+		return false, stalled(werr)
+	}
+	return n == len(*bp), nil
+}
+
+// spliceBursts counts the bursts proxyCopy spliced (tests read it to tell
+// the stream mode from the message mode).
+var spliceBursts atomic.Int64
+
 // errReadDeadline wraps a read deadline that fired, to tell it from a
 // write deadline (both are os.ErrDeadlineExceeded).
 var errReadDeadline = errors.New("read deadline")
@@ -202,6 +282,7 @@ var errReadDeadline = errors.New("read deadline")
 // to take it, up to its write deadline). It reports the bytes delivered
 // to delivered as they go, so a slow reader's counters stay live.
 func spliceBurst(dstRC, srcRC syscall.RawConn, dst, src *net.TCPConn, delivered func(int64)) error {
+	spliceBursts.Add(1)
 	p, err := getPipe()
 	if err != nil {
 		return copyBurst(dst, src, delivered)
