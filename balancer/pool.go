@@ -217,13 +217,42 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 		p.metrics.poolReuse()
 		return ic.pc, true, nil
 	}
+	pc, err = p.Dial(ctx, addr)
+	return pc, false, err
+}
+
+// Dial returns a new connection to addr from PoolConfig.Dial, never an
+// idle one: for a request sent again after a reused connection turned
+// out dead, as the other idle ones of addr, returned before it, are
+// likely as dead. Put it back as one from Get.
+func (p *Pool[C]) Dial(ctx context.Context, addr netip.AddrPort) (PooledConn[C], error) {
+	if p.isClosed() {
+		return PooledConn[C]{}, ErrClosed
+	}
 	c, err := p.cfg.Dial(ctx, addr)
 	if err != nil {
-		return pc, false, fmt.Errorf("pool: dialing %s: %w", addr, err)
+		return PooledConn[C]{}, fmt.Errorf("pool: dialing %s: %w", addr, err)
 	}
 	p.dials.Add(1)
 	p.metrics.poolDial()
-	return PooledConn[C]{Conn: c, Addr: addr, Created: time.Now()}, false, nil
+	return PooledConn[C]{Conn: c, Addr: addr, Created: time.Now()}, nil
+}
+
+func (p *Pool[C]) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+// Stale closes a reused connection (from Get) that its user found dead
+// before any answer (its peer had closed it while it was idle, and no
+// check saw it: the close watcher had not yet, or none ran) and counts
+// it as stale, as Get counts those it finds: not a failure of the
+// endpoint.
+func (p *Pool[C]) Stale(pc PooledConn[C]) {
+	p.stale.Add(1)
+	p.metrics.poolStaleConn()
+	pc.Conn.Close()
 }
 
 // popIdle takes the most recently returned idle connection of addr. dry
