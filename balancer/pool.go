@@ -86,6 +86,14 @@ type PooledConn[C io.Closer] struct {
 	Addr netip.AddrPort
 	// Created is when it was dialed.
 	Created time.Time
+	// Check, set before Put, makes the Get that hands the connection
+	// out next first peek it (ConnQuiet, for a net.Conn) and drop it,
+	// counted stale, when it is closed or bytes wait: for a connection
+	// whose last exchange may be followed by bytes its peer should not
+	// send (an HTTP/1 answer to HEAD whose head declares a body). Other
+	// reused connections are not peeked when the close watcher has them.
+	// Get clears it.
+	Check bool
 	// watchFD is its socket plus one once the pool's close watcher has
 	// it (WatchClose), 0 before.
 	watchFD int32
@@ -207,7 +215,9 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 		}
 		// A watched connection the peer closed is gone from the pool
 		// already (no peek needed).
-		if (ic.pc.watchFD == 0 || p.cfg.Usable != nil) && !p.usable(ic.pc.Conn) {
+		check := ic.pc.Check
+		ic.pc.Check = false
+		if (ic.pc.watchFD == 0 || p.cfg.Usable != nil) && !p.usable(ic.pc.Conn) || check && !quiet(ic.pc.Conn) {
 			p.stale.Add(1)
 			p.metrics.poolStaleConn()
 			ic.pc.Conn.Close()
@@ -574,6 +584,12 @@ func ConnUsable(c net.Conn) bool {
 func ConnQuiet(c net.Conn) bool {
 	s := peekSocket(c)
 	return s == sockNoSocket || s == sockQuiet
+}
+
+// quiet is ConnQuiet for a C that is a net.Conn; true for others.
+func quiet[C io.Closer](c C) bool {
+	nc, ok := any(c).(net.Conn)
+	return !ok || ConnQuiet(nc)
 }
 
 // sockState is what a non-blocking peek found on a socket.
