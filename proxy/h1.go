@@ -82,6 +82,9 @@ type h1Conn struct {
 	app        net.Conn // written under mu
 	appTracked bool     // the conn tracks h1AppCloser
 	xfcc       string
+	// appCheck: the kept app connection's next use peeks it first,
+	// whatever the request (bodyMayFollow).
+	appCheck bool
 
 	b  *h1Bufs  // nil while idle
 	cr h1Reader // the client
@@ -1051,10 +1054,12 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 }
 
 // bodyMayFollow reports whether the response just relayed had no body by
-// its framing (HEAD, 204, 304) while its head declared one (a
-// Content-Length above zero, or chunked): a broken upstream may send that
-// body anyway, later, where the next response on the connection is
-// expected. Such a connection to an app is not reused.
+// its framing (HEAD, 204, 304: RFC 9112 section 6.3) while its head
+// declared one (a Content-Length above zero, or chunked). The connection
+// is reused, as the RFC says; but a broken upstream may send that body
+// anyway, later, where the next response on the connection is expected,
+// so a connection to an app is checked (peeked) before its next use, and
+// dropped if bytes wait.
 func (c *h1Conn) bodyMayFollow() bool {
 	req, m := &c.b.req, &c.b.resp
 	noBody := string(req.method) == http.MethodHead || m.status == http.StatusNoContent || m.status == http.StatusNotModified

@@ -48,6 +48,8 @@ func (c *h1Conn) appConn(check bool) (up net.Conn, reused bool, err error) {
 	if c.app != nil {
 		// An HTTP/1 server says nothing before a request: pending
 		// bytes are a broken response's leftovers or a goodbye.
+		check = check || c.appCheck
+		c.appCheck = false
 		if !check || balancer.ConnQuiet(c.app) {
 			return c.app, true, nil
 		}
@@ -73,6 +75,7 @@ func (c *h1Conn) appConn(check bool) (up net.Conn, reused bool, err error) {
 func (c *h1Conn) setApp(nc net.Conn) {
 	c.mu.Lock()
 	c.app = nc
+	c.appCheck = false
 	c.appDL = upDeadlines{}
 	c.mu.Unlock()
 }
@@ -206,9 +209,11 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		}
 		clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
 			c.setCur(nil)
-			if !keep || c.bodyMayFollow() {
+			if !keep {
 				up.Close()
 				c.setApp(nil)
+			} else if c.bodyMayFollow() {
+				c.appCheck = true // its next use checks that no stray body came
 			}
 		})
 		return berr == nil && clientKeep

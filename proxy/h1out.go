@@ -150,10 +150,10 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 			clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
 				c.setCur(nil)
 				// A mesh peer is our own proxy, which relays only
-				// framed bytes; an app may not be.
-				if _, mesh := up.Conn.(*tls.Conn); !mesh && c.bodyMayFollow() {
-					keep = false
-				}
+				// framed bytes; an app may not be: its next use
+				// checks that no stray body came (bodyMayFollow).
+				_, mesh := up.Conn.(*tls.Conn)
+				up.Check = !mesh && c.bodyMayFollow()
 				if keep {
 					// Pooled with its deadlines: every use sets
 					// those it needs (upWrite, attemptOut).

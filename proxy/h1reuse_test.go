@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -145,12 +146,13 @@ func (r *killRelay) serve(t *testing.T, c *net.TCPConn, to string) {
 }
 
 // relayMeshEnv is meshHTTPEnv with a killRelay on the mesh port, in
-// front of the server proxy.
-func relayMeshEnv(t *testing.T, h http.Handler) (*meshEnv, *proxyDialer, string, *killRelay) {
+// front of the server proxy; appConns counts the connections the app
+// accepted.
+func relayMeshEnv(t *testing.T, h http.Handler) (e *meshEnv, d *proxyDialer, authority string, r *killRelay, appConns *atomic.Int64) {
 	t.Helper()
 	z := newZoneDNS(t)
 	z.set("web.test.", "127.0.0.1")
-	e := newMeshEnv(t, meshOpts{noInbound: true, outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
+	e = newMeshEnv(t, meshOpts{noInbound: true, outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
 	inner, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +161,7 @@ func relayMeshEnv(t *testing.T, h http.Handler) (*meshEnv, *proxyDialer, string,
 	if err != nil {
 		t.Skipf("listening on the mesh port %s: %v", e.meshAddr, err)
 	}
-	r := &killRelay{}
+	r = &killRelay{}
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		front.Close()
@@ -184,11 +186,16 @@ func relayMeshEnv(t *testing.T, h http.Handler) (*meshEnv, *proxyDialer, string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: h}
+	appConns = new(atomic.Int64)
+	srv := &http.Server{Handler: h, ConnState: func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			appConns.Add(1)
+		}
+	}}
 	go srv.Serve(app)
 	t.Cleanup(func() { srv.Close() })
 	appAddr := app.Addr().(*net.TCPAddr).AddrPort()
-	return e, newProxyDialer(t, e.out, appAddr), fmt.Sprintf("web.test:%d", appAddr.Port()), r
+	return e, newProxyDialer(t, e.out, appAddr), fmt.Sprintf("web.test:%d", appAddr.Port()), r, appConns
 }
 
 // TestH1OutboundResendsOnDeadMeshConn: the client proxy's pooled mesh
@@ -198,7 +205,7 @@ func relayMeshEnv(t *testing.T, h http.Handler) (*meshEnv, *proxyDialer, string,
 // A POST on such a connection is answered 502 and never sent twice.
 func TestH1OutboundResendsOnDeadMeshConn(t *testing.T) {
 	var seen pathCounter
-	e, d, authority, relay := relayMeshEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e, d, authority, relay, _ := relayMeshEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		seen.add(r)
 		io.WriteString(w, r.Method+" "+r.URL.Path)
@@ -238,4 +245,119 @@ func TestH1OutboundResendsOnDeadMeshConn(t *testing.T) {
 	}
 	rc = dialRaw(t, d) // the 502 to a request with a body closed the client's
 	get("/after")
+}
+
+// helloCL answers "hello" with its Content-Length set, also to HEAD
+// (which gets no body: net/http drops it), and 304 with the
+// Content-Length of what a GET would get.
+var helloCL = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Length", "5")
+	if r.URL.Path == "/304" {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	io.WriteString(w, "hello")
+})
+
+// bodilessSequence sends, on one client connection, requests whose
+// responses have no body although their heads declare one, each followed
+// by a GET, and checks the answers.
+func bodilessSequence(t *testing.T, rc *rawConn, authority string) {
+	t.Helper()
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		body         string
+	}{
+		{"HEAD", "/", 200, ""},
+		{"GET", "/", 200, "hello"},
+		{"GET", "/304", 304, ""},
+		{"GET", "/", 200, "hello"},
+		{"HEAD", "/", 200, ""},
+		{"HEAD", "/", 200, ""},
+		{"GET", "/", 200, "hello"},
+	} {
+		rc.send(tc.method + " " + tc.path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		resp, body := rc.read(tc.method)
+		if resp.StatusCode != tc.status || body != tc.body {
+			t.Fatalf("%s %s = %d %q; want %d %q", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.body)
+		}
+		if tc.method == "HEAD" && resp.ContentLength != 5 {
+			t.Errorf("HEAD Content-Length %d; want 5 (passed as the app sent it)", resp.ContentLength)
+		}
+	}
+}
+
+// TestH1ReuseAfterBodilessResponses: a response to HEAD, or a 304, has
+// no body whatever its head declares (RFC 9112 section 6.3): the
+// upstream connection is kept for the next request.
+func TestH1ReuseAfterBodilessResponses(t *testing.T) {
+	srv, bs, d, authority := h1Env(t, helloCL, 0)
+	bodilessSequence(t, dialRaw(t, d), authority)
+	if n := bs[0].conns.Load(); n != 1 {
+		t.Errorf("the app accepted %d connections; want 1 (kept after HEAD and 304)", n)
+	}
+	if st := srv.http.pool.Stats(); st.Dials != 1 || st.Stale != 0 {
+		t.Errorf("pool stats %+v; want 1 dial, none stale", st)
+	}
+}
+
+// TestH1MeshReuseAfterBodilessResponses: the same through both proxies:
+// the server proxy keeps its app connection, and the mesh connection
+// between the proxies is kept too.
+func TestH1MeshReuseAfterBodilessResponses(t *testing.T) {
+	_, d, authority, relay, appConns := relayMeshEnv(t, helloCL)
+	bodilessSequence(t, dialRaw(t, d), authority)
+	if n := appConns.Load(); n != 1 {
+		t.Errorf("the app accepted %d connections; want 1 (kept after HEAD and 304)", n)
+	}
+	if n := relay.accepted.Load(); n != 1 {
+		t.Errorf("mesh connections = %d; want 1", n)
+	}
+}
+
+// TestH1ReuseAfterDeclaredBodies: a raw app declares bodies on bodiless
+// responses in every way (a 204 with a Content-Length, a 304 and a
+// HEAD answer with chunked): the connection is kept all along.
+func TestH1ReuseAfterDeclaredBodies(t *testing.T) {
+	var accepted atomic.Int64
+	up := upstream(t, func(c *net.TCPConn) {
+		accepted.Add(1)
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			switch {
+			case req.URL.Path == "/204":
+				io.WriteString(c, "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n")
+			case req.URL.Path == "/304":
+				io.WriteString(c, "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n")
+			case req.Method == "HEAD":
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+			default:
+				body := req.Method + " " + req.URL.Path
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			}
+		}
+	})
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	rc := dialRaw(t, newProxyDialer(t, srv, up))
+	for _, first := range []string{"GET /204", "GET /304", "HEAD /h"} {
+		rc.send(first + " HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+		method, path, _ := strings.Cut(first, " ")
+		if resp, body := rc.read(method); resp.StatusCode/100 > 3 || body != "" {
+			t.Fatalf("%s = %d %q", first, resp.StatusCode, body)
+		}
+		rc.send("GET /after" + path + " HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "GET /after"+path {
+			t.Fatalf("GET after %s = %d %q", first, resp.StatusCode, body)
+		}
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Errorf("the app accepted %d connections; want 1", n)
+	}
 }
