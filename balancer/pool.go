@@ -86,6 +86,14 @@ type PooledConn[C io.Closer] struct {
 	Addr netip.AddrPort
 	// Created is when it was dialed.
 	Created time.Time
+	// Check, set before Put, makes the Get that hands the connection
+	// out next first peek it (ConnQuiet, for a net.Conn) and drop it,
+	// counted stale, when it is closed or bytes wait: for a connection
+	// whose last exchange may be followed by bytes its peer should not
+	// send (an HTTP/1 answer to HEAD whose head declares a body). Other
+	// reused connections are not peeked when the close watcher has them.
+	// Get clears it.
+	Check bool
 	// watchFD is its socket plus one once the pool's close watcher has
 	// it (WatchClose), 0 before.
 	watchFD int32
@@ -207,7 +215,9 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 		}
 		// A watched connection the peer closed is gone from the pool
 		// already (no peek needed).
-		if (ic.pc.watchFD == 0 || p.cfg.Usable != nil) && !p.usable(ic.pc.Conn) {
+		check := ic.pc.Check
+		ic.pc.Check = false
+		if (ic.pc.watchFD == 0 || p.cfg.Usable != nil) && !p.usable(ic.pc.Conn) || check && !quiet(ic.pc.Conn) {
 			p.stale.Add(1)
 			p.metrics.poolStaleConn()
 			ic.pc.Conn.Close()
@@ -217,13 +227,42 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 		p.metrics.poolReuse()
 		return ic.pc, true, nil
 	}
+	pc, err = p.Dial(ctx, addr)
+	return pc, false, err
+}
+
+// Dial returns a new connection to addr from PoolConfig.Dial, never an
+// idle one: for a request sent again after a reused connection turned
+// out dead, as the other idle ones of addr, returned before it, are
+// likely as dead. Put it back as one from Get.
+func (p *Pool[C]) Dial(ctx context.Context, addr netip.AddrPort) (PooledConn[C], error) {
+	if p.isClosed() {
+		return PooledConn[C]{}, ErrClosed
+	}
 	c, err := p.cfg.Dial(ctx, addr)
 	if err != nil {
-		return pc, false, fmt.Errorf("pool: dialing %s: %w", addr, err)
+		return PooledConn[C]{}, fmt.Errorf("pool: dialing %s: %w", addr, err)
 	}
 	p.dials.Add(1)
 	p.metrics.poolDial()
-	return PooledConn[C]{Conn: c, Addr: addr, Created: time.Now()}, false, nil
+	return PooledConn[C]{Conn: c, Addr: addr, Created: time.Now()}, nil
+}
+
+func (p *Pool[C]) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+// Stale closes a reused connection (from Get) that its user found dead
+// before any answer (its peer had closed it while it was idle, and no
+// check saw it: the close watcher had not yet, or none ran) and counts
+// it as stale, as Get counts those it finds: not a failure of the
+// endpoint.
+func (p *Pool[C]) Stale(pc PooledConn[C]) {
+	p.stale.Add(1)
+	p.metrics.poolStaleConn()
+	pc.Conn.Close()
 }
 
 // popIdle takes the most recently returned idle connection of addr. dry
@@ -545,6 +584,12 @@ func ConnUsable(c net.Conn) bool {
 func ConnQuiet(c net.Conn) bool {
 	s := peekSocket(c)
 	return s == sockNoSocket || s == sockQuiet
+}
+
+// quiet is ConnQuiet for a C that is a net.Conn; true for others.
+func quiet[C io.Closer](c C) bool {
+	nc, ok := any(c).(net.Conn)
+	return !ok || ConnQuiet(nc)
 }
 
 // sockState is what a non-blocking peek found on a socket.

@@ -62,6 +62,9 @@ var (
 	errClientBody    = errors.New("reading the request body from the client")
 	errFastClosing   = errors.New("the proxy is shutting down")
 	errUpstreamWrite = errors.New("writing the request to the upstream")
+	// errStaleConn: a reused upstream connection was found closed
+	// before any response byte, and the request may not be sent again.
+	errStaleConn = errors.New("the kept upstream connection was closed")
 )
 
 // h1Conn is one client connection on the fast path.
@@ -79,6 +82,9 @@ type h1Conn struct {
 	app        net.Conn // written under mu
 	appTracked bool     // the conn tracks h1AppCloser
 	xfcc       string
+	// appCheck: the kept app connection's next use peeks it first,
+	// whatever the request (bodyMayFollow).
+	appCheck bool
 
 	b  *h1Bufs  // nil while idle
 	cr h1Reader // the client
@@ -672,6 +678,47 @@ func (c *h1Conn) replayable(n int) bool {
 	return m.cl <= h1MaxReplay && int64(c.cr.w-c.cr.r-n) >= m.cl
 }
 
+// idempotencyKey reports whether the request carries an
+// Idempotency-Key or X-Idempotency-Key field: as net/http's Transport
+// does, such a request counts as idempotent whatever its method.
+func (m *h1Msg) idempotencyKey() bool {
+	for _, f := range m.fields {
+		if asciiEqualFold(f.name, "Idempotency-Key") || asciiEqualFold(f.name, "X-Idempotency-Key") {
+			return true
+		}
+	}
+	return false
+}
+
+// canResend reports whether the request, replay saying it is all in the
+// client buffer (replayable), may be sent again on another connection
+// when a reused one turned out dead before any byte of the response: its
+// method is idempotent (RFC 9110 section 9.2.2) or it carries an
+// idempotency key. The upstream may have acted on it before closing.
+func (c *h1Conn) canResend(replay bool) bool {
+	m := &c.b.req
+	return replay && (idempotentMethod(m.method) || m.idempotencyKey())
+}
+
+// trustReuse reports whether a reused upstream connection may carry the
+// request without first checking that it is still open (a peek, one
+// system call): when it turns out dead before any response byte, the
+// request is sent once more on a new connection, as net/http's
+// Transport and HAProxy do. That is a request without a body whose
+// method is idempotent, or one whose (buffered) body may be sent again
+// by its idempotency key. Others (a POST...) keep the check: their
+// resend is not allowed, so a dead connection would fail them.
+func (c *h1Conn) trustReuse(replay bool) bool {
+	m := &c.b.req
+	if !replay {
+		return false
+	}
+	if !m.hasBody() && idempotentMethod(m.method) {
+		return true
+	}
+	return m.idempotencyKey()
+}
+
 // buildRequestHead writes the outgoing head of the request into c.b.out:
 // the request line and fields, less hop-by-hop ones and those drop
 // names, then extra lines.
@@ -1007,10 +1054,12 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 }
 
 // bodyMayFollow reports whether the response just relayed had no body by
-// its framing (HEAD, 204, 304) while its head declared one (a
-// Content-Length above zero, or chunked): a broken upstream may send that
-// body anyway, later, where the next response on the connection is
-// expected. Such a connection to an app is not reused.
+// its framing (HEAD, 204, 304: RFC 9112 section 6.3) while its head
+// declared one (a Content-Length above zero, or chunked). The connection
+// is reused, as the RFC says; but a broken upstream may send that body
+// anyway, later, where the next response on the connection is expected,
+// so a connection to an app is checked (peeked) before its next use, and
+// dropped if bytes wait.
 func (c *h1Conn) bodyMayFollow() bool {
 	req, m := &c.b.req, &c.b.resp
 	noBody := string(req.method) == http.MethodHead || m.status == http.StatusNoContent || m.status == http.StatusNotModified

@@ -39,12 +39,18 @@ func (s *Server) serveH1Inbound(k *conn, tc *tls.Conn, target netip.AddrPort, xf
 }
 
 // appConn returns the connection to the app, dialing it when there is
-// none or it closed; reused says it served a request before.
-func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
+// none or it closed; reused says it served a request before. With
+// check, a kept connection is first peeked (one system call) and
+// replaced when the app closed it or sent bytes unasked; without, it is
+// trusted, and the caller sends again on a new one what fails on it
+// (trustReuse).
+func (c *h1Conn) appConn(check bool) (up net.Conn, reused bool, err error) {
 	if c.app != nil {
 		// An HTTP/1 server says nothing before a request: pending
 		// bytes are a broken response's leftovers or a goodbye.
-		if balancer.ConnQuiet(c.app) {
+		check = check || c.appCheck
+		c.appCheck = false
+		if !check || balancer.ConnQuiet(c.app) {
 			return c.app, true, nil
 		}
 		c.app.Close()
@@ -69,6 +75,7 @@ func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 func (c *h1Conn) setApp(nc net.Conn) {
 	c.mu.Lock()
 	c.app = nc
+	c.appCheck = false
 	c.appDL = upDeadlines{}
 	c.mu.Unlock()
 }
@@ -133,6 +140,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		return append(out, "\r\n"...)
 	})
 	replay := c.replayable(n)
+	check := !c.trustReuse(replay)
 	fail := func(status int, reason string, touched bool) bool {
 		if !touched {
 			c.consume(n)
@@ -142,7 +150,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		return keep
 	}
 	for try := 0; ; try++ {
-		up, reused, err := c.appConn()
+		up, reused, err := c.appConn(check)
 		if err != nil {
 			if c.k.ctx.Err() != nil {
 				return false
@@ -190,8 +198,12 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 					"target", c.target.String(), "timeout", c.s.inboundResponseTimeout(), "error", err)
 				return fail(http.StatusGatewayTimeout, "timeout", touched)
 			}
-			if reused && !got && replay && idempotentMethod(m.method) && try < 2 {
-				continue // the app closed the kept connection: once more, if idempotent
+			if reused && !got && try == 0 && c.canResend(replay) {
+				// The app had closed the kept connection (its
+				// keep-alive ended): once more, on a new one.
+				c.s.log.Debug("http request sent again on a new app connection", "src", c.k.src,
+					"authority", authority, "target", c.target.String(), "checked", check, "error", err)
+				continue
 			}
 			c.s.log.Debug("http delivery failed", "src", c.k.src, "target", c.target.String(), "error", err)
 			return fail(http.StatusBadGateway, "upstream", touched)
@@ -201,9 +213,11 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		}
 		clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
 			c.setCur(nil)
-			if !keep || c.bodyMayFollow() {
+			if !keep {
 				up.Close()
 				c.setApp(nil)
+			} else if c.bodyMayFollow() {
+				c.appCheck = true // its next use checks that no stray body came
 			}
 		})
 		return berr == nil && clientKeep

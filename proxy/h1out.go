@@ -150,10 +150,10 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 			clientKeep, berr := c.relayResponse(hn, authority, start, res, func(keep bool) {
 				c.setCur(nil)
 				// A mesh peer is our own proxy, which relays only
-				// framed bytes; an app may not be.
-				if _, mesh := up.Conn.(*tls.Conn); !mesh && c.bodyMayFollow() {
-					keep = false
-				}
+				// framed bytes; an app may not be: its next use
+				// checks that no stray body came (bodyMayFollow).
+				_, mesh := up.Conn.(*tls.Conn)
+				up.Check = !mesh && c.bodyMayFollow()
 				if keep {
 					// Pooled with its deadlines: every use sets
 					// those it needs (upWrite, attemptOut).
@@ -177,8 +177,10 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 		}
 		if ep != nil {
 			rerr := err
-			if errors.Is(err, errClientBody) {
-				rerr = context.Canceled // the client's doing: not the endpoint's fault
+			if errors.Is(err, errClientBody) || errors.Is(err, errStaleConn) {
+				// The client's doing, or a kept connection the
+				// endpoint had closed: not the endpoint's fault.
+				rerr = context.Canceled
 			}
 			ep.Release(rerr, time.Since(t0))
 		}
@@ -213,7 +215,10 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 
 // attemptOut sends the request to dst over a pooled connection and reads
 // the response head. A reused connection found dead before any response
-// byte is replaced by another when the request can be sent again.
+// byte (the peer closed it while idle, and the pool's close watcher had
+// not seen it yet) is counted stale and, when the request can be sent
+// again (canResend), replaced once by a new connection, not another
+// idle one: those were returned before it and are likely as dead.
 func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool, t0 time.Time) (up balancer.PooledConn[net.Conn], hn int, touched bool, err error) {
 	h := c.h
 	plainOK := true // a pooled plaintext connection may be used
@@ -231,9 +236,14 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		}
 		ctx = c.dialCtx
 	}
-	for try := 0; ; try++ {
+	fresh := false // dial, do not reuse
+	for {
 		var reused bool
-		up, reused, err = h.pool.Get(ctx, dst)
+		if fresh {
+			up, err = h.pool.Dial(ctx, dst)
+		} else {
+			up, reused, err = h.pool.Get(ctx, dst)
+		}
 		if err != nil {
 			return up, 0, false, err
 		}
@@ -241,7 +251,6 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 			// Pooled while the endpoint was known unmeshed; it may be
 			// meshed now: never plaintext to it, dial again.
 			up.Conn.Close()
-			try--
 			continue
 		}
 		c.setCur(up.Conn)
@@ -277,19 +286,27 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 			// their own, or clear it when they have no bound.
 			return up, hn, touched, nil
 		}
-		up.Conn.Close()
 		c.setCur(nil)
+		if reused && !got && !isTimeout(err) && !errors.Is(err, errClientBody) {
+			// A kept connection the upstream had closed: stale, not a
+			// failure of the endpoint. Sent again, once, but only an
+			// idempotent request (as net/http's Transport), since the
+			// upstream may have acted on it before closing.
+			h.pool.Stale(up)
+			if c.canResend(replay) && c.k.ctx.Err() == nil {
+				c.s.log.Debug("http request sent again on a new connection", "src", c.k.src,
+					"endpoint", dst.String(), "error", err)
+				fresh = true
+				continue
+			}
+			return up, 0, touched, fmt.Errorf("%w: %w", errStaleConn, err)
+		}
+		up.Conn.Close()
 		if errors.Is(err, errClientBody) {
 			return up, 0, touched, err
 		}
 		if isTimeout(err) {
 			return up, 0, touched, errRespTimeout
-		}
-		// A kept connection the upstream had closed: send again, but
-		// only an idempotent request (as net/http's Transport), since
-		// the upstream may have acted on it before closing.
-		if reused && !got && replay && idempotentMethod(c.b.req.method) && try < 8 && c.k.ctx.Err() == nil {
-			continue
 		}
 		return up, 0, touched, err
 	}

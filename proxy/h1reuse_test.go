@@ -1,0 +1,363 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// pathCounter counts the requests an app saw, by method and path.
+type pathCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (p *pathCounter) add(r *http.Request) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == nil {
+		p.n = map[string]int{}
+	}
+	p.n[r.Method+" "+r.URL.Path]++
+}
+
+func (p *pathCounter) get(key string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n[key]
+}
+
+// closingApp answers every request with its method and path, then closes
+// the connection without saying so (no "Connection: close"): the next
+// request on that kept connection finds it dead.
+func closingApp(t *testing.T, seen *pathCounter) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		seen.add(r)
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		body := r.Method + " " + r.URL.Path
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	})
+}
+
+// TestH1InboundResendsOnClosedAppConn: the server proxy sends a bodiless
+// GET on its kept app connection without checking it first; the app
+// closed that connection after its last response, so the proxy sends
+// the request once more on a new app connection: the client gets 200
+// every time and the app sees each request once. A POST with a body
+// keeps the check (or, should the close come late, gets 502): never
+// sent twice.
+func TestH1InboundResendsOnClosedAppConn(t *testing.T) {
+	var seen pathCounter
+	_, d, authority := meshHTTPEnv(t, closingApp(t, &seen))
+	rc := dialRaw(t, d)
+	for i := range 8 {
+		path := fmt.Sprintf("/g%d", i)
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "GET "+path {
+			t.Fatalf("GET %s = %d %q; want 200 (the app closed the kept connection after the last answer)", path, resp.StatusCode, body)
+		}
+		if n := seen.get("GET " + path); n != 1 {
+			t.Errorf("the app saw GET %s %d times; want 1", path, n)
+		}
+	}
+	for i := range 3 {
+		path := fmt.Sprintf("/p%d", i)
+		rc.send("POST " + path + " HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: 4\r\n\r\ndata")
+		resp, body := rc.read("POST")
+		n := seen.get("POST " + path)
+		switch {
+		case resp.StatusCode == 200 && body == "POST "+path && n == 1:
+		case resp.StatusCode == 502 && n <= 1:
+		default:
+			t.Errorf("POST %s = %d %q, the app saw it %d times; want 200 once, or 502 and at most once", path, resp.StatusCode, body, n)
+		}
+	}
+}
+
+// killRelay sits between the client proxy and the server proxy, copying
+// both ways; once armed, each connection it holds resets both sides
+// (without passing it on) at the next bytes from the client proxy: a
+// pooled mesh connection that died as a request was sent on it (the
+// server proxy's idle close crossing the request), before the pool's
+// close watcher could see it.
+type killRelay struct {
+	accepted atomic.Int64
+	mu       sync.Mutex
+	armed    []*atomic.Bool
+}
+
+// arm makes every connection open now die at its next request.
+func (r *killRelay) arm() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, a := range r.armed {
+		a.Store(true)
+	}
+}
+
+// serve relays the client proxy's connection c to the server proxy at
+// to.
+func (r *killRelay) serve(t *testing.T, c *net.TCPConn, to string) {
+	defer c.Close()
+	r.accepted.Add(1)
+	s, err := net.Dial("tcp4", to)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer s.Close()
+	armed := new(atomic.Bool)
+	r.mu.Lock()
+	r.armed = append(r.armed, armed)
+	r.mu.Unlock()
+	go func() {
+		io.Copy(c, s)
+		c.Close()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 && armed.Load() {
+			c.SetLinger(0)
+			return
+		}
+		if n > 0 {
+			if _, err := s.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// relayMeshEnv is meshHTTPEnv with a killRelay on the mesh port, in
+// front of the server proxy; appConns counts the connections the app
+// accepted.
+func relayMeshEnv(t *testing.T, h http.Handler) (e *meshEnv, d *proxyDialer, authority string, r *killRelay, appConns *atomic.Int64) {
+	t.Helper()
+	z := newZoneDNS(t)
+	z.set("web.test.", "127.0.0.1")
+	e = newMeshEnv(t, meshOpts{noInbound: true, outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
+	inner, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	front, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(e.meshAddr))
+	if err != nil {
+		t.Skipf("listening on the mesh port %s: %v", e.meshAddr, err)
+	}
+	r = &killRelay{}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		front.Close()
+		inner.Close()
+		e.in.Shutdown(context.Background())
+		wg.Wait()
+	})
+	accept := func(ln *net.TCPListener, fn func(c *net.TCPConn)) {
+		wg.Go(func() {
+			for {
+				c, err := ln.AcceptTCP()
+				if err != nil {
+					return
+				}
+				wg.Go(func() { fn(c) })
+			}
+		})
+	}
+	accept(inner, func(c *net.TCPConn) { e.in.Handle(context.Background(), c, e.meshAddr) })
+	accept(front, func(c *net.TCPConn) { r.serve(t, c, inner.Addr().String()) })
+	app, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	appConns = new(atomic.Int64)
+	srv := &http.Server{Handler: h, ConnState: func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			appConns.Add(1)
+		}
+	}}
+	go srv.Serve(app)
+	t.Cleanup(func() { srv.Close() })
+	appAddr := app.Addr().(*net.TCPAddr).AddrPort()
+	return e, newProxyDialer(t, e.out, appAddr), fmt.Sprintf("web.test:%d", appAddr.Port()), r, appConns
+}
+
+// TestH1OutboundResendsOnDeadMeshConn: the client proxy's pooled mesh
+// connection dies as a GET is sent on it (before the close watcher saw
+// it): the GET goes again, once, on a new mesh connection; the client
+// gets 200, the app sees it once, the pool counts the dead one stale.
+// A POST on such a connection is answered 502 and never sent twice.
+func TestH1OutboundResendsOnDeadMeshConn(t *testing.T) {
+	var seen pathCounter
+	e, d, authority, relay, _ := relayMeshEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		seen.add(r)
+		io.WriteString(w, r.Method+" "+r.URL.Path)
+	}))
+	rc := dialRaw(t, d)
+	get := func(path string) {
+		t.Helper()
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "GET "+path {
+			t.Fatalf("GET %s = %d %q; want 200", path, resp.StatusCode, body)
+		}
+		if n := seen.get("GET " + path); n != 1 {
+			t.Errorf("the app saw GET %s %d times; want 1", path, n)
+		}
+	}
+	get("/0")
+	for i := 1; i <= 3; i++ {
+		relay.arm()
+		get(fmt.Sprintf("/%d", i))
+	}
+	if n := relay.accepted.Load(); n != 4 {
+		t.Errorf("mesh connections = %d; want 4 (one, then one new per dead one)", n)
+	}
+	if st := e.out.http.pool.Stats(); st.Stale != 3 || st.Dials != 4 {
+		t.Errorf("pool stats %+v; want 3 stale, 4 dials", st)
+	}
+	relay.arm()
+	rc.send("POST /p HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: 4\r\n\r\ndata")
+	if resp, body := rc.read("POST"); resp.StatusCode != 502 || !strings.Contains(resp.Header.Get("Meshproxy-Error"), "upstream") {
+		t.Errorf("POST on a dead mesh connection = %d %q (%q); want 502 upstream", resp.StatusCode, body, resp.Header.Get("Meshproxy-Error"))
+	}
+	if n := seen.get("POST /p"); n != 0 {
+		t.Errorf("the app saw the POST %d times; want 0 (the connection died before the server proxy)", n)
+	}
+	if n := relay.accepted.Load(); n != 4 {
+		t.Errorf("mesh connections = %d after the POST; want 4 (a POST is not sent again)", n)
+	}
+	rc = dialRaw(t, d) // the 502 to a request with a body closed the client's
+	get("/after")
+}
+
+// helloCL answers "hello" with its Content-Length set, also to HEAD
+// (which gets no body: net/http drops it), and 304 with the
+// Content-Length of what a GET would get.
+var helloCL = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Length", "5")
+	if r.URL.Path == "/304" {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	io.WriteString(w, "hello")
+})
+
+// bodilessSequence sends, on one client connection, requests whose
+// responses have no body although their heads declare one, each followed
+// by a GET, and checks the answers.
+func bodilessSequence(t *testing.T, rc *rawConn, authority string) {
+	t.Helper()
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		body         string
+	}{
+		{"HEAD", "/", 200, ""},
+		{"GET", "/", 200, "hello"},
+		{"GET", "/304", 304, ""},
+		{"GET", "/", 200, "hello"},
+		{"HEAD", "/", 200, ""},
+		{"HEAD", "/", 200, ""},
+		{"GET", "/", 200, "hello"},
+	} {
+		rc.send(tc.method + " " + tc.path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		resp, body := rc.read(tc.method)
+		if resp.StatusCode != tc.status || body != tc.body {
+			t.Fatalf("%s %s = %d %q; want %d %q", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.body)
+		}
+		if tc.method == "HEAD" && resp.ContentLength != 5 {
+			t.Errorf("HEAD Content-Length %d; want 5 (passed as the app sent it)", resp.ContentLength)
+		}
+	}
+}
+
+// TestH1ReuseAfterBodilessResponses: a response to HEAD, or a 304, has
+// no body whatever its head declares (RFC 9112 section 6.3): the
+// upstream connection is kept for the next request.
+func TestH1ReuseAfterBodilessResponses(t *testing.T) {
+	srv, bs, d, authority := h1Env(t, helloCL, 0)
+	bodilessSequence(t, dialRaw(t, d), authority)
+	if n := bs[0].conns.Load(); n != 1 {
+		t.Errorf("the app accepted %d connections; want 1 (kept after HEAD and 304)", n)
+	}
+	if st := srv.http.pool.Stats(); st.Dials != 1 || st.Stale != 0 {
+		t.Errorf("pool stats %+v; want 1 dial, none stale", st)
+	}
+}
+
+// TestH1MeshReuseAfterBodilessResponses: the same through both proxies:
+// the server proxy keeps its app connection, and the mesh connection
+// between the proxies is kept too.
+func TestH1MeshReuseAfterBodilessResponses(t *testing.T) {
+	_, d, authority, relay, appConns := relayMeshEnv(t, helloCL)
+	bodilessSequence(t, dialRaw(t, d), authority)
+	if n := appConns.Load(); n != 1 {
+		t.Errorf("the app accepted %d connections; want 1 (kept after HEAD and 304)", n)
+	}
+	if n := relay.accepted.Load(); n != 1 {
+		t.Errorf("mesh connections = %d; want 1", n)
+	}
+}
+
+// TestH1ReuseAfterDeclaredBodies: a raw app declares bodies on bodiless
+// responses in every way (a 204 with a Content-Length, a 304 and a
+// HEAD answer with chunked): the connection is kept all along.
+func TestH1ReuseAfterDeclaredBodies(t *testing.T) {
+	var accepted atomic.Int64
+	up := upstream(t, func(c *net.TCPConn) {
+		accepted.Add(1)
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			switch {
+			case req.URL.Path == "/204":
+				io.WriteString(c, "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n")
+			case req.URL.Path == "/304":
+				io.WriteString(c, "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n")
+			case req.Method == "HEAD":
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+			default:
+				body := req.Method + " " + req.URL.Path
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			}
+		}
+	})
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	rc := dialRaw(t, newProxyDialer(t, srv, up))
+	for _, first := range []string{"GET /204", "GET /304", "HEAD /h"} {
+		rc.send(first + " HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+		method, path, _ := strings.Cut(first, " ")
+		if resp, body := rc.read(method); resp.StatusCode/100 > 3 || body != "" {
+			t.Fatalf("%s = %d %q", first, resp.StatusCode, body)
+		}
+		rc.send("GET /after" + path + " HTTP/1.1\r\nHost: " + up.String() + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "GET /after"+path {
+			t.Fatalf("GET after %s = %d %q", first, resp.StatusCode, body)
+		}
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Errorf("the app accepted %d connections; want 1", n)
+	}
+}
