@@ -82,9 +82,6 @@ type h1Conn struct {
 	app        net.Conn // written under mu
 	appTracked bool     // the conn tracks h1AppCloser
 	xfcc       string
-	// appCheck: the kept app connection's next use peeks it first,
-	// whatever the request (bodyMayFollow).
-	appCheck bool
 
 	b  *h1Bufs  // nil while idle
 	cr h1Reader // the client
@@ -700,25 +697,6 @@ func (c *h1Conn) canResend(replay bool) bool {
 	return replay && (idempotentMethod(m.method) || m.idempotencyKey())
 }
 
-// trustReuse reports whether a reused upstream connection may carry the
-// request without first checking that it is still open (a peek, one
-// system call): when it turns out dead before any response byte, the
-// request is sent once more on a new connection, as net/http's
-// Transport and HAProxy do. That is a request without a body whose
-// method is idempotent, or one whose (buffered) body may be sent again
-// by its idempotency key. Others (a POST...) keep the check: their
-// resend is not allowed, so a dead connection would fail them.
-func (c *h1Conn) trustReuse(replay bool) bool {
-	m := &c.b.req
-	if !replay {
-		return false
-	}
-	if !m.hasBody() && idempotentMethod(m.method) {
-		return true
-	}
-	return m.idempotencyKey()
-}
-
 // buildRequestHead writes the outgoing head of the request into c.b.out:
 // the request line and fields, less hop-by-hop ones and those drop
 // names, then extra lines.
@@ -1051,19 +1029,6 @@ func (c *h1Conn) relayResponse(n int, authority string, start time.Time, res *h1
 		return false, err
 	}
 	return clientKeep, nil
-}
-
-// bodyMayFollow reports whether the response just relayed had no body by
-// its framing (HEAD, 204, 304: RFC 9112 section 6.3) while its head
-// declared one (a Content-Length above zero, or chunked). The connection
-// is reused, as the RFC says; but a broken upstream may send that body
-// anyway, later, where the next response on the connection is expected,
-// so a connection to an app is checked (peeked) before its next use, and
-// dropped if bytes wait.
-func (c *h1Conn) bodyMayFollow() bool {
-	req, m := &c.b.req, &c.b.resp
-	noBody := string(req.method) == http.MethodHead || m.status == http.StatusNoContent || m.status == http.StatusNotModified
-	return noBody && (m.chunked || m.cl > 0)
 }
 
 // clientBodyFailed ends a request whose body could not be read from the

@@ -787,7 +787,7 @@ func TestH1InboundAppRedialsTrackedOnce(t *testing.T) {
 	c := &h1Conn{s: srv, k: k, target: app}
 	var last net.Conn
 	for range 20 {
-		up, _, err := c.appConn(true)
+		up, _, err := c.appConn()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -39,18 +39,16 @@ func (s *Server) serveH1Inbound(k *conn, tc *tls.Conn, target netip.AddrPort, xf
 }
 
 // appConn returns the connection to the app, dialing it when there is
-// none or it closed; reused says it served a request before. With
-// check, a kept connection is first peeked (one system call) and
-// replaced when the app closed it or sent bytes unasked; without, it is
-// trusted, and the caller sends again on a new one what fails on it
-// (trustReuse).
-func (c *h1Conn) appConn(check bool) (up net.Conn, reused bool, err error) {
+// none or it closed; reused says it served a request before. A kept
+// connection is first peeked (one system call) and replaced when the app
+// closed it or sent bytes unasked: an HTTP/1 server says nothing before
+// a request, so pending bytes are a broken response's leftovers (a body
+// after a HEAD, more than its Content-Length...) or a goodbye, and read
+// as the next response they would answer another request. (A close that
+// crosses the request on the wire is left to the caller's resend.)
+func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 	if c.app != nil {
-		// An HTTP/1 server says nothing before a request: pending
-		// bytes are a broken response's leftovers or a goodbye.
-		check = check || c.appCheck
-		c.appCheck = false
-		if !check || balancer.ConnQuiet(c.app) {
+		if balancer.ConnQuiet(c.app) {
 			return c.app, true, nil
 		}
 		c.app.Close()
@@ -75,7 +73,6 @@ func (c *h1Conn) appConn(check bool) (up net.Conn, reused bool, err error) {
 func (c *h1Conn) setApp(nc net.Conn) {
 	c.mu.Lock()
 	c.app = nc
-	c.appCheck = false
 	c.appDL = upDeadlines{}
 	c.mu.Unlock()
 }
@@ -140,7 +137,6 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		return append(out, "\r\n"...)
 	})
 	replay := c.replayable(n)
-	check := !c.trustReuse(replay)
 	fail := func(status int, reason string, touched bool) bool {
 		if !touched {
 			c.consume(n)
@@ -150,7 +146,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		return keep
 	}
 	for try := 0; ; try++ {
-		up, reused, err := c.appConn(check)
+		up, reused, err := c.appConn()
 		if err != nil {
 			if c.k.ctx.Err() != nil {
 				return false
@@ -199,10 +195,11 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 				return fail(http.StatusGatewayTimeout, "timeout", touched)
 			}
 			if reused && !got && try == 0 && c.canResend(replay) {
-				// The app had closed the kept connection (its
-				// keep-alive ended): once more, on a new one.
+				// The app closed the kept connection as the
+				// request reached it (its keep-alive ended): once
+				// more, on a new one.
 				c.s.log.Debug("http request sent again on a new app connection", "src", c.k.src,
-					"authority", authority, "target", c.target.String(), "checked", check, "error", err)
+					"authority", authority, "target", c.target.String(), "error", err)
 				continue
 			}
 			c.s.log.Debug("http delivery failed", "src", c.k.src, "target", c.target.String(), "error", err)
@@ -216,8 +213,6 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 			if !keep {
 				up.Close()
 				c.setApp(nil)
-			} else if c.bodyMayFollow() {
-				c.appCheck = true // its next use checks that no stray body came
 			}
 		})
 		return berr == nil && clientKeep

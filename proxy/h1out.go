@@ -151,9 +151,12 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 				c.setCur(nil)
 				// A mesh peer is our own proxy, which relays only
 				// framed bytes; an app may not be: its next use
-				// checks that no stray body came (bodyMayFollow).
+				// checks that no stray bytes came (a body after a
+				// HEAD, more than its Content-Length...), which
+				// read as the next response would answer another
+				// request. The close watcher sees hang-ups only.
 				_, mesh := up.Conn.(*tls.Conn)
-				up.Check = !mesh && c.bodyMayFollow()
+				up.Check = !mesh
 				if keep {
 					// Pooled with its deadlines: every use sets
 					// those it needs (upWrite, attemptOut).

@@ -52,13 +52,11 @@ func closingApp(t *testing.T, seen *pathCounter) http.Handler {
 	})
 }
 
-// TestH1InboundResendsOnClosedAppConn: the server proxy sends a bodiless
-// GET on its kept app connection without checking it first; the app
-// closed that connection after its last response, so the proxy sends
-// the request once more on a new app connection: the client gets 200
-// every time and the app sees each request once. A POST with a body
-// keeps the check (or, should the close come late, gets 502): never
-// sent twice.
+// TestH1InboundResendsOnClosedAppConn: the app closes each connection
+// after its response without saying so; the server proxy finds the kept
+// connection closed (its check before reuse, or a resend should the
+// close come late) and uses a new one: the client gets 200 every time
+// and the app sees each request once. A POST is never sent twice.
 func TestH1InboundResendsOnClosedAppConn(t *testing.T) {
 	var seen pathCounter
 	_, d, authority := meshHTTPEnv(t, closingApp(t, &seen))
@@ -359,5 +357,123 @@ func TestH1ReuseAfterDeclaredBodies(t *testing.T) {
 	}
 	if n := accepted.Load(); n != 1 {
 		t.Errorf("the app accepted %d connections; want 1", n)
+	}
+}
+
+// strayApp answers the first request on its first connection correctly
+// and then, once told on now (the proxy has relayed that answer, so the
+// bytes wait in its socket, not in its buffer), sends a whole second
+// response nobody asked for and says so on wrote: bytes that, read as
+// the next response on that connection, would answer another request.
+// Every other request gets its method and path.
+func strayApp(now <-chan struct{}, wrote chan<- struct{}) func(c *net.TCPConn) {
+	var first atomic.Bool
+	return func(c *net.TCPConn) {
+		stray := first.CompareAndSwap(false, true)
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			body := req.Method + " " + req.URL.Path
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			if stray {
+				stray = false
+				<-now
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nWRONG")
+				wrote <- struct{}{}
+			}
+		}
+	}
+}
+
+// strayBytesSequence sends two GETs on one client connection, the second
+// once the app sent its stray response: it must get its own answer.
+func strayBytesSequence(t *testing.T, rc *rawConn, authority string, now chan<- struct{}, wrote <-chan struct{}) {
+	t.Helper()
+	rc.send("GET /1 HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "GET /1" {
+		t.Fatalf("GET /1 = %d %q", resp.StatusCode, body)
+	}
+	now <- struct{}{}
+	<-wrote
+	rc.send("GET /2 HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "GET /2" {
+		t.Fatalf("GET /2 = %d %q; want its own answer, not the stray bytes the app sent unasked on the kept connection", resp.StatusCode, body)
+	}
+}
+
+// TestH1StrayBytesNeverAnswer: bytes an app sends unasked on a kept
+// connection (here a whole response) are never taken for the next
+// request's response: the client side checks a plain upstream
+// connection before each reuse and drops it, counted stale.
+func TestH1StrayBytesNeverAnswer(t *testing.T) {
+	now, wrote := make(chan struct{}), make(chan struct{}, 1)
+	up := upstream(t, strayApp(now, wrote))
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
+	defer srv.Shutdown(context.Background())
+	strayBytesSequence(t, dialRaw(t, newProxyDialer(t, srv, up)), up.String(), now, wrote)
+	if st := srv.http.pool.Stats(); st.Stale != 1 {
+		t.Errorf("pool stats %+v; want the connection with stray bytes counted stale", st)
+	}
+}
+
+// TestH1MeshStrayBytesNeverAnswer: the same on the server side, whose
+// kept app connection is checked before every request.
+func TestH1MeshStrayBytesNeverAnswer(t *testing.T) {
+	now, wrote := make(chan struct{}), make(chan struct{}, 1)
+	z := newZoneDNS(t)
+	z.set("web.test.", "127.0.0.1")
+	e := newMeshEnv(t, meshOpts{outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
+	app := upstream(t, strayApp(now, wrote))
+	strayBytesSequence(t, dialRaw(t, newProxyDialer(t, e.out, app)), fmt.Sprintf("web.test:%d", app.Port()), now, wrote)
+}
+
+// TestH1InboundResendsWhenAppDropsRequest: the app closes a kept
+// connection as a request reaches it, without answering (its keep-alive
+// ending while the request was on the wire: the check before reuse found
+// the connection open). The server proxy sends a GET once more on a new
+// app connection, so the client gets 200; a POST, which the app may have
+// acted on, is not sent twice: 502.
+func TestH1InboundResendsWhenAppDropsRequest(t *testing.T) {
+	var seen pathCounter
+	app := upstream(t, func(c *net.TCPConn) {
+		br := bufio.NewReader(c)
+		for i := 0; ; i++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			seen.add(req)
+			if i == 1 { // the second request on a connection: dropped
+				return
+			}
+			body := req.Method + " " + req.URL.Path
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		}
+	})
+	z := newZoneDNS(t)
+	z.set("web.test.", "127.0.0.1")
+	e := newMeshEnv(t, meshOpts{outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
+	authority := fmt.Sprintf("web.test:%d", app.Port())
+	rc := dialRaw(t, newProxyDialer(t, e.out, app))
+	for _, path := range []string{"/a", "/b"} {
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "GET "+path {
+			t.Fatalf("GET %s = %d %q; want 200 (sent again after the app dropped it)", path, resp.StatusCode, body)
+		}
+	}
+	if n := seen.get("GET /b"); n != 2 {
+		t.Errorf("the app saw GET /b %d times; want 2 (dropped, then answered on a new connection)", n)
+	}
+	rc.send("POST /c HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: 4\r\n\r\ndata")
+	if resp, _ := rc.read("POST"); resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("POST dropped by the app = %d; want 502, not sent again", resp.StatusCode)
+	}
+	if n := seen.get("POST /c"); n != 1 {
+		t.Errorf("the app saw POST /c %d times; want 1", n)
 	}
 }
