@@ -459,17 +459,29 @@ func openFDs(t *testing.T) int {
 // request body leaves nothing behind (goroutines, descriptors), and the
 // app sees the body cut short.
 func TestH1ClientResetMidBody(t *testing.T) {
+	reading := make(chan struct{}, 1)
 	bodyErr := make(chan error, 1)
 	srv, _, d, authority := h1Env(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case reading <- struct{}{}:
+		default:
+		}
 		_, err := io.Copy(io.Discard, r.Body)
 		bodyErr <- err
 	}), 0)
 	warmUp(t, srv, d, authority, bodyErr)
+	<-reading // the warm-up GET's
 	before := goroutines()
 	fds := openFDs(t)
 
 	c := startUpload(t, d, authority)
-	time.Sleep(50 * time.Millisecond)
+	// Reset once the app reads the body, not after a fixed wait: a reset
+	// before the request reached the app would leave it nothing to see.
+	select {
+	case <-reading:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upload did not reach the app in 10s")
+	}
 	c.SetLinger(0)
 	c.Close()
 	select {
