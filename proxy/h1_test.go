@@ -1049,7 +1049,10 @@ func TestH1MalformedChunkedBody(t *testing.T) {
 // timeout. The upstream's deadlines (pooled, set per use) must not cut
 // the later requests either.
 func TestH1IdleTimeoutKeptConnection(t *testing.T) {
-	const idle = 300 * time.Millisecond
+	// 1s, requests idle/8 apart: a stall of most of idle (this test's
+	// goroutine on a loaded machine under -race) would look like a quiet
+	// connection and get it closed; with 300ms that was a 260ms stall.
+	const idle = time.Second
 	bs := startBackends(t, echoPath, 0, "127.0.0.1")
 	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, IdleTimeout: idle, HTTP: &HTTPConfig{}}, nil, nil)
 	defer srv.Shutdown(context.Background())
