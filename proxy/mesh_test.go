@@ -610,7 +610,10 @@ func TestMeshHTTPUpgrade(t *testing.T) {
 // HTTP/1 while the mesh dial runs, so the server proxy handles it as HTTP
 // (the app gets the XFCC header), not as opaque bytes.
 func TestMeshRequestLineSplitAcrossReads(t *testing.T) {
-	e := newMeshEnv(t, meshOpts{})
+	// The rest of the line comes 50ms after "GE": detection must wait for
+	// it, whatever the load (the env's 100ms left a 50ms margin, and a
+	// loaded run took the split request for opaque).
+	e := newMeshEnv(t, meshOpts{outConfig: func(c *Config) { c.DetectTimeout = 5 * time.Second }})
 	app := newHTTPApp(t)
 	h := handleOne(t, e.out, app.addr)
 	br := bufio.NewReader(h.client)
