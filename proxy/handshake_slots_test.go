@@ -59,6 +59,25 @@ func synSentTo(t *testing.T, dst netip.AddrPort) int {
 	return n
 }
 
+// tcpLinesTo returns the lines of /proc/net/tcp whose remote address is
+// dst, for failure messages.
+func tcpLinesTo(t *testing.T, dst netip.AddrPort) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return err.Error()
+	}
+	a := dst.Addr().As4()
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], dst.Port())
+	var out []string
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 3 && (f[2] == want || f[1] == want) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // TestMeshDialBlackholeHoldsNoSlot: dials to a mesh port that drops SYNs
 // (a blackhole) wait out their connect timeout holding no handshake slot,
 // so a dial to another destination handshakes while all of them hang.
@@ -85,7 +104,18 @@ func TestMeshDialBlackholeHoldsNoSlot(t *testing.T) {
 	for range hanging {
 		go func() { results <- e.out.dialMesh(ctx, black.Addr(), true, false) }()
 	}
-	waitFor(t, "the blackholed dials to be connecting", func() bool { return synSentTo(t, black) == hanging })
+	for deadline := time.Now().Add(10 * time.Second); synSentTo(t, black) != hanging; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			// Seen once under load (5s then): say what became of them.
+			var ended []string
+			for len(results) > 0 {
+				r := <-results
+				ended = append(ended, fmt.Sprintf("err %v reason %q", r.err, r.reason))
+			}
+			t.Fatalf("%d of the %d blackholed dials connecting (SYN_SENT) after 10s; ended: %v; /proc/net/tcp lines to %s:\n%s",
+				synSentTo(t, black), hanging, ended, black, tcpLinesTo(t, black))
+		}
+	}
 
 	gctx, gcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer gcancel()
