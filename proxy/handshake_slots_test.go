@@ -29,6 +29,24 @@ func fullListenerAt(t *testing.T, addr netip.AddrPort) {
 		t.Fatal(err)
 	}
 	raw.Control(func(fd uintptr) { listen0(int(fd)) })
+	fillAcceptQueue(t, addr)
+}
+
+// fillAcceptQueue fills the accept queue of the backlog-0 listener at
+// addr, which never accepts. The first connection takes the one place;
+// it is dialed with a generous timeout: with 100ms, a loaded machine that
+// processed the loopback SYN late (softirqs deferred to ksoftirqd) had
+// the dial time out and close before the connection was queued, and the
+// queue was taken for full while empty. Then dials with a short timeout
+// confirm that further SYNs are dropped (one that connects takes another
+// place, and the next is tried).
+func fillAcceptQueue(t *testing.T, addr netip.AddrPort) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp4", addr.String(), 10*time.Second)
+	if err != nil {
+		t.Fatalf("first connection to the backlog-0 listener %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
 	for range 8 {
 		c, err := net.DialTimeout("tcp4", addr.String(), 100*time.Millisecond)
 		if err != nil {

@@ -215,14 +215,7 @@ func fullListener(t *testing.T) netip.AddrPort {
 	raw, _ := ln.(*net.TCPListener).SyscallConn()
 	raw.Control(func(fd uintptr) { listen0(int(fd)) })
 	addr := ln.Addr().(*net.TCPAddr).AddrPort()
-	for range 8 {
-		c, err := net.DialTimeout("tcp4", addr.String(), 100*time.Millisecond)
-		if err != nil {
-			return addr // a dial timed out: the queue is full
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	t.Skip("could not fill the accept queue of a backlog-0 listener")
+	fillAcceptQueue(t, addr)
 	return addr
 }
 
