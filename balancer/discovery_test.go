@@ -12,10 +12,14 @@ import (
 )
 
 // newTestDiscovery returns a Discovery over s with answers clamped to ttl.
+// Queries time out after 2s: with 100ms, a loaded race-built run saw
+// "i/o timeout" from the in-process DNS server (TestDiscoveryCoalescesFirstLookups,
+// whose server waits 50ms, and TestBalancerConcurrentFirstPicks). A stopped
+// server answers with connection refused at once.
 func newTestDiscovery(t *testing.T, s *testDNS, ttl time.Duration, cfg DiscoveryConfig) *Discovery {
 	t.Helper()
 	r := newTestResolver(t, s, "search ns1.svc.cluster.local svc.cluster.local\noptions ndots:5",
-		ResolverConfig{Network: "ip4", MinTTL: ttl, MaxTTL: ttl, NegativeTTL: ttl, Timeout: 100 * time.Millisecond})
+		ResolverConfig{Network: "ip4", MinTTL: ttl, MaxTTL: ttl, NegativeTTL: ttl, Timeout: 2 * time.Second})
 	d := NewDiscovery(r, cfg)
 	t.Cleanup(func() { d.Close() })
 	return d
