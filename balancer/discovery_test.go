@@ -12,10 +12,14 @@ import (
 )
 
 // newTestDiscovery returns a Discovery over s with answers clamped to ttl.
+// Queries time out after 2s: with 100ms, a loaded race-built run saw
+// "i/o timeout" from the in-process DNS server (TestDiscoveryCoalescesFirstLookups,
+// whose server waits 50ms, and TestBalancerConcurrentFirstPicks). A stopped
+// server answers with connection refused at once.
 func newTestDiscovery(t *testing.T, s *testDNS, ttl time.Duration, cfg DiscoveryConfig) *Discovery {
 	t.Helper()
 	r := newTestResolver(t, s, "search ns1.svc.cluster.local svc.cluster.local\noptions ndots:5",
-		ResolverConfig{Network: "ip4", MinTTL: ttl, MaxTTL: ttl, NegativeTTL: ttl, Timeout: 100 * time.Millisecond})
+		ResolverConfig{Network: "ip4", MinTTL: ttl, MaxTTL: ttl, NegativeTTL: ttl, Timeout: 2 * time.Second})
 	d := NewDiscovery(r, cfg)
 	t.Cleanup(func() { d.Close() })
 	return d
@@ -39,7 +43,10 @@ func TestDiscoveryResolvesAndRefreshesInBackground(t *testing.T) {
 	t.Parallel()
 	s := newTestDNS(t)
 	s.set(webFQDN, 0, "198.18.0.1")
-	d := newTestDiscovery(t, s, 500*time.Millisecond, DiscoveryConfig{})
+	// A 2s TTL: the refresh at 80% leaves 400ms for the query before the
+	// answer expires (with 500ms, 100ms: tight for a loaded race-built run).
+	const ttl = 2 * time.Second
+	d := newTestDiscovery(t, s, ttl, DiscoveryConfig{})
 	ans, err := d.Resolve(context.Background(), "web")
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +58,7 @@ func TestDiscoveryResolvesAndRefreshesInBackground(t *testing.T) {
 	// TTL runs out, and every Resolve answers from the cache at once.
 	start := s.count(webFQDN, dns.TypeA)
 	s.set(webFQDN, 0, "198.18.0.2")
-	deadline := time.Now().Add(1100 * time.Millisecond)
+	deadline := time.Now().Add(2*ttl + ttl/5)
 	for time.Now().Before(deadline) {
 		ans, err := d.Resolve(context.Background(), "web")
 		if err != nil {
@@ -63,7 +70,7 @@ func TestDiscoveryResolvesAndRefreshesInBackground(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if n := s.count(webFQDN, dns.TypeA) - start; n < 2 {
-		t.Errorf("background refreshes in 1.1s with a 500ms TTL = %d; want at least 2", n)
+		t.Errorf("background refreshes in %v with a %v TTL = %d; want at least 2", 2*ttl+ttl/5, ttl, n)
 	}
 	ans, _ = d.Resolve(context.Background(), "web")
 	if ans.Addrs[0] != netip.MustParseAddr("198.18.0.2") {

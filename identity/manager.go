@@ -37,7 +37,9 @@ type ManagerConfig struct {
 	// TTL is the leaf lifetime asked for. Zero means the source's default.
 	TTL time.Duration
 	// MinBackoff is the first retry delay after a failure; it doubles up to
-	// MaxBackoff. Zero means DefaultMinBackoff / DefaultMaxBackoff.
+	// MaxBackoff, but while the certificate in use is valid a retry waits
+	// at most half its remaining life (not below MinBackoff). Zero means
+	// DefaultMinBackoff / DefaultMaxBackoff.
 	MinBackoff, MaxBackoff time.Duration
 	// Log receives refresh events. Nil means slog.Default().
 	Log *slog.Logger
@@ -190,6 +192,9 @@ func (m *Manager) Run(ctx context.Context) error {
 				return ctx.Err()
 			}
 			wait = jitter(backoff, 0.2)
+			if c := m.Certificate(); c != nil {
+				wait = beforeExpiry(wait, time.Until(c.Leaf.NotAfter), m.cfg.MinBackoff)
+			}
 			m.log.Warn("certificate refresh failed", "err", err, "retry_in", wait)
 			backoff = min(backoff*2, m.cfg.MaxBackoff)
 		} else {
@@ -199,6 +204,18 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		timer.Reset(wait)
 	}
+}
+
+// beforeExpiry returns the wait before retrying a failed refresh while
+// the certificate in use has left to live: wait, shortened to half of
+// left (but not below floor) when it is longer, so that a backoff grown
+// past the certificate's remaining life does not let it lapse while the
+// service may already be back. An expired certificate leaves wait as it is.
+func beforeExpiry(wait, left, floor time.Duration) time.Duration {
+	if left > 0 {
+		return min(wait, max(left/2, floor))
+	}
+	return wait
 }
 
 // jitter returns d scaled by a random factor in [1-f, 1+f].

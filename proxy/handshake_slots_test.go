@@ -29,6 +29,24 @@ func fullListenerAt(t *testing.T, addr netip.AddrPort) {
 		t.Fatal(err)
 	}
 	raw.Control(func(fd uintptr) { listen0(int(fd)) })
+	fillAcceptQueue(t, addr)
+}
+
+// fillAcceptQueue fills the accept queue of the backlog-0 listener at
+// addr, which never accepts. The first connection takes the one place;
+// it is dialed with a generous timeout: with 100ms, a loaded machine that
+// processed the loopback SYN late (softirqs deferred to ksoftirqd) had
+// the dial time out and close before the connection was queued, and the
+// queue was taken for full while empty. Then dials with a short timeout
+// confirm that further SYNs are dropped (one that connects takes another
+// place, and the next is tried).
+func fillAcceptQueue(t *testing.T, addr netip.AddrPort) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp4", addr.String(), 10*time.Second)
+	if err != nil {
+		t.Fatalf("first connection to the backlog-0 listener %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
 	for range 8 {
 		c, err := net.DialTimeout("tcp4", addr.String(), 100*time.Millisecond)
 		if err != nil {
@@ -59,6 +77,25 @@ func synSentTo(t *testing.T, dst netip.AddrPort) int {
 	return n
 }
 
+// tcpLinesTo returns the lines of /proc/net/tcp whose remote address is
+// dst, for failure messages.
+func tcpLinesTo(t *testing.T, dst netip.AddrPort) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return err.Error()
+	}
+	a := dst.Addr().As4()
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], dst.Port())
+	var out []string
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 3 && (f[2] == want || f[1] == want) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // TestMeshDialBlackholeHoldsNoSlot: dials to a mesh port that drops SYNs
 // (a blackhole) wait out their connect timeout holding no handshake slot,
 // so a dial to another destination handshakes while all of them hang.
@@ -85,7 +122,18 @@ func TestMeshDialBlackholeHoldsNoSlot(t *testing.T) {
 	for range hanging {
 		go func() { results <- e.out.dialMesh(ctx, black.Addr(), true, false) }()
 	}
-	waitFor(t, "the blackholed dials to be connecting", func() bool { return synSentTo(t, black) == hanging })
+	for deadline := time.Now().Add(10 * time.Second); synSentTo(t, black) != hanging; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			// Seen once under load (5s then): say what became of them.
+			var ended []string
+			for len(results) > 0 {
+				r := <-results
+				ended = append(ended, fmt.Sprintf("err %v reason %q", r.err, r.reason))
+			}
+			t.Fatalf("%d of the %d blackholed dials connecting (SYN_SENT) after 10s; ended: %v; /proc/net/tcp lines to %s:\n%s",
+				synSentTo(t, black), hanging, ended, black, tcpLinesTo(t, black))
+		}
+	}
 
 	gctx, gcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer gcancel()

@@ -100,6 +100,9 @@ type backend struct {
 	srv   *http.Server
 	ln    net.Listener
 	conns atomic.Int64
+	// closed holds the remote address of each connection the backend's
+	// server has closed (after its close: the peer has the FIN).
+	closed sync.Map
 }
 
 // startBackends starts one backend per IP, all on the same port.
@@ -134,9 +137,12 @@ func startBackends(t testing.TB, h http.Handler, idle time.Duration, ips ...stri
 					h.ServeHTTP(w, r)
 				}),
 				IdleTimeout: idle,
-				ConnState: func(_ net.Conn, s http.ConnState) {
-					if s == http.StateNew {
+				ConnState: func(c net.Conn, s http.ConnState) {
+					switch s {
+					case http.StateNew:
 						b.conns.Add(1)
+					case http.StateClosed:
+						b.closed.Store(c.RemoteAddr().String(), true)
 					}
 				},
 			}

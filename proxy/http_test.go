@@ -90,8 +90,12 @@ func TestHTTPSpreadsOverEndpointsAndReusesConnections(t *testing.T) {
 	if dials > 6 {
 		t.Errorf("backends accepted %d connections for %d sequential requests; want keep-alive reuse (at most 6)", dials, n)
 	}
-	if got := e.d.dials.Load(); got != 1 {
-		t.Errorf("client connections = %d; want 1 (keep-alive to the proxy)", got)
+	// One, but net/http's Transport drops a kept connection whose request
+	// write it has not seen finish within 50ms of the response's end
+	// (maxWriteWaitBeforeConnReuse), which a loaded machine can take, and
+	// dials again: a few, never one per request.
+	if got := e.d.dials.Load(); got < 1 || got > 3 {
+		t.Errorf("client connections = %d for %d sequential requests; want 1, at most 3 (keep-alive to the proxy)", got, n)
 	}
 	if got := testutil.ToFloat64(e.m.requests.WithLabelValues("outbound", e.authory)); got != n {
 		t.Errorf("requests_total = %v; want %d", got, n)

@@ -117,7 +117,11 @@ func newMeshEnv(t testing.TB, o meshOpts) *meshEnv {
 	e.outM, _ = NewMetrics(nil)
 	e.inM, _ = NewMetrics(nil)
 	logger := func(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
-	base := Config{OpaquePorts: noOpaque, DetectTimeout: 100 * time.Millisecond}
+	// Detection waits 1s for a client's first bytes: with 100ms a client
+	// whose write came late on a loaded machine was taken for opaque (as
+	// TestMeshRequestLineSplitAcrossReads was); 1s costs the tests whose
+	// clients stay silent about 2s in all.
+	base := Config{OpaquePorts: noOpaque, DetectTimeout: time.Second}
 	oc, ic := base, base
 	oc.Mesh, ic.Mesh = om, im
 	oc.HTTP = o.outHTTP

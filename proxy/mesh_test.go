@@ -377,7 +377,10 @@ func TestRequireOutboundTLS(t *testing.T) {
 // while a good mesh connection stays open, and checks each is refused
 // with its reason and the good one is unaffected.
 func TestMeshPortRefusals(t *testing.T) {
-	e := newMeshEnv(t, meshOpts{inMesh: func(m *Mesh) { m.HandshakeTimeout = 300 * time.Millisecond }})
+	// Short, so the silent and stalled cases are refused soon, but well
+	// above a race-built mTLS handshake on a loaded machine: with 300ms
+	// the good connection's own handshake was refused (reset) once.
+	e := newMeshEnv(t, meshOpts{inMesh: func(m *Mesh) { m.HandshakeTimeout = 2 * time.Second }})
 	app, _ := countingApp(t, echo)
 	good := handleOne(t, e.out, app)
 	roundTrip := func(msg string) {
@@ -607,7 +610,10 @@ func TestMeshHTTPUpgrade(t *testing.T) {
 // HTTP/1 while the mesh dial runs, so the server proxy handles it as HTTP
 // (the app gets the XFCC header), not as opaque bytes.
 func TestMeshRequestLineSplitAcrossReads(t *testing.T) {
-	e := newMeshEnv(t, meshOpts{})
+	// The rest of the line comes 50ms after "GE": detection must wait for
+	// it, whatever the load (the env's 100ms left a 50ms margin, and a
+	// loaded run took the split request for opaque).
+	e := newMeshEnv(t, meshOpts{outConfig: func(c *Config) { c.DetectTimeout = 5 * time.Second }})
 	app := newHTTPApp(t)
 	h := handleOne(t, e.out, app.addr)
 	br := bufio.NewReader(h.client)

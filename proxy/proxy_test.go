@@ -215,14 +215,7 @@ func fullListener(t *testing.T) netip.AddrPort {
 	raw, _ := ln.(*net.TCPListener).SyscallConn()
 	raw.Control(func(fd uintptr) { listen0(int(fd)) })
 	addr := ln.Addr().(*net.TCPAddr).AddrPort()
-	for range 8 {
-		c, err := net.DialTimeout("tcp4", addr.String(), 100*time.Millisecond)
-		if err != nil {
-			return addr // a dial timed out: the queue is full
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	t.Skip("could not fill the accept queue of a backlog-0 listener")
+	fillAcceptQueue(t, addr)
 	return addr
 }
 
@@ -242,10 +235,15 @@ func TestIdleTimeout(t *testing.T) {
 		expectClosed(t, h.client)
 		h.waitDone(t)
 	})
-	// Bytes flow one way only for 5 idle timeouts: never cut.
-	const ticks, every = 30, 50 * time.Millisecond
+	// Bytes flow one way only for 3 idle timeouts: never cut. The idle
+	// timeout here is 1s, ten ticks: a 300ms one with 50ms ticks left a
+	// stall of 250ms (of this test's writer, or of the proxy's copy
+	// goroutine, on a loaded machine under -race) to look idle, and the
+	// connection was cut ("write 18: connection reset by peer").
+	const busyIdle = time.Second
+	const ticks, every = 30, busyIdle / 10
 	t.Run("busy server to client", func(t *testing.T) {
-		srv, _, _ := newTestServer(t, Outbound, Config{OpaquePorts: noOpaque, DetectTimeout: 10 * time.Millisecond, IdleTimeout: idle})
+		srv, _, _ := newTestServer(t, Outbound, Config{OpaquePorts: noOpaque, DetectTimeout: 10 * time.Millisecond, IdleTimeout: busyIdle})
 		h := handleOne(t, srv, upstream(t, func(c *net.TCPConn) {
 			for range ticks {
 				if _, err := c.Write([]byte{'x'}); err != nil {
@@ -263,7 +261,7 @@ func TestIdleTimeout(t *testing.T) {
 		}
 	})
 	t.Run("busy client to server", func(t *testing.T) {
-		srv, _, _ := newTestServer(t, Outbound, Config{OpaquePorts: noOpaque, DetectTimeout: 10 * time.Millisecond, IdleTimeout: idle})
+		srv, _, _ := newTestServer(t, Outbound, Config{OpaquePorts: noOpaque, DetectTimeout: 10 * time.Millisecond, IdleTimeout: busyIdle})
 		var received atomic.Int64
 		h := handleOne(t, srv, upstream(t, func(c *net.TCPConn) {
 			n, _ := io.Copy(io.Discard, c)
