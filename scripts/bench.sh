@@ -10,9 +10,9 @@
 #   haproxy-http    HAProxy pair, mode http
 #   stunnel         stunnel pair, TLS 1.3 both ways, P-256 certs from `meshproxy ca issue`
 #   go-relay        a pair of scripts/bench/gorelay: a goroutine per direction
-#                   moving bytes, nothing else: the floor of any Go proxy
-#                   on this machine (what Go's runtime costs, apart from
-#                   anything meshproxy does)
+#                   moving bytes, nothing else: the simplest proxy on Go's
+#                   runtime, a baseline for what the runtime costs here
+#                   apart from anything meshproxy does
 #
 # Every pair has the same two-hop shape: a proxy in the client pod, one in the
 # server pod, the app on 127.0.0.1 behind it. HAProxy runs nbthread 2, as
@@ -417,8 +417,8 @@ measure() {
 	fi
 }
 
-# start_gorelay: the Go relay pair (scripts/bench/gorelay), the floor of
-# a Go proxy: a goroutine per direction moving bytes, nothing else.
+# start_gorelay: the Go relay pair (scripts/bench/gorelay), the simplest
+# Go proxy: a goroutine per direction moving bytes, nothing else.
 # GOMAXPROCS $PROCS as meshproxy.
 start_gorelay() {
 	ip netns exec $CLIENT env GOMAXPROCS=$PROCS "$WORK/gorelay" \

@@ -1,11 +1,12 @@
-// Command gorelay is the benchmark's floor for a Go proxy: the least a
-// proxy built on Go's runtime can do per connection. It accepts on each
+// Command gorelay is the benchmark's simplest Go proxy, a baseline for
+// what Go's runtime costs on the machine. It accepts on each
 // listen address, dials the matching target, and moves bytes both ways
 // with one goroutine per direction and a plain read/write loop: no
 // parsing, no TLS, no metrics, no pooling, no splice. Run as a pair in
 // the bench's two-hop shape, it shows what Go's netpoller and scheduler
-// cost on the machine (a goroutine parked and woken per read), apart
-// from anything meshproxy does.
+// cost (a goroutine parked and woken per read), apart from anything
+// meshproxy does. It is a baseline, not a floor: a proxy may move bytes
+// for less (splice, for one).
 //
 //	gorelay -pairs 127.0.0.1:35201=198.18.0.2:15447,127.0.0.1:38080=198.18.0.2:15448
 //

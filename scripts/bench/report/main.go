@@ -42,7 +42,7 @@ var setups = []setup{
 	{"haproxy-tcp", "HAProxy TCP pair"},
 	{"haproxy-http", "HAProxy HTTP pair"},
 	{"stunnel", "stunnel pair"},
-	{"go-relay", "Go relay pair (floor)"},
+	{"go-relay", "Go relay pair"},
 }
 
 // comparison is a ratio column: A's value divided by B's.
@@ -60,7 +60,7 @@ var comparisons = []comparison{
 	{Key: "meshproxy-mtls/direct", A: "meshproxy-mtls", B: "direct"},
 	{Key: "meshproxy-mtls/stunnel", A: "meshproxy-mtls", B: "stunnel"},
 	// How a Go proxy doing nothing but move bytes compares with HAProxy
-	// doing the same, and how far meshproxy is above that floor.
+	// doing the same, and meshproxy against that baseline.
 	{Key: "go-relay/haproxy-tcp", A: "go-relay", B: "haproxy-tcp"},
 	{Key: "meshproxy/go-relay", A: "meshproxy", B: "go-relay"},
 }

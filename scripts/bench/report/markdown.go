@@ -94,7 +94,7 @@ func markdown(o *output) string {
 	p("  The connections are HTTP keep-alive connections to the HTTP port, so a proxy that pools upstream HTTP connections (HAProxy HTTP; meshproxy when HTTP-aware) holds %v client connections on its client side but only a few upstream, and its server side sees only those few: its server-side per-connection figure is not a per-connection cost.\n", st["hold_conns"])
 	p("- **CPU per GB**: user+system time (/proc/PID/stat, all threads) of both proxies across the iperf3 run, divided by the GB the receiver got.\n")
 	p("- **CPU per request**: user+system time of both proxies across the wrk run, divided by the requests wrk completed: what each request costs the proxies, which a noisy machine moves less than it moves requests/s.\n")
-	p("- **Go relay pair (floor)**: scripts/bench/gorelay, a goroutine per direction moving bytes with plain reads and writes (no parsing, TLS, metrics or pooling), GOMAXPROCS as meshproxy: what any proxy on Go's runtime costs on this machine, apart from what meshproxy does.\n")
+	p("- **Go relay pair**: scripts/bench/gorelay, a goroutine per direction moving bytes with plain reads and writes (no parsing, TLS, metrics or pooling), GOMAXPROCS as meshproxy: the simplest proxy on Go's runtime, a baseline for what the runtime costs on this machine apart from what meshproxy does.\n")
 	if len(o.Notes) > 0 {
 		p("\n## Notes from this run\n\n")
 		for _, n := range o.Notes {
