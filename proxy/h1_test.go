@@ -184,27 +184,13 @@ func TestH1NoBodyResponses(t *testing.T) {
 			io.WriteString(w, "hello")
 		}
 	}), 0)
-	rc := dialRaw(t, d)
-	for _, tc := range []struct {
-		method, path string
-		status       int
-		body         string
-	}{
+	checkExchanges(t, dialRaw(t, d), authority, []exchange{
 		{"HEAD", "/", 200, ""},
 		{"GET", "/204", 204, ""},
 		{"GET", "/304", 304, ""},
 		{"HEAD", "/", 200, ""},
 		{"GET", "/", 200, "hello"},
-	} {
-		rc.send(tc.method + " " + tc.path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-		resp, body := rc.read(tc.method)
-		if resp.StatusCode != tc.status || body != tc.body {
-			t.Errorf("%s %s = %d %q; want %d %q", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.body)
-		}
-		if tc.method == "HEAD" && resp.ContentLength != 5 {
-			t.Errorf("HEAD Content-Length %d; want 5", resp.ContentLength)
-		}
-	}
+	})
 }
 
 // TestH1PipelinedInOrder: requests sent at once are answered in order.

@@ -257,16 +257,35 @@ var helloCL = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "hello")
 })
 
+// exchange is one request of a sequence and the answer it must get.
+type exchange struct {
+	method, path string
+	status       int
+	body         string
+}
+
+// checkExchanges sends each request on rc in turn and checks its answer;
+// a HEAD's Content-Length must be 5, passed as the app (helloCL) sent it.
+func checkExchanges(t *testing.T, rc *rawConn, authority string, seq []exchange) {
+	t.Helper()
+	for _, x := range seq {
+		rc.send(x.method + " " + x.path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+		resp, body := rc.read(x.method)
+		if resp.StatusCode != x.status || body != x.body {
+			t.Fatalf("%s %s = %d %q; want %d %q", x.method, x.path, resp.StatusCode, body, x.status, x.body)
+		}
+		if x.method == "HEAD" && resp.ContentLength != 5 {
+			t.Errorf("HEAD Content-Length %d; want 5 (passed as the app sent it)", resp.ContentLength)
+		}
+	}
+}
+
 // bodilessSequence sends, on one client connection, requests whose
 // responses have no body although their heads declare one, each followed
 // by a GET, and checks the answers.
 func bodilessSequence(t *testing.T, rc *rawConn, authority string) {
 	t.Helper()
-	for _, tc := range []struct {
-		method, path string
-		status       int
-		body         string
-	}{
+	checkExchanges(t, rc, authority, []exchange{
 		{"HEAD", "/", 200, ""},
 		{"GET", "/", 200, "hello"},
 		{"GET", "/304", 304, ""},
@@ -274,16 +293,7 @@ func bodilessSequence(t *testing.T, rc *rawConn, authority string) {
 		{"HEAD", "/", 200, ""},
 		{"HEAD", "/", 200, ""},
 		{"GET", "/", 200, "hello"},
-	} {
-		rc.send(tc.method + " " + tc.path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-		resp, body := rc.read(tc.method)
-		if resp.StatusCode != tc.status || body != tc.body {
-			t.Fatalf("%s %s = %d %q; want %d %q", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.body)
-		}
-		if tc.method == "HEAD" && resp.ContentLength != 5 {
-			t.Errorf("HEAD Content-Length %d; want 5 (passed as the app sent it)", resp.ContentLength)
-		}
-	}
+	})
 }
 
 // TestH1ReuseAfterBodilessResponses: a response to HEAD, or a 304, has
@@ -319,27 +329,22 @@ func TestH1MeshReuseAfterBodilessResponses(t *testing.T) {
 // HEAD answer with chunked): the connection is kept all along.
 func TestH1ReuseAfterDeclaredBodies(t *testing.T) {
 	var accepted atomic.Int64
+	app := rawApp(func(c *net.TCPConn, i int, req *http.Request) bool {
+		switch {
+		case req.URL.Path == "/204":
+			io.WriteString(c, "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n")
+		case req.URL.Path == "/304":
+			io.WriteString(c, "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n")
+		case req.Method == "HEAD":
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+		default:
+			echoAnswer(c, req)
+		}
+		return true
+	})
 	up := upstream(t, func(c *net.TCPConn) {
 		accepted.Add(1)
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			io.Copy(io.Discard, req.Body)
-			switch {
-			case req.URL.Path == "/204":
-				io.WriteString(c, "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n")
-			case req.URL.Path == "/304":
-				io.WriteString(c, "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n")
-			case req.Method == "HEAD":
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-			default:
-				body := req.Method + " " + req.URL.Path
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-			}
-		}
+		app(c)
 	})
 	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{}}, nil, nil)
 	defer srv.Shutdown(context.Background())
@@ -368,25 +373,15 @@ func TestH1ReuseAfterDeclaredBodies(t *testing.T) {
 // Every other request gets its method and path.
 func strayApp(now <-chan struct{}, wrote chan<- struct{}) func(c *net.TCPConn) {
 	var first atomic.Bool
-	return func(c *net.TCPConn) {
-		stray := first.CompareAndSwap(false, true)
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			io.Copy(io.Discard, req.Body)
-			body := req.Method + " " + req.URL.Path
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-			if stray {
-				stray = false
-				<-now
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nWRONG")
-				wrote <- struct{}{}
-			}
+	return rawApp(func(c *net.TCPConn, i int, req *http.Request) bool {
+		echoAnswer(c, req)
+		if i == 0 && first.CompareAndSwap(false, true) {
+			<-now
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nWRONG")
+			wrote <- struct{}{}
 		}
-	}
+		return true
+	})
 }
 
 // strayBytesSequence sends two GETs on one client connection, the second
@@ -424,11 +419,8 @@ func TestH1StrayBytesNeverAnswer(t *testing.T) {
 // kept app connection is checked before every request.
 func TestH1MeshStrayBytesNeverAnswer(t *testing.T) {
 	now, wrote := make(chan struct{}), make(chan struct{}, 1)
-	z := newZoneDNS(t)
-	z.set("web.test.", "127.0.0.1")
-	e := newMeshEnv(t, meshOpts{outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
-	app := upstream(t, strayApp(now, wrote))
-	strayBytesSequence(t, dialRaw(t, newProxyDialer(t, e.out, app)), fmt.Sprintf("web.test:%d", app.Port()), now, wrote)
+	rc, authority := rawMeshEnv(t, strayApp(now, wrote))
+	strayBytesSequence(t, rc, authority, now, wrote)
 }
 
 // TestH1InboundResendsWhenAppDropsRequest: the app closes a kept
@@ -439,27 +431,14 @@ func TestH1MeshStrayBytesNeverAnswer(t *testing.T) {
 // acted on, is not sent twice: 502.
 func TestH1InboundResendsWhenAppDropsRequest(t *testing.T) {
 	var seen pathCounter
-	app := upstream(t, func(c *net.TCPConn) {
-		br := bufio.NewReader(c)
-		for i := 0; ; i++ {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			io.Copy(io.Discard, req.Body)
-			seen.add(req)
-			if i == 1 { // the second request on a connection: dropped
-				return
-			}
-			body := req.Method + " " + req.URL.Path
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	rc, authority := rawMeshEnv(t, rawApp(func(c *net.TCPConn, i int, req *http.Request) bool {
+		seen.add(req)
+		if i == 1 { // the second request on a connection: dropped
+			return false
 		}
-	})
-	z := newZoneDNS(t)
-	z.set("web.test.", "127.0.0.1")
-	e := newMeshEnv(t, meshOpts{outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
-	authority := fmt.Sprintf("web.test:%d", app.Port())
-	rc := dialRaw(t, newProxyDialer(t, e.out, app))
+		echoAnswer(c, req)
+		return true
+	}))
 	for _, path := range []string{"/a", "/b"} {
 		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
 		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "GET "+path {
@@ -476,4 +455,41 @@ func TestH1InboundResendsWhenAppDropsRequest(t *testing.T) {
 	if n := seen.get("POST /c"); n != 1 {
 		t.Errorf("the app saw POST /c %d times; want 1", n)
 	}
+}
+
+// rawApp returns an app that reads each request on a connection (i
+// counts them from 0), discards its body and calls answer, which writes
+// the response itself, or returns false to close the connection.
+func rawApp(answer func(c *net.TCPConn, i int, req *http.Request) bool) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
+		br := bufio.NewReader(c)
+		for i := 0; ; i++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			if !answer(c, i, req) {
+				return
+			}
+		}
+	}
+}
+
+// echoAnswer writes a 200 whose body is the request's method and path.
+func echoAnswer(c *net.TCPConn, req *http.Request) {
+	body := req.Method + " " + req.URL.Path
+	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+}
+
+// rawMeshEnv runs both proxies in front of app, a raw app on loopback,
+// and returns a client connection to it through them and the authority
+// to send.
+func rawMeshEnv(t *testing.T, app func(c *net.TCPConn)) (*rawConn, string) {
+	t.Helper()
+	z := newZoneDNS(t)
+	z.set("web.test.", "127.0.0.1")
+	e := newMeshEnv(t, meshOpts{outHTTP: &HTTPConfig{Balancer: balancerFor(t, z)}})
+	ap := upstream(t, app)
+	return dialRaw(t, newProxyDialer(t, e.out, ap)), fmt.Sprintf("web.test:%d", ap.Port())
 }
