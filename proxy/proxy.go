@@ -192,8 +192,8 @@ func NewServer(dir Direction, cfg Config, m *Metrics, log *slog.Logger) *Server 
 func (s *Server) OpenConnections() int { return int(s.active.Load()) }
 
 // Serve accepts connections from l and handles each in its own goroutine
-// until l fails or Shutdown is called. It returns nil after Shutdown, and
-// the accept error otherwise.
+// until l fails or Shutdown is called. It returns nil after Shutdown, once
+// l is closed, and the accept error otherwise.
 func (s *Server) Serve(l *listener.Listener) error {
 	s.mu.Lock()
 	if s.shutdown {
@@ -212,6 +212,11 @@ func (s *Server) Serve(l *listener.Listener) error {
 		c, err := l.Accept()
 		if err != nil {
 			if s.isShutdown() {
+				// Shutdown is closing l. The Accept it woke returns before
+				// the socket is released; Close (once, in Shutdown) returns
+				// after: wait for it, so l no longer accepts when Serve
+				// returns.
+				l.Close()
 				return nil
 			}
 			return fmt.Errorf("%s proxy: %w", s.dir, err)
