@@ -1148,16 +1148,18 @@ func (w *routeWatcher) Reload() error {
 		w.log.Error("routes: new routes refused, the previous routes stay in force", "path", w.path, "err", err)
 		return err
 	}
-	w.reloads.Inc()
-	w.lastSuccess.SetToCurrentTime()
 	changed := !reflect.DeepEqual(t, w.current)
-	w.log.Info("routes reloaded", "path", w.path, "services", len(t.Services), "rules", countRouteRules(t), "changed", changed)
 	if changed {
 		w.current = t
 		if w.apply != nil {
 			w.apply(t)
 		}
 	}
+	// Counted and logged once in force: whoever sees the count (a test,
+	// a rollout script) gets the new routes on its next request.
+	w.reloads.Inc()
+	w.lastSuccess.SetToCurrentTime()
+	w.log.Info("routes reloaded", "path", w.path, "services", len(t.Services), "rules", countRouteRules(t), "changed", changed)
 	return nil
 }
 

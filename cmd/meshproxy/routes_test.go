@@ -628,3 +628,35 @@ func TestRouteMetricsLint(t *testing.T) {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 }
+
+// TestRouteWatcherCountsOnceInForce: a reload is counted only after its
+// routes are applied, so whoever sees meshproxy_routes_reloads_total go
+// up (a rollout script, a test) gets the new routes on its next request.
+func TestRouteWatcherCountsOnceInForce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes.yaml")
+	writeFile(t, path, splitRoute(90, 10))
+	var (
+		w       *routeWatcher
+		atApply []float64
+		err     error
+	)
+	w, err = newRouteWatcher(path, "", func(*proxy.RouteTable) {
+		if w != nil { // not at the initial load
+			atApply = append(atApply, testutil.ToFloat64(w.reloads))
+		}
+	}, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.fsw.Close()
+	writeFile(t, path, splitRoute(1, 2))
+	if err := w.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if len(atApply) != 1 || atApply[0] != 0 {
+		t.Errorf("reloads counted when the new routes were applied: %v; want [0] (counted after)", atApply)
+	}
+	if got := testutil.ToFloat64(w.reloads); got != 1 {
+		t.Errorf("reloads = %v after the reload; want 1", got)
+	}
+}
