@@ -202,25 +202,7 @@ func TestH1ClientBodyBreaksOff(t *testing.T) {
 			fds := openFDs(t)
 
 			c := startUpload(t, d, authority)
-			// Cut the body once the app reads it, not after a fixed
-			// wait: a cut before the request reached the app would
-			// leave it nothing to see.
-			select {
-			case <-reading:
-			case err := <-bodyErr:
-				t.Fatalf("the app's request ended (%v) before the client broke off", err)
-			case <-time.After(10 * time.Second):
-				t.Fatal("the upload did not reach the app in 10s")
-			}
-			tc.cut(c)
-			select {
-			case err := <-bodyErr:
-				if err == nil {
-					t.Error("the app read a complete body from a client whose body broke off")
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the app's request did not end 10s after the client broke off")
-			}
+			breakOffMidBody(t, reading, bodyErr, func() { tc.cut(c) })
 			waitConnEnded(t, srv)
 			checkAbandoned(t, srv, log, bal, authority)
 			// The upstream connection whose request was cut short is
@@ -296,20 +278,7 @@ func TestHTTP1AppRedialsTrackedOnce(t *testing.T) {
 	defer srv.Shutdown(context.Background())
 	k := &conn{s: srv, ctx: t.Context()}
 	k.begin(connLabels{tls: TLSDisabled})
-	front, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer front.Close()
-	client, err := net.DialTCP("tcp4", nil, front.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	sc, err := front.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, sc := tcpPair(t)
 	k.track(sc)
 	done := make(chan error, 1)
 	go func() { done <- srv.serveHTTP1(k, sc, nil, nil, target, "") }()
@@ -498,6 +467,31 @@ func startUpload(t *testing.T, d *proxyDialer, authority string) *net.TCPConn {
 	io.WriteString(c, "POST /x HTTP/1.1\r\nHost: "+authority+"\r\nContent-Length: 1048576\r\n\r\n")
 	c.Write(bytes.Repeat([]byte("y"), 64<<10))
 	return c.(*net.TCPConn)
+}
+
+// breakOffMidBody waits until the app reads the upload's body, then runs
+// cut (the client breaking off), and requires the app's read of the body
+// to end with an error: never a complete body. Cutting once the app
+// reads, not after a fixed wait: a cut before the request reached the
+// app would leave it nothing to see.
+func breakOffMidBody(t *testing.T, reading <-chan struct{}, bodyErr <-chan error, cut func()) {
+	t.Helper()
+	select {
+	case <-reading:
+	case err := <-bodyErr:
+		t.Fatalf("the app's request ended (%v) before the client broke off", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upload did not reach the app in 10s")
+	}
+	cut()
+	select {
+	case err := <-bodyErr:
+		if err == nil {
+			t.Error("the app read a complete body from a client that broke off mid-body")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app's request did not end 10s after the client broke off")
+	}
 }
 
 // checkAbandoned checks what a request whose client broke its body off
