@@ -89,10 +89,11 @@ type PooledConn[C io.Closer] struct {
 	// Check, set before Put, makes the Get that hands the connection
 	// out next first peek it (ConnQuiet, for a net.Conn) and drop it,
 	// counted stale, when it is closed or bytes wait: for a connection
-	// whose last exchange may be followed by bytes its peer should not
-	// send (an HTTP/1 answer to HEAD whose head declares a body). Other
-	// reused connections are not peeked when the close watcher has them.
-	// Get clears it.
+	// whose peer may send bytes nobody asked for (a plain HTTP/1
+	// upstream: a body after a HEAD answer, more than its
+	// Content-Length), which would be read as the next answer. Other
+	// reused connections are not peeked when the close watcher has them
+	// (it sees hang-ups only). Get clears it.
 	Check bool
 	// watchFD is its socket plus one once the pool's close watcher has
 	// it (WatchClose), 0 before.
@@ -214,13 +215,16 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 			continue
 		}
 		// A watched connection the peer closed is gone from the pool
-		// already (no peek needed).
+		// already (no peek needed); one to check is peeked for bytes
+		// too, which also finds a close.
 		check := ic.pc.Check
 		ic.pc.Check = false
-		if (ic.pc.watchFD == 0 || p.cfg.Usable != nil) && !p.usable(ic.pc.Conn) || check && !quiet(ic.pc.Conn) {
-			p.stale.Add(1)
-			p.metrics.poolStaleConn()
-			ic.pc.Conn.Close()
+		good := !check || quiet(ic.pc.Conn)
+		if good && (p.cfg.Usable != nil || ic.pc.watchFD == 0 && !check) {
+			good = p.usable(ic.pc.Conn)
+		}
+		if !good {
+			p.Stale(ic.pc)
 			continue
 		}
 		p.reuses.Add(1)
