@@ -77,3 +77,57 @@ func TestMedian(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildCPUPerRequestAndRelayRatios: the CPU per request is the
+// proxies' ticks over the wrk run divided by wrk's requests, and the Go
+// relay pair is compared with the HAProxy TCP pair and with meshproxy.
+func TestBuildCPUPerRequestAndRelayRatios(t *testing.T) {
+	dir := t.TempDir()
+	write := func(setup, name, body string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(dir, setup), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, setup, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(".", "settings.json", `{"rate":1000,"concurrency":32,"hold_conns":9000}`)
+	// 50000 requests in 5 s; 600 ticks at 100/s = 6 CPU s: 120 µs each.
+	write("meshproxy", "wrk.json", `{"requests":50000,"duration_us":5000000}`)
+	write("meshproxy", "cpuwrk.json", `{"ticks":600,"clk_tck":100}`)
+	write("go-relay", "wrk.json", `{"requests":75000,"duration_us":5000000}`)
+	write("go-relay", "cpuwrk.json", `{"ticks":450,"clk_tck":100}`)
+	write("haproxy-tcp", "wrk.json", `{"requests":60000,"duration_us":5000000}`)
+	o, err := build(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rps, cpu *figure
+	for _, f := range o.Figures {
+		switch f.Key {
+		case "wrk_rps":
+			rps = f
+		case "wrk_cpu_us_per_req":
+			cpu = f
+		}
+	}
+	if cpu == nil || rps == nil {
+		t.Fatal("no wrk_rps or wrk_cpu_us_per_req figure")
+	}
+	if v := cpu.Values["meshproxy"]; v == nil || *v != 120 {
+		t.Errorf("meshproxy CPU per request %v; want 120 µs", v)
+	}
+	if v := cpu.Values["go-relay"]; v == nil || *v != 60 {
+		t.Errorf("go-relay CPU per request %v; want 60 µs", v)
+	}
+	if v := cpu.Values["haproxy-tcp"]; v != nil {
+		t.Errorf("haproxy-tcp CPU per request %v without cpuwrk.json; want none (n/a), never 0", *v)
+	}
+	if v := rps.VsPeer["go-relay/haproxy-tcp"]; v == nil || *v != 1.25 {
+		t.Errorf("go-relay/haproxy-tcp req/s %v; want 1.25", v)
+	}
+	if v := rps.VsPeer["meshproxy/go-relay"]; v == nil || *v != float64(50000)/75000 {
+		t.Errorf("meshproxy/go-relay req/s %v; want %v", v, float64(50000)/75000)
+	}
+}
