@@ -9,10 +9,13 @@
 // DIR holds settings.json and one directory per setup (direct, meshproxy,
 // meshproxy-mtls, haproxy-tcp, haproxy-http, stunnel, go-relay) with the files the
 // script writes: iperf1.json and iperf8.json (iperf3 -J), cpu1.json and
-// cpu8.json, wrk.json and cpuwrk.json (the proxies' CPU ticks over it), rate-1.json, rate-2.json... (loadgen, one per
-// round; the fixed-rate figures are the median over the rounds; an older
-// single rate.json is read too), connrate.json, mem.json. A missing file
-// leaves its figures empty ("n/a"), never zero.
+// cpu8.json, wrk-1.json, wrk-2.json... (wrk, one per round) with
+// cpuwrk-1.json... (the proxies' CPU ticks over that wrk run),
+// rate-1.json, rate-2.json... (loadgen, one per round), connrate.json,
+// mem.json, http.json. The wrk and fixed-rate figures are the median over
+// the rounds; an older run's single wrk.json, cpuwrk.json and rate.json
+// are read too. A missing file leaves its figures empty ("n/a"), never
+// zero.
 package main
 
 import (
@@ -22,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -173,6 +177,55 @@ type wrkResult struct {
 	P999       float64 `json:"p999_us"`
 }
 
+// wrkRounds folds a setup's wrk rounds into its figures.
+type wrkRounds struct {
+	// RPS, P50, P99 and P999 are the medians over the rounds (req/s, µs).
+	RPS, P50, P99, P999 float64
+	// CPUPerReq is the median over the rounds of the proxies' CPU µs
+	// per request; nil when no round has a CPU reading (no proxy).
+	CPUPerReq *float64
+	// Errors and Non2xx are summed over the rounds.
+	Errors, Non2xx float64
+	// PerRound holds each round's req/s, in round order.
+	PerRound []float64
+}
+
+// readWrk reads a setup's wrk rounds (wrk-1.json, wrk-2.json, ... with
+// cpuwrk-1.json, ... beside them; or one wrk.json and cpuwrk.json) and
+// folds them: the median over the rounds of requests/s, of each latency
+// percentile and of the CPU per request (each round's proxies' CPU time
+// over that round's requests), so one round disturbed by something else
+// on the machine does not decide the figure. n is how many rounds were
+// read.
+func readWrk(dir string, raw map[string]json.RawMessage, notes *[]string) (w wrkRounds, n int) {
+	var p50, p99, p999, cpu []float64
+	for _, name := range roundFiles(dir, "wrk") {
+		var r wrkResult
+		if !readJSON(dir, name, &r, raw, notes) || r.DurationUS <= 0 {
+			continue
+		}
+		w.PerRound = append(w.PerRound, r.Requests/(r.DurationUS/1e6))
+		p50 = append(p50, r.P50)
+		p99 = append(p99, r.P99)
+		p999 = append(p999, r.P999)
+		w.Errors += r.Errors
+		w.Non2xx += r.Non2xx
+		var c cpuResult
+		if readJSON(dir, "cpu"+name, &c, raw, notes) && c.ClkTck > 0 && r.Requests > 0 {
+			cpu = append(cpu, c.Ticks/c.ClkTck/r.Requests*1e6)
+		}
+	}
+	if len(w.PerRound) == 0 {
+		return wrkRounds{}, 0
+	}
+	w.RPS = median(slices.Clone(w.PerRound))
+	w.P50, w.P99, w.P999 = median(p50), median(p99), median(p999)
+	if len(cpu) > 0 {
+		w.CPUPerReq = num(median(cpu))
+	}
+	return w, len(w.PerRound)
+}
+
 type latency struct {
 	P50   float64      `json:"p50_us"`
 	P99   float64      `json:"p99_us"`
@@ -206,15 +259,10 @@ type rateResult struct {
 // round moves nothing), the lowest achieved rate, and the sums of the
 // counts, errors and scraped counters. n is how many rounds were read.
 func readRates(dir string, raw map[string]json.RawMessage, notes *[]string) (rateResult, int) {
-	names, _ := filepath.Glob(filepath.Join(dir, "rate-*.json"))
-	sort.Slice(names, func(i, j int) bool { return roundOf(names[i]) < roundOf(names[j]) })
-	if len(names) == 0 {
-		names = []string{filepath.Join(dir, "rate.json")}
-	}
 	var rounds []rateResult
-	for _, name := range names {
+	for _, name := range roundFiles(dir, "rate") {
 		var r rateResult
-		if readJSON(dir, filepath.Base(name), &r, raw, notes) {
+		if readJSON(dir, name, &r, raw, notes) {
 			rounds = append(rounds, r)
 		}
 	}
@@ -272,10 +320,34 @@ func readRates(dir string, raw map[string]json.RawMessage, notes *[]string) (rat
 	return out, len(rounds)
 }
 
-// roundOf is the round number in a rate-N.json name (0 if none).
-func roundOf(name string) int {
-	n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(name), "rate-"), ".json"))
-	return n
+// roundFiles names a setup's per-round files of one kind in round order
+// (base "rate": rate-1.json, rate-2.json, ..., rate-10.json); when there
+// are none, the single file of older runs (rate.json), which may be
+// missing too.
+func roundFiles(dir, base string) []string {
+	paths, _ := filepath.Glob(filepath.Join(dir, base+"-*.json"))
+	type file struct {
+		name  string
+		round int
+	}
+	var files []file
+	for _, p := range paths {
+		name := filepath.Base(p)
+		n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(name, base+"-"), ".json"))
+		if err != nil {
+			continue // not a round's file
+		}
+		files = append(files, file{name, n})
+	}
+	if len(files) == 0 {
+		return []string{base + ".json"}
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].round < files[j].round })
+	names := make([]string, len(files))
+	for i, f := range files {
+		names[i] = f.name
+	}
+	return names
 }
 
 // median is the middle value of v (the mean of the two middle ones for
@@ -374,7 +446,8 @@ func build(dir string) (*output, error) {
 	}
 	set := func(fig, s string, v float64) { byKey[fig].Values[s] = num(v) }
 
-	var lateness []string // loadgen's own lateness per setup
+	var lateness []string  // loadgen's own lateness per setup
+	var wrkSpread []string // each setup's wrk req/s per round
 	for _, s := range setups {
 		sd := filepath.Join(dir, s.Key)
 		if _, err := os.Stat(sd); err != nil {
@@ -400,19 +473,26 @@ func build(dir string) (*output, error) {
 				set("cpu_s_per_gb_"+streams, s.Key, cpu.Ticks/cpu.ClkTck/(ip.End.SumReceived.Bytes/1e9))
 			}
 		}
-		var w wrkResult
-		if readJSON(sd, "wrk.json", &w, raw, &out.Notes) && w.DurationUS > 0 {
-			set("wrk_rps", s.Key, w.Requests/(w.DurationUS/1e6))
+		if w, n := readWrk(sd, raw, &out.Notes); n > 0 {
+			set("wrk_rps", s.Key, w.RPS)
 			set("wrk_p50_ms", s.Key, w.P50/1e3)
 			set("wrk_p99_ms", s.Key, w.P99/1e3)
 			set("wrk_p999_ms", s.Key, w.P999/1e3)
-			var cpu cpuResult
-			if readJSON(sd, "cpuwrk.json", &cpu, raw, &out.Notes) && cpu.ClkTck > 0 && w.Requests > 0 {
-				set("wrk_cpu_us_per_req", s.Key, cpu.Ticks/cpu.ClkTck/w.Requests*1e6)
+			if w.CPUPerReq != nil {
+				set("wrk_cpu_us_per_req", s.Key, *w.CPUPerReq)
 			}
+			checks["wrk_rounds"] = n
+			checks["wrk_rps_per_round"] = w.PerRound
 			checks["wrk_errors"] = w.Errors + w.Non2xx
 			if w.Errors+w.Non2xx > 0 {
-				out.Notes = append(out.Notes, fmt.Sprintf("%s: wrk saw %.0f socket errors and %.0f non-2xx responses", s.Label, w.Errors, w.Non2xx))
+				out.Notes = append(out.Notes, fmt.Sprintf("%s: wrk saw %.0f socket errors and %.0f non-2xx responses (all rounds)", s.Label, w.Errors, w.Non2xx))
+			}
+			if n > 1 {
+				spread := make([]string, n)
+				for i, v := range w.PerRound {
+					spread[i] = fmt.Sprintf("%.0f", v)
+				}
+				wrkSpread = append(wrkSpread, s.Label+" "+strings.Join(spread, ", "))
 			}
 		}
 		if r, n := readRates(sd, raw, &out.Notes); n > 0 {
@@ -482,6 +562,10 @@ func build(dir string) (*output, error) {
 		}
 	}
 
+	if len(wrkSpread) > 0 {
+		out.Notes = append(out.Notes, "wrk requests/s in each round (in round order; the table gives the median): "+
+			strings.Join(wrkSpread, "; ")+". The spread is this machine's noise: a ratio of two setups moves as much.")
+	}
 	if len(lateness) > 0 {
 		out.Notes = append(out.Notes, "at the fixed rate, loadgen's own lateness p99 (how late its scheduler sent a request; median over the rounds; in brackets the share of the time some task on the machine waited for a CPU, /proc/pressure/cpu): "+
 			strings.Join(lateness, ", ")+". It is part of every latency figure: loadgen shares the cores with the app and the proxies (whose work delays it too) and with anything else running on the machine; when it is near a setup's p99, that p99 is mostly waiting for a CPU.")

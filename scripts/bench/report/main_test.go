@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -78,12 +79,11 @@ func TestMedian(t *testing.T) {
 	}
 }
 
-// TestBuildCPUPerRequestAndRelayRatios: the CPU per request is the
-// proxies' ticks over the wrk run divided by wrk's requests, and the Go
-// relay pair is compared with the HAProxy TCP pair and with meshproxy.
-func TestBuildCPUPerRequestAndRelayRatios(t *testing.T) {
-	dir := t.TempDir()
-	write := func(setup, name, body string) {
+// resultsDir is a results directory for build; write puts a file in a
+// setup's directory ("." for the top).
+func resultsDir(t *testing.T) (dir string, write func(setup, name, body string)) {
+	dir = t.TempDir()
+	return dir, func(setup, name, body string) {
 		t.Helper()
 		if err := os.MkdirAll(filepath.Join(dir, setup), 0o755); err != nil {
 			t.Fatal(err)
@@ -92,6 +92,115 @@ func TestBuildCPUPerRequestAndRelayRatios(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// figures indexes a report's figures by key.
+func figures(o *output) map[string]*figure {
+	m := map[string]*figure{}
+	for _, f := range o.Figures {
+		m[f.Key] = f
+	}
+	return m
+}
+
+// TestReadWrkTakesTheMedianOfTheRounds: requests/s, each latency
+// percentile and the CPU per request are the medians over the rounds, so
+// one disturbed round (here the second: three times the requests on a
+// quiet moment, a huge p99, hardly any CPU per request) decides nothing;
+// rounds are read in round order (10 after 2).
+func TestReadWrkTakesTheMedianOfTheRounds(t *testing.T) {
+	dir, write := resultsDir(t)
+	// 5 s rounds: 10000, 30000 and 12000 req/s; CPU 120, 20 and 130 µs
+	// per request (a pooled ratio of the sums would be 64.6).
+	write(".", "wrk-1.json", `{"requests":50000,"duration_us":5000000,"errors":1,"p50_us":2000,"p99_us":9000,"p999_us":20000}`)
+	write(".", "cpuwrk-1.json", `{"ticks":600,"clk_tck":100}`)
+	write(".", "wrk-2.json", `{"requests":150000,"duration_us":5000000,"non2xx":2,"p50_us":900,"p99_us":90000,"p999_us":200000}`)
+	write(".", "cpuwrk-2.json", `{"ticks":300,"clk_tck":100}`)
+	write(".", "wrk-10.json", `{"requests":60000,"duration_us":5000000,"p50_us":1800,"p99_us":8000,"p999_us":15000}`)
+	write(".", "cpuwrk-10.json", `{"ticks":780,"clk_tck":100}`)
+	var notes []string
+	raw := map[string]json.RawMessage{}
+	w, n := readWrk(dir, raw, &notes)
+	if n != 3 || len(notes) != 0 {
+		t.Fatalf("read %d rounds, notes %q; want 3, none", n, notes)
+	}
+	if w.RPS != 12000 {
+		t.Errorf("req/s %v; want the median 12000", w.RPS)
+	}
+	if w.P50 != 1800 || w.P99 != 9000 || w.P999 != 20000 {
+		t.Errorf("latency p50 %v p99 %v p99.9 %v; want the medians 1800, 9000, 20000", w.P50, w.P99, w.P999)
+	}
+	if w.CPUPerReq == nil || *w.CPUPerReq != 120 {
+		t.Errorf("CPU per request %v; want the median of the rounds' 120, 20, 130: 120 µs", w.CPUPerReq)
+	}
+	if w.Errors != 1 || w.Non2xx != 2 {
+		t.Errorf("errors %v, non-2xx %v; want the sums 1 and 2", w.Errors, w.Non2xx)
+	}
+	if fmt.Sprint(w.PerRound) != "[10000 30000 12000]" {
+		t.Errorf("per round %v; want [10000 30000 12000] (round order)", w.PerRound)
+	}
+	if len(raw) != 6 {
+		t.Errorf("raw keeps %d files; want 6", len(raw))
+	}
+	if _, n := readWrk(t.TempDir(), map[string]json.RawMessage{}, &notes); n != 0 {
+		t.Fatalf("an empty directory gave %d rounds", n)
+	}
+}
+
+// TestBuildWrkRounds: the table and the ratios take the medians of the
+// rounds, the notes give every round's req/s, and a setup with rounds
+// but no CPU readings (direct, no proxy) has no CPU per request (n/a),
+// never 0.
+func TestBuildWrkRounds(t *testing.T) {
+	dir, write := resultsDir(t)
+	write(".", "settings.json", `{"rate":1000,"concurrency":32,"hold_conns":9000,"rate_rounds":3}`)
+	// 1 s rounds; CPU 2, 3 and 1 s: 239, 195 and 83 µs per request.
+	for i, rps := range []int{8355, 15405, 12113} {
+		write("meshproxy-mtls", fmt.Sprintf("wrk-%d.json", i+1), fmt.Sprintf(`{"requests":%d,"duration_us":1000000}`, rps))
+		write("meshproxy-mtls", fmt.Sprintf("cpuwrk-%d.json", i+1), fmt.Sprintf(`{"ticks":%d,"clk_tck":100}`, []int{200, 300, 100}[i]))
+	}
+	for i, rps := range []int{24000, 20000, 31000} {
+		write("direct", fmt.Sprintf("wrk-%d.json", i+1), fmt.Sprintf(`{"requests":%d,"duration_us":1000000}`, rps))
+	}
+	o, err := build(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := figures(o)
+	if v := f["wrk_rps"].Values["meshproxy-mtls"]; v == nil || *v != 12113 {
+		t.Errorf("meshproxy mTLS req/s %v; want the median 12113", v)
+	}
+	if v := f["wrk_rps"].VsDirect["meshproxy-mtls"]; v == nil || *v != 12113.0/24000 {
+		t.Errorf("meshproxy mTLS / direct req/s %v; want the medians' ratio %v", v, 12113.0/24000)
+	}
+	if v := f["wrk_cpu_us_per_req"].Values["meshproxy-mtls"]; v == nil || *v != 3.0/15405*1e6 {
+		t.Errorf("meshproxy mTLS CPU per request %v; want the rounds' median, %v µs", v, 3.0/15405*1e6)
+	}
+	if v := f["wrk_cpu_us_per_req"].Values["direct"]; v != nil {
+		t.Errorf("direct CPU per request %v without cpuwrk files; want none (n/a), never 0", *v)
+	}
+	if o.Checks["meshproxy-mtls"]["wrk_rounds"] != 3 {
+		t.Errorf("checks %v; want wrk_rounds 3", o.Checks["meshproxy-mtls"])
+	}
+	want := "direct 24000, 20000, 31000; meshproxy mTLS 8355, 15405, 12113."
+	found := false
+	for _, n := range o.Notes {
+		found = found || strings.Contains(n, want)
+	}
+	if !found {
+		t.Errorf("notes %q; want one with %q", o.Notes, want)
+	}
+	if page := markdown(o); !strings.Contains(page, "wrk runs 3 times per setup") || !strings.Contains(page, want) {
+		t.Errorf("the page does not say wrk runs 3 rounds, or lacks the spread:\n%s", page)
+	}
+}
+
+// TestBuildCPUPerRequestAndRelayRatios: an older run's layout (one
+// wrk.json and cpuwrk.json per setup) still reads: the CPU per request is
+// the proxies' ticks over the wrk run divided by wrk's requests, and the
+// Go relay pair is compared with the HAProxy TCP pair and with meshproxy.
+func TestBuildCPUPerRequestAndRelayRatios(t *testing.T) {
+	dir, write := resultsDir(t)
 	write(".", "settings.json", `{"rate":1000,"concurrency":32,"hold_conns":9000}`)
 	// 50000 requests in 5 s; 600 ticks at 100/s = 6 CPU s: 120 µs each.
 	write("meshproxy", "wrk.json", `{"requests":50000,"duration_us":5000000}`)

@@ -83,7 +83,11 @@ func markdown(o *output) string {
 
 	p("\n## How each figure is measured\n\n")
 	p("- **iperf3**: `iperf3 -c ... -t %v -P 1|8` from the client namespace, receiver throughput.\n", st["iperf_seconds"])
-	p("- **wrk**: `wrk -c %v -t 2 -d %vs --latency` (after a 1 s warm-up) against a small static response (13 bytes) from scripts/bench/httpserver; HTTP/1.1 keep-alive. wrk is closed-loop: its latencies hide queueing.\n", st["concurrency"], st["load_seconds"])
+	p("- **wrk**: `wrk -c %v -t 2 -d %vs --latency` (after a 1 s warm-up) against a small static response (13 bytes) from scripts/bench/httpserver; HTTP/1.1 keep-alive. wrk is closed-loop: its latencies hide queueing.", st["concurrency"], st["load_seconds"])
+	if n := wrkRoundsRun(o); n > 1 {
+		p(" wrk runs %d times per setup, in the fixed-rate rounds below (interleaved across the setups, the pair started afresh each round; wrk first, then the fixed-rate run), and requests/s, each wrk latency percentile and the CPU per request are the medians over the rounds: one setup's requests/s moves a lot between back-to-back runs on this shared box, so a single run would decide a ratio by luck. The notes give every round's requests/s.", n)
+	}
+	p("\n")
 	rounds := st["rate_rounds"]
 	if rounds == nil {
 		rounds = 1
@@ -93,7 +97,7 @@ func markdown(o *output) string {
 	p("- **RSS**: VmRSS from /proc/PID/status, of each proxy 1 s after it was ready (idle), and with %v idle keep-alive connections held open for %vs by scripts/bench/holdconns (each made one request first so every hop is connected). A process may open at most 20,000 files here and a proxy holds two per connection, hence %v. Per connection = (loaded − idle) / connections held.\n", st["hold_conns"], st["hold_seconds"], st["hold_conns"])
 	p("  The connections are HTTP keep-alive connections to the HTTP port, so a proxy that pools upstream HTTP connections (HAProxy HTTP; meshproxy when HTTP-aware) holds %v client connections on its client side but only a few upstream, and its server side sees only those few: its server-side per-connection figure is not a per-connection cost.\n", st["hold_conns"])
 	p("- **CPU per GB**: user+system time (/proc/PID/stat, all threads) of both proxies across the iperf3 run, divided by the GB the receiver got.\n")
-	p("- **CPU per request**: user+system time of both proxies across the wrk run, divided by the requests wrk completed: what each request costs the proxies, which a noisy machine moves less than it moves requests/s.\n")
+	p("- **CPU per request**: user+system time of both proxies across a wrk run, divided by the requests wrk completed in it (the median over the wrk rounds): what each request costs the proxies, which a noisy machine moves less than it moves requests/s.\n")
 	p("- **Go relay pair**: scripts/bench/gorelay, a goroutine per direction moving bytes with plain reads and writes (no parsing, TLS, metrics or pooling), GOMAXPROCS as meshproxy: the simplest proxy on Go's runtime, a baseline for what the runtime costs on this machine apart from what meshproxy does.\n")
 	if len(o.Notes) > 0 {
 		p("\n## Notes from this run\n\n")
@@ -130,4 +134,16 @@ func formatRatio(v *float64) string {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f×", *v)
+}
+
+// wrkRoundsRun is how many wrk rounds the setups had (the most of any
+// setup; 1 for an older run's single wrk.json, 0 without wrk).
+func wrkRoundsRun(o *output) int {
+	most := 0
+	for _, c := range o.Checks {
+		if n, ok := c["wrk_rounds"].(int); ok {
+			most = max(most, n)
+		}
+	}
+	return most
 }
