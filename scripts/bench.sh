@@ -26,14 +26,20 @@
 # docs/bench-latency.svg (written by scripts/bench/report), the table also
 # printed.
 #
-# The fixed-rate latency (RATE req/s, CONCURRENCY connections, 1 s warm-up
-# then LOAD_SECONDS measured) is noisy on a small shared box: one stall of
-# a few ms anywhere (another process, a GC, the kernel) moves a 5 s run's
-# p99. So it runs last, ROUNDS times per setup, interleaved (round r goes
-# through the setups starting at the r-th, each pair started afresh), and
-# the report takes the median over the rounds of each percentile: a
-# setup's figure is then what most of its rounds saw, and slow drift on
-# the machine hits every setup alike. loadgen keeps its own part small
+# wrk's requests/s and the fixed-rate latency (RATE req/s, CONCURRENCY
+# connections, 1 s warm-up then LOAD_SECONDS measured) are noisy on a
+# small shared box: one stall of a few ms anywhere (another process, a GC,
+# the kernel) moves a 5 s run's p99, and one setup's wrk requests/s moved
+# by up to 1.8x between back-to-back runs. So both run last, in ROUNDS
+# rounds per setup, interleaved (round r goes through the setups starting
+# at the r-th, each pair started afresh; in each, wrk with a 1 s warm-up,
+# then the fixed rate), and the report takes the median over the rounds
+# of each figure (requests/s, each percentile, CPU per request): a setup's
+# figure is then what most of its rounds saw, and slow drift on the
+# machine hits every setup alike (raw results: wrk-N.json, cpuwrk-N.json,
+# rate-N.json; the report's notes give every round's requests/s). The
+# other figures are measured once per setup, before the rounds. loadgen
+# keeps its own part small
 # (it writes each request from its timer thread, 1 ns timer slack, GOGC
 # 2000; httpserver runs GOGC 2000 too). Each loadgen run also records
 # its own scheduling lateness, the time requests waited inside loadgen,
@@ -45,16 +51,19 @@
 #
 # meshproxy runs with its defaults: the report says whether its HTTP went
 # through the HTTP-aware path (the client proxy counted requests in
-# meshproxy_requests_total) or was forwarded as opaque TCP.
+# meshproxy_requests_total over a setup's first round) or was forwarded
+# as opaque TCP.
 #
 # Needs root; installs iperf3, stunnel4, haproxy and wrk from Debian when
 # absent. Settings (environment):
 #   SECONDS_PER_RUN  iperf3 run length (default 5)
 #   LOAD_SECONDS     wrk, loadgen and connrate run length (default 5)
 #   RATE             loadgen's fixed rate, requests/s (default 1000)
-#   ROUNDS           fixed-rate runs per setup (default 3; median reported)
-#   LATENCY_ONLY=1   only the fixed-rate rounds (no memory, iperf3, wrk,
-#                    connrate figures: those read n/a)
+#   ROUNDS           rounds per setup, each a wrk and a fixed-rate run
+#                    (default 3; medians reported)
+#   LATENCY_ONLY=1   only the fixed-rate runs of the rounds (no memory,
+#                    iperf3, wrk, connrate figures: those read n/a): the
+#                    quickest A/B of the fixed-rate latency
 #   MESHPROXY        the meshproxy binary to measure (default bin/meshproxy;
 #                    another build, for an A/B of two runs)
 #   BENCH_GCTRACE=1  GODEBUG=gctrace=1 for meshproxy, httpserver and
@@ -349,9 +358,10 @@ jlist() {
 	echo "[$*]"
 }
 
-# measure KEY IPERF_ADDR HTTP_ADDR: every figure for one setup, from the
-# client pod, with the current pair in proxies (empty: direct). An empty
-# IPERF_ADDR skips iperf3 (HTTP-only setups).
+# measure KEY IPERF_ADDR HTTP_ADDR: the figures measured once per setup
+# (memory, iperf3, new connections/s; wrk and the fixed rate are in the
+# rounds), from the client pod, with the current pair in proxies (empty:
+# direct). An empty IPERF_ADDR skips iperf3 (HTTP-only setups).
 measure() {
 	local key=$1 ip=$2 web=$3 dir=$RES/$1
 	mkdir -p "$dir"
@@ -397,24 +407,8 @@ measure() {
 			fi
 		done
 	fi
-	inns $CLIENT timeout 20 wrk -c "$CONC" -t 2 -d 1s "http://$web/" >/dev/null # warm-up
-	local wbefore wafter
-	[ ${#proxies[@]} -gt 0 ] && wbefore=$(cpu_ticks "${proxies[@]}")
-	inns $CLIENT timeout $((D + 30)) wrk -c "$CONC" -t 2 -d "${D}s" --latency -s "$ROOT/scripts/bench/wrk-report.lua" "http://$web/" \
-		>"$dir/wrk.out" || echo "bench: wrk $key failed" >&2
-	if [ ${#proxies[@]} -gt 0 ]; then
-		wafter=$(cpu_ticks "${proxies[@]}")
-		printf '{"ticks":%s,"clk_tck":%s}\n' $((wafter - wbefore)) "$(getconf CLK_TCK)" >"$dir/cpuwrk.json"
-	fi
-	grep '^{' "$dir/wrk.out" | tail -1 >"$dir/wrk.json" || true
 	inns $CLIENT timeout $((D + 30)) "$WORK/connrate" -addr "$web" -duration "${D}s" -workers 8 \
 		>"$dir/connrate.json" || echo "bench: connrate $key failed" >&2
-	if [[ $key == meshproxy* ]]; then
-		# Which path carried the HTTP: the HTTP-aware one counts requests.
-		local reqs
-		reqs=$(inns $CLIENT curl -fs http://127.0.0.1:4191/metrics | awk '/^meshproxy_requests_total/ {s += $NF} END {print s + 0}')
-		printf '{"requests_total":%s}\n' "${reqs:-0}" >"$dir/http.json"
-	fi
 }
 
 # start_gorelay: the Go relay pair (scripts/bench/gorelay), the simplest
@@ -459,6 +453,38 @@ addrs() {
 	esac
 }
 
+# wrk_round KEY ROUND: one wrk run against KEY's pair (started), after a
+# 1 s warm-up, with the proxies' CPU ticks over the measured run:
+# wrk-ROUND.json (and wrk's own output, wrk-ROUND.out) and cpuwrk-ROUND.json.
+wrk_round() {
+	local key=$1 round=$2 dir=$RES/$1 web before after
+	web=$(addrs "$key")
+	web=${web#* }
+	inns $CLIENT timeout 20 wrk -c "$CONC" -t 2 -d 1s "http://$web/" >/dev/null ||
+		echo "bench: wrk warm-up $key (round $round) failed" >&2
+	[ ${#proxies[@]} -gt 0 ] && before=$(cpu_ticks "${proxies[@]}")
+	inns $CLIENT timeout $((D + 30)) wrk -c "$CONC" -t 2 -d "${D}s" --latency -s "$ROOT/scripts/bench/wrk-report.lua" "http://$web/" \
+		>"$dir/wrk-$round.out" || echo "bench: wrk $key (round $round) failed" >&2
+	if [ ${#proxies[@]} -gt 0 ]; then
+		after=$(cpu_ticks "${proxies[@]}")
+		printf '{"ticks":%s,"clk_tck":%s}\n' $((after - before)) "$(getconf CLK_TCK)" >"$dir/cpuwrk-$round.json"
+	fi
+	grep '^{' "$dir/wrk-$round.out" | tail -1 >"$dir/wrk-$round.json" || true
+	# No summary line (wrk failed): no round, rather than an unreadable file.
+	[ -s "$dir/wrk-$round.json" ] || rm -f "$dir/wrk-$round.json" "$dir/cpuwrk-$round.json"
+}
+
+# http_path KEY: through meshproxy, once per setup (the first round that
+# ran), which path carried the HTTP: the HTTP-aware one counts the
+# requests in meshproxy_requests_total of the client-side proxy (started
+# afresh for the round, so the count is that round's).
+http_path() {
+	local dir=$RES/$1 reqs
+	[[ $1 == meshproxy* ]] && [ ! -e "$dir/http.json" ] || return 0
+	reqs=$(inns $CLIENT curl -fs http://127.0.0.1:4191/metrics | awk '/^meshproxy_requests_total/ {s += $NF} END {print s + 0}') || true
+	printf '{"requests_total":%s}\n' "${reqs:-0}" >"$dir/http.json"
+}
+
 # fixed_rate KEY ROUND: one loadgen run against KEY's pair (started).
 # Through meshproxy it also reads the client-side proxy's pool counters
 # just before and after the measured period (new upstream connections,
@@ -485,21 +511,24 @@ if [ "${LATENCY_ONLY:-}" != 1 ]; then
 		stop_proxies
 	done
 fi
-# The fixed-rate latency: ROUNDS runs of each setup, interleaved (round r
-# starts at the r-th setup), each with its pair freshly started; the
-# report takes the median of each percentile over the rounds.
+# The rounds: ROUNDS of each setup, interleaved (round r starts at the
+# r-th setup), each with its pair freshly started: wrk (unless
+# LATENCY_ONLY), then the fixed rate; the report takes the median of each
+# figure over the rounds.
 for r in $(seq "$ROUNDS"); do
 	n=${#keys[@]}
 	for i in $(seq 0 $((n - 1))); do
 		k=${keys[$(((i + r - 1) % n))]}
 		mkdir -p "$RES/$k"
-		echo "bench: fixed rate, round $r: $k"
+		echo "bench: round $r: $k"
 		if ! start_setup $k; then
 			echo "bench: $k did not start for round $r: that round is missing" >&2
 			stop_proxies
 			continue
 		fi
+		[ "${LATENCY_ONLY:-}" = 1 ] || wrk_round $k $r
 		fixed_rate $k $r
+		http_path $k
 		stop_proxies
 	done
 done

@@ -564,7 +564,7 @@ func build(dir string) (*output, error) {
 
 	if len(wrkSpread) > 0 {
 		out.Notes = append(out.Notes, "wrk requests/s in each round (in round order; the table gives the median): "+
-			strings.Join(wrkSpread, "; ")+". The spread is this machine's noise: a ratio of two setups moves as much.")
+			strings.Join(wrkSpread, "; ")+". The spread within a setup is this machine's noise: a ratio taken from single runs could move as much.")
 	}
 	if len(lateness) > 0 {
 		out.Notes = append(out.Notes, "at the fixed rate, loadgen's own lateness p99 (how late its scheduler sent a request; median over the rounds; in brackets the share of the time some task on the machine waited for a CPU, /proc/pressure/cpu): "+
