@@ -32,16 +32,15 @@
 # the kernel) moves a 5 s run's p99, and one setup's wrk requests/s moved
 # by up to 1.8x between back-to-back runs. So both run last, in ROUNDS
 # rounds per setup, interleaved (round r goes through the setups starting
-# at the r-th, each pair started afresh; in each, wrk with a 1 s warm-up,
-# then the fixed rate), and the report takes the median over the rounds
+# at the r-th, each pair started afresh; in each, the fixed rate, then
+# wrk with a 1 s warm-up), and the report takes the median over the rounds
 # of each figure (requests/s, each percentile, CPU per request): a setup's
 # figure is then what most of its rounds saw, and slow drift on the
 # machine hits every setup alike (raw results: wrk-N.json, cpuwrk-N.json,
 # rate-N.json; the report's notes give every round's requests/s). The
 # other figures are measured once per setup, before the rounds. loadgen
-# keeps its own part small
-# (it writes each request from its timer thread, 1 ns timer slack, GOGC
-# 2000; httpserver runs GOGC 2000 too). Each loadgen run also records
+# keeps its own part small (it writes each request from its timer
+# thread, 1 ns timer slack, GOGC 2000; httpserver runs GOGC 2000 too). Each loadgen run also records
 # its own scheduling lateness, the time requests waited inside loadgen,
 # the CPU pressure (/proc/pressure/cpu) and its own GC cycles over the
 # measured period, and (through meshproxy) the client-side proxy's
@@ -59,7 +58,7 @@
 #   SECONDS_PER_RUN  iperf3 run length (default 5)
 #   LOAD_SECONDS     wrk, loadgen and connrate run length (default 5)
 #   RATE             loadgen's fixed rate, requests/s (default 1000)
-#   ROUNDS           rounds per setup, each a wrk and a fixed-rate run
+#   ROUNDS           rounds per setup, each a fixed-rate and a wrk run
 #                    (default 3; medians reported)
 #   LATENCY_ONLY=1   only the fixed-rate runs of the rounds (no memory,
 #                    iperf3, wrk, connrate figures: those read n/a): the
@@ -512,9 +511,10 @@ if [ "${LATENCY_ONLY:-}" != 1 ]; then
 	done
 fi
 # The rounds: ROUNDS of each setup, interleaved (round r starts at the
-# r-th setup), each with its pair freshly started: wrk (unless
-# LATENCY_ONLY), then the fixed rate; the report takes the median of each
-# figure over the rounds.
+# r-th setup), each with its pair freshly started: the fixed rate first
+# (on the fresh pair, as before wrk joined the rounds, so its figures
+# compare with older runs'), then wrk (unless LATENCY_ONLY); the report
+# takes the median of each figure over the rounds.
 for r in $(seq "$ROUNDS"); do
 	n=${#keys[@]}
 	for i in $(seq 0 $((n - 1))); do
@@ -526,8 +526,8 @@ for r in $(seq "$ROUNDS"); do
 			stop_proxies
 			continue
 		fi
-		[ "${LATENCY_ONLY:-}" = 1 ] || wrk_round $k $r
 		fixed_rate $k $r
+		[ "${LATENCY_ONLY:-}" = 1 ] || wrk_round $k $r
 		http_path $k
 		stop_proxies
 	done

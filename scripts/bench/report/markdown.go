@@ -85,7 +85,7 @@ func markdown(o *output) string {
 	p("- **iperf3**: `iperf3 -c ... -t %v -P 1|8` from the client namespace, receiver throughput.\n", st["iperf_seconds"])
 	p("- **wrk**: `wrk -c %v -t 2 -d %vs --latency` (after a 1 s warm-up) against a small static response (13 bytes) from scripts/bench/httpserver; HTTP/1.1 keep-alive. wrk is closed-loop: its latencies hide queueing.", st["concurrency"], st["load_seconds"])
 	if n := wrkRoundsRun(o); n > 1 {
-		p(" wrk runs %d times per setup, in the fixed-rate rounds below (interleaved across the setups, the pair started afresh each round; wrk first, then the fixed-rate run), and requests/s, each wrk latency percentile and the CPU per request are the medians over the rounds: one setup's requests/s moves a lot between back-to-back runs on this shared box, so a single run would decide a ratio by luck. The notes give every round's requests/s.", n)
+		p(" wrk runs %d times per setup, in the fixed-rate rounds below (interleaved across the setups, the pair started afresh each round; the fixed-rate run first, then wrk), and requests/s, each wrk latency percentile and the CPU per request are the medians over the rounds: one setup's requests/s moves a lot between back-to-back runs on this shared box, so a single run would decide a ratio by luck. The notes give every round's requests/s.", n)
 	}
 	p("\n")
 	rounds := st["rate_rounds"]
