@@ -40,13 +40,14 @@
 # rate-N.json; the report's notes give every round's requests/s). The
 # other figures are measured once per setup, before the rounds. loadgen
 # keeps its own part small (it writes each request from its timer
-# thread, 1 ns timer slack, GOGC 2000; httpserver runs GOGC 2000 too). Each loadgen run also records
-# its own scheduling lateness, the time requests waited inside loadgen,
-# the CPU pressure (/proc/pressure/cpu) and its own GC cycles over the
-# measured period, and (through meshproxy) the client-side proxy's
-# meshproxy_pool_* counters, so new upstream connections (TLS
-# handshakes) inside it show (raw results: rate-N.json; the report's
-# notes give the lateness and pressure per setup: a noise gauge).
+# thread, 1 ns timer slack, GOGC 2000; httpserver runs GOGC 2000 too).
+# Each loadgen run also records its own scheduling lateness, the time
+# requests waited inside loadgen, the CPU pressure (/proc/pressure/cpu)
+# and its own GC cycles over the measured period, and (through meshproxy)
+# the client-side proxy's meshproxy_pool_* counters, so new upstream
+# connections (TLS handshakes) inside it show (raw results: rate-N.json;
+# the report's notes give the lateness and pressure per setup: a noise
+# gauge).
 #
 # meshproxy runs with its defaults: the report says whether its HTTP went
 # through the HTTP-aware path (the client proxy counted requests in
