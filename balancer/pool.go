@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
@@ -618,9 +619,14 @@ func peekSocket(c net.Conn) sockState {
 	state := sockGone
 	var buf [1]byte
 	err := raw.Read(func(fd uintptr) bool {
-		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		// A raw call: a non-blocking peek never sleeps, and Go's
+		// system call state would let the scheduler hand this
+		// thread's processor to another thread when the kernel
+		// preempts it mid-call (see proxy/rawio.go).
+		n, _, rerr := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 		switch {
-		case n > 0:
+		case rerr == 0 && n > 0:
 			state = sockPending
 		case rerr == syscall.EAGAIN || rerr == syscall.EINTR:
 			state = sockQuiet

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
 )
 
 // bufSize is the copy buffer for connections the kernel cannot splice
@@ -65,6 +64,7 @@ type copyEnd struct {
 	sock  *net.TCPConn    // the socket under c (c itself for TCP); nil: unknown
 	batch *batchConn      // under a *tls.Conn made with newBatchConn
 	rc    syscall.RawConn // of sock
+	raw   *rawSock        // c's reads and writes when c is sock
 }
 
 func newCopyEnd(c halfCloser) copyEnd {
@@ -84,6 +84,9 @@ func newCopyEnd(c halfCloser) copyEnd {
 			e.sock = nil
 		}
 	}
+	if e.sock != nil && e.batch == nil {
+		e.raw = newRawSock(e.sock)
+	}
 	return e
 }
 
@@ -99,12 +102,18 @@ func (e copyEnd) readNoWait(p []byte) (int, error) {
 	if e.batch != nil {
 		return e.batch.readTLSNoWait(e.c, p)
 	}
+	if e.raw != nil {
+		return e.raw.readNoWait(p)
+	}
 	return rawReadNoWait(e.rc, p)
 }
 
 // write writes p to the end as one write where it can: the TLS records
 // of p are gathered and written together.
 func (e copyEnd) write(p []byte) (int, error) {
+	if e.raw != nil {
+		return e.raw.Write(p)
+	}
 	if e.batch == nil {
 		return e.c.Write(p)
 	}
@@ -230,21 +239,17 @@ func (wouldBlock) Temporary() bool { return true }
 // when nothing is there, io.EOF at end of stream.
 func rawReadNoWait(rc syscall.RawConn, p []byte) (int, error) {
 	var n int
-	var rerr error
+	var rerr syscall.Errno
 	err := rc.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = unix.Read(int(fd), p)
-			if rerr != unix.EINTR {
-				return true
-			}
-		}
+		n, rerr = sysRead(fd, p)
+		return true
 	})
 	switch {
 	case err != nil:
 		return 0, err
-	case rerr == unix.EAGAIN:
+	case rerr == syscall.EAGAIN:
 		return 0, errWouldBlock
-	case rerr != nil:
+	case rerr != 0:
 		return 0, os.NewSyscallError("read", rerr)
 	case n == 0 && len(p) > 0:
 		return 0, io.EOF
@@ -261,6 +266,7 @@ func rawReadNoWait(rc syscall.RawConn, p []byte) (int, error) {
 type batchConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
+	s  *rawSock // the socket's reads and writes
 
 	noWait atomic.Bool
 	// In no-wait mode a read takes everything the socket has (up to
@@ -294,7 +300,11 @@ func newBatchConn(c *net.TCPConn) net.Conn {
 	if err != nil {
 		return c // a closed socket; TLS fails on it anyway
 	}
-	return &batchConn{TCPConn: c, rc: rc}
+	s := newRawSock(c)
+	if s == nil {
+		return c
+	}
+	return &batchConn{TCPConn: c, rc: rc, s: s}
 }
 
 // Read returns bytes read ahead first, then reads from the socket; in
@@ -303,13 +313,13 @@ func newBatchConn(c *net.TCPConn) net.Conn {
 func (b *batchConn) Read(p []byte) (int, error) {
 	if b.rbuf == nil {
 		if !b.noWait.Load() {
-			return b.TCPConn.Read(p)
+			return b.s.Read(p)
 		}
 		if len(p) >= copyBufSize {
-			return rawReadNoWait(b.rc, p)
+			return b.s.readNoWait(p)
 		}
 		bp := copyPool.Get().(*[]byte)
-		n, err := rawReadNoWait(b.rc, *bp)
+		n, err := b.s.readNoWait(*bp)
 		if n == 0 {
 			copyPool.Put(bp)
 			return 0, err
@@ -333,7 +343,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		*b.bp = append(*b.bp, p...)
 		return len(p), nil
 	}
-	return b.TCPConn.Write(p)
+	return b.s.Write(p)
 }
 
 // startBatch opens a batch: writes are gathered until flush.
@@ -356,7 +366,7 @@ func (b *batchConn) flush() error {
 	}
 	var err error
 	if len(*b.bp) > 0 {
-		_, err = b.TCPConn.Write(*b.bp)
+		_, err = b.s.Write(*b.bp)
 	}
 	*b.bp = (*b.bp)[:0]
 	batchPool.Put(b.bp)
@@ -376,13 +386,16 @@ func waitReadable(c *net.TCPConn) error {
 		return err
 	}
 	var b [1]byte
-	var perr error
+	var perr syscall.Errno
 	err = rc.Read(func(fd uintptr) bool {
-		_, _, perr = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return perr != unix.EAGAIN
+		_, perr = sysPeek(fd, b[:])
+		return perr != syscall.EAGAIN
 	})
 	if err != nil {
 		return err
 	}
-	return perr
+	if perr != 0 {
+		return perr
+	}
+	return nil
 }

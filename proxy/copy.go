@@ -162,6 +162,10 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 	if err != nil {
 		return err
 	}
+	out := newRawSock(dst)
+	if out == nil {
+		return net.ErrClosed
+	}
 	clock := idleClock{idle: idle, self: self, other: other}
 	if err := clock.start(src); err != nil {
 		return err
@@ -196,7 +200,7 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 			}
 			stream = burst >= bufSize
 		} else {
-			stream, err = readCopy(dst, srcRC, arm, delivered)
+			stream, err = readCopy(out, srcRC, arm, delivered)
 		}
 		switch {
 		case err == nil, err == errWouldBlock:
@@ -218,23 +222,18 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 // writes the bytes to dst, reporting them to delivered. full says the
 // read filled the buffer: src likely has more. A read deadline comes back
 // wrapped in errReadDeadline, src's end as io.EOF.
-func readCopy(dst *net.TCPConn, srcRC syscall.RawConn, before func(), delivered func(int64)) (full bool, err error) {
+func readCopy(dst *rawSock, srcRC syscall.RawConn, before func(), delivered func(int64)) (full bool, err error) {
 	var (
 		bp   *[]byte
 		n    int
-		rerr error
+		rerr syscall.Errno
 	)
 	err = srcRC.Read(func(fd uintptr) bool {
 		if bp == nil {
 			bp = bufPool.Get().(*[]byte)
 		}
-		for {
-			n, rerr = unix.Read(int(fd), *bp)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
-		if rerr == unix.EAGAIN {
+		n, rerr = sysRead(fd, *bp)
+		if rerr == syscall.EAGAIN {
 			// Nothing yet: wait without the buffer.
 			bufPool.Put(bp)
 			bp = nil
@@ -251,7 +250,7 @@ func readCopy(dst *net.TCPConn, srcRC syscall.RawConn, before func(), delivered 
 			err = fmt.Errorf("%w: %w", errReadDeadline, err)
 		}
 		return false, err
-	case rerr != nil:
+	case rerr != 0:
 		return false, os.NewSyscallError("read", rerr)
 	case n == 0:
 		return false, io.EOF

@@ -456,15 +456,14 @@ func (c *h1Conn) readIdle() error {
 // which go back to their pool when the socket had nothing.
 func (c *h1Conn) readOnce(fd uintptr) bool {
 	c.take()
-	for {
-		c.rn, c.rerr = syscall.Read(int(fd), c.cr.buf[c.cr.w:])
-		if c.rerr != syscall.EINTR {
-			break
-		}
-	}
-	if c.rerr == syscall.EAGAIN {
+	n, e := sysRead(fd, c.cr.buf[c.cr.w:])
+	if e == syscall.EAGAIN {
 		c.release()
 		return false
+	}
+	c.rn, c.rerr = n, nil
+	if e != 0 {
+		c.rerr = e
 	}
 	return true
 }

@@ -58,7 +58,8 @@ func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	c.setApp(nc)
+	app := newRawTCPConn(nc)
+	c.setApp(app)
 	if !c.appTracked {
 		// Tracked once, as whatever app connection is current: one
 		// tracked conn per dial would pile up on a long-lived mesh
@@ -66,7 +67,7 @@ func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 		c.appTracked = true
 		c.k.track(h1AppCloser{c})
 	}
-	return nc, false, nil
+	return app, false, nil
 }
 
 // setApp sets the current app connection (read by h1AppCloser).

@@ -74,7 +74,11 @@ func (h *httpRuntime) dialH1(ctx context.Context, dst netip.AddrPort) (c net.Con
 			return nil, errMeshRequired
 		}
 	}
-	return h.dialPlain(ctx, "tcp", dst.String())
+	c, err = h.dialPlain(ctx, "tcp", dst.String())
+	if err != nil {
+		return nil, err
+	}
+	return newRawTCPConn(c), nil
 }
 
 // routed reports whether the request's host has a route in the route

@@ -368,7 +368,7 @@ func (s *Server) serveOutboundHTTP(k *conn, proto Protocol, peek []byte) error {
 	if proto == ProtocolHTTP1 && h.fastOK() {
 		// The fast path; what it leaves goes on as below, after the
 		// bytes it read.
-		c := &h1Conn{s: s, k: k, c: k.c, tcp: k.c, h: h}
+		c := &h1Conn{s: s, k: k, c: newRawTCPConn(k.c), tcp: k.c, h: h}
 		rest, err := c.serve(peek)
 		if rest == nil {
 			return err

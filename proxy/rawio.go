@@ -1,0 +1,223 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// rawSock does the reads and writes of one non-blocking socket as raw
+// system calls, waiting for readiness through its RawConn (Go's network
+// poller, with the socket's deadlines), instead of through net.Conn's
+// Read and Write.
+//
+// The difference is the scheduler's bookkeeping around each call. Go's
+// own socket I/O enters and leaves a "system call" state, in which the
+// runtime's monitor may take the goroutine's processor away and wake
+// another thread to run it when the call seems to last: more than 20 µs
+// of wall time, which on a busy machine is any call whose thread the
+// kernel preempted. A proxy on an oversubscribed box then trades
+// processors between threads (futex wake-ups, context switches) on a
+// fair share of its reads and writes. A read or write on a non-blocking
+// socket never sleeps in the kernel, so nothing is gained by letting the
+// processor go: a raw call keeps it.
+//
+// A rawSock is used by one reader and one writer at a time (the
+// RawConn's locks order them); its callbacks are made once, so a read or
+// write allocates nothing.
+type rawSock struct {
+	c  net.Conn // for the addresses in errors
+	rc syscall.RawConn
+
+	rp    []byte // the read in progress
+	rn    int
+	rerr  syscall.Errno
+	wp    []byte // what is left of the write in progress
+	wn    int
+	werr  syscall.Errno
+	rd    func(uintptr) bool
+	wr    func(uintptr) bool
+	rdNow func(uintptr) bool
+}
+
+// newRawSock returns the raw I/O of c, or nil when c has no socket.
+func newRawSock(c net.Conn) *rawSock {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	s := &rawSock{c: c, rc: rc}
+	s.rd, s.wr, s.rdNow = s.readFD, s.writeFD, s.readFDNow
+	return s
+}
+
+// sysRead is read(2) without the scheduler's system call state.
+func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e != syscall.EINTR {
+			if e != 0 {
+				return 0, e
+			}
+			raceRead(p, int(r))
+			return int(r), 0
+		}
+	}
+}
+
+// sysWrite is write(2) without the scheduler's system call state.
+func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	raceWrite(p)
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e != syscall.EINTR {
+			if e != 0 {
+				return 0, e
+			}
+			return int(r), 0
+		}
+	}
+}
+
+// sysPeek is a non-blocking recv(2) with MSG_PEEK, without the
+// scheduler's system call state.
+func sysPeek(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		if e != syscall.EINTR {
+			if e != 0 {
+				return 0, e
+			}
+			return int(r), 0
+		}
+	}
+}
+
+func (s *rawSock) readFD(fd uintptr) bool {
+	s.rn, s.rerr = sysRead(fd, s.rp)
+	return s.rerr != syscall.EAGAIN
+}
+
+// readFDNow is readFD that does not wait: EAGAIN is an answer.
+func (s *rawSock) readFDNow(fd uintptr) bool {
+	s.rn, s.rerr = sysRead(fd, s.rp)
+	return true
+}
+
+func (s *rawSock) writeFD(fd uintptr) bool {
+	for len(s.wp) > 0 {
+		n, e := sysWrite(fd, s.wp)
+		if e == syscall.EAGAIN {
+			return false
+		}
+		if e != 0 {
+			s.werr = e
+			return true
+		}
+		s.wn += n
+		s.wp = s.wp[n:]
+	}
+	return true
+}
+
+// Read reads into p as net.Conn's Read does: it waits for bytes up to
+// the read deadline; io.EOF at the end of the stream.
+func (s *rawSock) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.rp, s.rn, s.rerr = p, 0, 0
+	err := s.rc.Read(s.rd)
+	n, e := s.rn, s.rerr
+	s.rp = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case e != 0:
+		return 0, s.opError("read", e)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// readNoWait is Read that does not wait: errWouldBlock when the socket
+// has nothing.
+func (s *rawSock) readNoWait(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.rp, s.rn, s.rerr = p, 0, 0
+	err := s.rc.Read(s.rdNow)
+	n, e := s.rn, s.rerr
+	s.rp = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case e == syscall.EAGAIN:
+		return 0, errWouldBlock
+	case e != 0:
+		return 0, s.opError("read", e)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write writes all of p as net.Conn's Write does, waiting while the
+// socket's buffer is full, up to the write deadline; on an error it
+// returns how much was written.
+func (s *rawSock) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.wp, s.wn, s.werr = p, 0, 0
+	err := s.rc.Write(s.wr)
+	n, e := s.wn, s.werr
+	s.wp = nil
+	switch {
+	case err != nil:
+		return n, err
+	case e != 0:
+		return n, s.opError("write", e)
+	}
+	return n, nil
+}
+
+// opError is the error net.Conn would return for errno e.
+func (s *rawSock) opError(op string, e syscall.Errno) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: s.c.LocalAddr(), Addr: s.c.RemoteAddr(), Err: os.NewSyscallError(op, e)}
+}
+
+// rawTCPConn is a TCP connection whose Read and Write are raw (rawSock);
+// everything else is its *net.TCPConn's.
+type rawTCPConn struct {
+	*net.TCPConn
+	s *rawSock
+}
+
+// newRawTCPConn wraps c, or returns c itself when it is not a TCP socket.
+func newRawTCPConn(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	s := newRawSock(tc)
+	if s == nil {
+		return c
+	}
+	return &rawTCPConn{TCPConn: tc, s: s}
+}
+
+// Read reads with a raw read(2).
+func (c *rawTCPConn) Read(p []byte) (int, error) { return c.s.Read(p) }
+
+// Write writes with raw write(2)s.
+func (c *rawTCPConn) Write(p []byte) (int, error) { return c.s.Write(p) }
