@@ -352,6 +352,13 @@ cpu_ticks() {
 	for p in "$@"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
 	echo $sum
 }
+# ctx_switches PID...: the context switches, voluntary and not, of every
+# thread of the processes.
+ctx_switches() {
+	local p
+	for p in "$@"; do cat /proc/$p/task/*/status 2>/dev/null; done |
+		awk '/^(non)?voluntary_ctxt_switches:/ {s += $2} END {print s + 0}'
+}
 # jlist A B...: a JSON array of numbers.
 jlist() {
 	local IFS=,
@@ -454,20 +461,25 @@ addrs() {
 }
 
 # wrk_round KEY ROUND: one wrk run against KEY's pair (started), after a
-# 1 s warm-up, with the proxies' CPU ticks over the measured run:
-# wrk-ROUND.json (and wrk's own output, wrk-ROUND.out) and cpuwrk-ROUND.json.
+# 1 s warm-up, with the proxies' CPU ticks and context switches over the
+# measured run: wrk-ROUND.json (and wrk's own output, wrk-ROUND.out) and
+# cpuwrk-ROUND.json.
 wrk_round() {
-	local key=$1 round=$2 dir=$RES/$1 web before after
+	local key=$1 round=$2 dir=$RES/$1 web before after cbefore cafter
 	web=$(addrs "$key")
 	web=${web#* }
 	inns $CLIENT timeout 20 wrk -c "$CONC" -t 2 -d 1s "http://$web/" >/dev/null ||
 		echo "bench: wrk warm-up $key (round $round) failed" >&2
-	[ ${#proxies[@]} -gt 0 ] && before=$(cpu_ticks "${proxies[@]}")
+	if [ ${#proxies[@]} -gt 0 ]; then
+		before=$(cpu_ticks "${proxies[@]}")
+		cbefore=$(ctx_switches "${proxies[@]}")
+	fi
 	inns $CLIENT timeout $((D + 30)) wrk -c "$CONC" -t 2 -d "${D}s" --latency -s "$ROOT/scripts/bench/wrk-report.lua" "http://$web/" \
 		>"$dir/wrk-$round.out" || echo "bench: wrk $key (round $round) failed" >&2
 	if [ ${#proxies[@]} -gt 0 ]; then
 		after=$(cpu_ticks "${proxies[@]}")
-		printf '{"ticks":%s,"clk_tck":%s}\n' $((after - before)) "$(getconf CLK_TCK)" >"$dir/cpuwrk-$round.json"
+		cafter=$(ctx_switches "${proxies[@]}")
+		printf '{"ticks":%s,"clk_tck":%s,"ctxsw":%s}\n' $((after - before)) "$(getconf CLK_TCK)" $((cafter - cbefore)) >"$dir/cpuwrk-$round.json"
 	fi
 	grep '^{' "$dir/wrk-$round.out" | tail -1 >"$dir/wrk-$round.json" || true
 	# No summary line (wrk failed): no round, rather than an unreadable file.

@@ -165,6 +165,9 @@ type iperfResult struct {
 type cpuResult struct {
 	Ticks  float64 `json:"ticks"`
 	ClkTck float64 `json:"clk_tck"`
+	// CtxSw is the proxies' context switches (voluntary and not, all
+	// threads) over the run; nil in results from before it was read.
+	CtxSw *float64 `json:"ctxsw"`
 }
 
 type wrkResult struct {
@@ -184,6 +187,9 @@ type wrkRounds struct {
 	// CPUPerReq is the median over the rounds of the proxies' CPU µs
 	// per request; nil when no round has a CPU reading (no proxy).
 	CPUPerReq *float64
+	// CtxSwPerReq is the median over the rounds of the proxies' context
+	// switches per request; nil when no round has a reading.
+	CtxSwPerReq *float64
 	// Errors and Non2xx are summed over the rounds.
 	Errors, Non2xx float64
 	// PerRound holds each round's req/s, in round order.
@@ -198,7 +204,7 @@ type wrkRounds struct {
 // on the machine does not decide the figure. n is how many rounds were
 // read.
 func readWrk(dir string, raw map[string]json.RawMessage, notes *[]string) (w wrkRounds, n int) {
-	var p50, p99, p999, cpu []float64
+	var p50, p99, p999, cpu, ctx []float64
 	for _, name := range roundFiles(dir, "wrk") {
 		var r wrkResult
 		if !readJSON(dir, name, &r, raw, notes) || r.DurationUS <= 0 {
@@ -213,6 +219,9 @@ func readWrk(dir string, raw map[string]json.RawMessage, notes *[]string) (w wrk
 		var c cpuResult
 		if readJSON(dir, "cpu"+name, &c, raw, notes) && c.ClkTck > 0 && r.Requests > 0 {
 			cpu = append(cpu, c.Ticks/c.ClkTck/r.Requests*1e6)
+			if c.CtxSw != nil {
+				ctx = append(ctx, *c.CtxSw/r.Requests)
+			}
 		}
 	}
 	if len(w.PerRound) == 0 {
@@ -222,6 +231,9 @@ func readWrk(dir string, raw map[string]json.RawMessage, notes *[]string) (w wrk
 	w.P50, w.P99, w.P999 = median(p50), median(p99), median(p999)
 	if len(cpu) > 0 {
 		w.CPUPerReq = num(median(cpu))
+	}
+	if len(ctx) > 0 {
+		w.CtxSwPerReq = num(median(ctx))
 	}
 	return w, len(w.PerRound)
 }
@@ -425,6 +437,7 @@ func build(dir string) (*output, error) {
 		{Key: "wrk_p99_ms", Label: "wrk latency p99", Unit: "ms", Better: "lower", HTTP: true},
 		{Key: "wrk_p999_ms", Label: "wrk latency p99.9", Unit: "ms", Better: "lower", HTTP: true},
 		{Key: "wrk_cpu_us_per_req", Label: "wrk: CPU per request, both proxies", Unit: "µs", Better: "lower", HTTP: true},
+		{Key: "wrk_ctxsw_per_req", Label: "wrk: context switches per request, both proxies", Unit: "per req", Better: "lower", HTTP: true},
 		{Key: "rate_p50_ms", Label: "at " + rate + " req/s: p50", Unit: "ms", Better: "lower", HTTP: true},
 		{Key: "rate_p99_ms", Label: "at " + rate + " req/s: p99", Unit: "ms", Better: "lower", HTTP: true},
 		{Key: "rate_p999_ms", Label: "at " + rate + " req/s: p99.9", Unit: "ms", Better: "lower", HTTP: true},
@@ -480,6 +493,9 @@ func build(dir string) (*output, error) {
 			set("wrk_p999_ms", s.Key, w.P999/1e3)
 			if w.CPUPerReq != nil {
 				set("wrk_cpu_us_per_req", s.Key, *w.CPUPerReq)
+			}
+			if w.CtxSwPerReq != nil {
+				set("wrk_ctxsw_per_req", s.Key, *w.CtxSwPerReq)
 			}
 			checks["wrk_rounds"] = n
 			checks["wrk_rps_per_round"] = w.PerRound

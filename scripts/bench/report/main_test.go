@@ -113,11 +113,11 @@ func TestReadWrkTakesTheMedianOfTheRounds(t *testing.T) {
 	// 5 s rounds: 10000, 30000 and 12000 req/s; CPU 120, 20 and 130 µs
 	// per request (a pooled ratio of the sums would be 64.6).
 	write(".", "wrk-1.json", `{"requests":50000,"duration_us":5000000,"errors":1,"p50_us":2000,"p99_us":9000,"p999_us":20000}`)
-	write(".", "cpuwrk-1.json", `{"ticks":600,"clk_tck":100}`)
+	write(".", "cpuwrk-1.json", `{"ticks":600,"clk_tck":100,"ctxsw":40000}`)
 	write(".", "wrk-2.json", `{"requests":150000,"duration_us":5000000,"non2xx":2,"p50_us":900,"p99_us":90000,"p999_us":200000}`)
-	write(".", "cpuwrk-2.json", `{"ticks":300,"clk_tck":100}`)
+	write(".", "cpuwrk-2.json", `{"ticks":300,"clk_tck":100,"ctxsw":30000}`)
 	write(".", "wrk-10.json", `{"requests":60000,"duration_us":5000000,"p50_us":1800,"p99_us":8000,"p999_us":15000}`)
-	write(".", "cpuwrk-10.json", `{"ticks":780,"clk_tck":100}`)
+	write(".", "cpuwrk-10.json", `{"ticks":780,"clk_tck":100,"ctxsw":120000}`)
 	var notes []string
 	raw := map[string]json.RawMessage{}
 	w, n := readWrk(dir, raw, &notes)
@@ -132,6 +132,10 @@ func TestReadWrkTakesTheMedianOfTheRounds(t *testing.T) {
 	}
 	if w.CPUPerReq == nil || *w.CPUPerReq != 120 {
 		t.Errorf("CPU per request %v; want the median of the rounds' 120, 20, 130: 120 µs", w.CPUPerReq)
+	}
+	// 0.8, 0.2 and 2 switches per request.
+	if w.CtxSwPerReq == nil || *w.CtxSwPerReq != 0.8 {
+		t.Errorf("context switches per request %v; want the median of the rounds' 0.8, 0.2, 2: 0.8", w.CtxSwPerReq)
 	}
 	if w.Errors != 1 || w.Non2xx != 2 {
 		t.Errorf("errors %v, non-2xx %v; want the sums 1 and 2", w.Errors, w.Non2xx)
@@ -178,6 +182,10 @@ func TestBuildWrkRounds(t *testing.T) {
 	}
 	if v := f["wrk_cpu_us_per_req"].Values["direct"]; v != nil {
 		t.Errorf("direct CPU per request %v without cpuwrk files; want none (n/a), never 0", *v)
+	}
+	// cpuwrk files without a context switch count (older runs): n/a.
+	if v := f["wrk_ctxsw_per_req"].Values["meshproxy-mtls"]; v != nil {
+		t.Errorf("meshproxy mTLS context switches per request %v without readings; want none (n/a), never 0", *v)
 	}
 	if o.Checks["meshproxy-mtls"]["wrk_rounds"] != 3 {
 		t.Errorf("checks %v; want wrk_rounds 3", o.Checks["meshproxy-mtls"])
