@@ -496,6 +496,11 @@ func TestRouteWatcherFile(t *testing.T) {
 	if got := weights(t, h.next(t)); got != [2]int{0, 100} {
 		t.Errorf("weights after rename = %v; want [0 100]", got)
 	}
+	// The reload is counted once the table is in force, just after the
+	// apply that h.next saw: wait for the count.
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(h.w.reloads) < 2 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if n := testutil.ToFloat64(h.w.reloads); n < 2 {
 		t.Errorf("reloads = %v; want at least 2", n)
 	}
