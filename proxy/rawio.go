@@ -57,10 +57,11 @@ func newRawSock(c net.Conn) *rawSock {
 	return s
 }
 
-// sysRead is read(2) without the scheduler's system call state.
+// sysRead is read(2) without the scheduler's system call state. p may be
+// empty (as for syscall.Read): the kernel then moves nothing.
 func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
 		if e != syscall.EINTR {
 			if e != 0 {
 				return 0, e
@@ -75,7 +76,7 @@ func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
 func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 	raceWrite(p)
 	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
 		if e != syscall.EINTR {
 			if e != 0 {
 				return 0, e
@@ -89,7 +90,7 @@ func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 // scheduler's system call state.
 func sysPeek(fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
+		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)),
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 		if e != syscall.EINTR {
 			if e != 0 {
@@ -139,7 +140,7 @@ func (s *rawSock) Read(p []byte) (int, error) {
 	s.rp = nil
 	switch {
 	case err != nil:
-		return 0, err
+		return 0, netOp(err, "read")
 	case e != 0:
 		return 0, s.opError("read", e)
 	case n == 0:
@@ -160,7 +161,7 @@ func (s *rawSock) readNoWait(p []byte) (int, error) {
 	s.rp = nil
 	switch {
 	case err != nil:
-		return 0, err
+		return 0, netOp(err, "read")
 	case e == syscall.EAGAIN:
 		return 0, errWouldBlock
 	case e != 0:
@@ -184,7 +185,7 @@ func (s *rawSock) Write(p []byte) (int, error) {
 	s.wp = nil
 	switch {
 	case err != nil:
-		return n, err
+		return n, netOp(err, "write")
 	case e != 0:
 		return n, s.opError("write", e)
 	}
@@ -194,6 +195,17 @@ func (s *rawSock) Write(p []byte) (int, error) {
 // opError is the error net.Conn would return for errno e.
 func (s *rawSock) opError(op string, e syscall.Errno) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: s.c.LocalAddr(), Addr: s.c.RemoteAddr(), Err: os.NewSyscallError(op, e)}
+}
+
+// netOp names the operation of err, the RawConn's error for a read or
+// write (a deadline, a closed socket: a *net.OpError of its own, made
+// for this call, whose Op is "raw-read" or "raw-write"), as net.Conn's
+// Read and Write do: "read", "write".
+func netOp(err error, op string) error {
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Op = op
+	}
+	return err
 }
 
 // rawTCPConn is a TCP connection whose Read and Write are raw (rawSock);

@@ -24,5 +24,7 @@ func raceRead(p []byte, n int) {
 // raceWrite tells the race detector that a raw write reads p.
 func raceWrite(p []byte) {
 	runtime.RaceReleaseMerge(unsafe.Pointer(&rawIOSync))
-	runtime.RaceReadRange(unsafe.Pointer(&p[0]), len(p))
+	if len(p) > 0 {
+		runtime.RaceReadRange(unsafe.Pointer(&p[0]), len(p))
+	}
 }

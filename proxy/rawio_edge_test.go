@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A write to a peer that closed fails as net.Conn's does: EPIPE (or the
+// reset before it) in a write *net.OpError, and the process lives on
+// (Go ignores SIGPIPE for descriptors other than 1 and 2; the raw
+// write(2) raises it as Go's own does).
+func TestRawTCPConnWriteToClosedPeer(t *testing.T) {
+	a, b := tcpPair(t)
+	ra := newRawTCPConn(a)
+	b.Close() // FIN; the first write draws a reset, a later one EPIPE
+	var err error
+	for i := 0; i < 1000 && err == nil; i++ {
+		_, err = ra.Write([]byte("after the peer closed"))
+		if err == nil {
+			time.Sleep(time.Millisecond) // let the reset come back
+		}
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "write" || oe.Addr == nil ||
+		!errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("raw write to a closed peer: %v; want a write *net.OpError wrapping EPIPE or ECONNRESET", err)
+	}
+	// Once the error is there, every write sees EPIPE, as Go's do.
+	if _, err := ra.Write([]byte("x")); !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("raw write after the failed one: %v; want EPIPE", err)
+	}
+}
+
+// A write cut short by its deadline reports exactly the bytes that went
+// out: the peer reads that many, no more, no fewer.
+func TestRawTCPConnWriteDeadlineCount(t *testing.T) {
+	a, b := tcpPair(t)
+	ra := newRawTCPConn(a)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 4<<20) // 64 MiB: more than the buffers
+	ra.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	n, err := ra.Write(big)
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n <= 0 || n >= len(big) {
+		t.Fatalf("raw write past its deadline = %d, %v; want part of %d bytes and os.ErrDeadlineExceeded", n, err, len(big))
+	}
+	a.CloseWrite()
+	b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatalf("reading what the raw write sent: %v", err)
+	}
+	if len(got) != n || !bytes.Equal(got, big[:n]) {
+		t.Fatalf("the peer read %d bytes; the raw write said %d", len(got), n)
+	}
+}
+
+// CloseWrite on a rawTCPConn half-closes its own socket: the peer reads
+// the end of the stream, and the raw side still reads the peer's bytes.
+func TestRawTCPConnCloseWrite(t *testing.T) {
+	a, b := tcpPair(t)
+	ra := newRawTCPConn(a)
+	cw, ok := ra.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatalf("%T has no CloseWrite", ra)
+	}
+	if _, err := ra.Write([]byte("last")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatalf("CloseWrite: %v", err)
+	}
+	b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(b); err != nil || string(got) != "last" {
+		t.Fatalf("the peer read %q, %v; want \"last\" then the end", got, err)
+	}
+	if _, err := ra.Write([]byte("x")); !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("raw write after CloseWrite: %v; want EPIPE", err)
+	}
+	b.Write([]byte("reply"))
+	b.CloseWrite()
+	ra.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(ra); err != nil || string(got) != "reply" {
+		t.Fatalf("raw read after CloseWrite = %q, %v; want \"reply\" then io.EOF", got, err)
+	}
+}
+
+// Deadlines as net.Conn keeps them: one already passed fails at once,
+// even with bytes waiting; one moved while a read waits takes effect
+// (later: the read goes on; past: it ends).
+func TestRawTCPConnDeadlineMoves(t *testing.T) {
+	a, b := tcpPair(t)
+	ra := newRawTCPConn(a)
+	b.Write([]byte("waiting"))
+	time.Sleep(10 * time.Millisecond)
+	ra.SetReadDeadline(time.Now().Add(-time.Second))
+	if n, err := ra.Read(make([]byte, 10)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("raw read past a passed deadline = %d, %v; want 0, os.ErrDeadlineExceeded", n, err)
+	}
+	ra.SetReadDeadline(time.Time{})
+	if _, err := io.ReadFull(ra, make([]byte, len("waiting"))); err != nil {
+		t.Fatal(err)
+	}
+
+	// Pushed back while waiting: the read outlives the first deadline.
+	ra.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 10)
+		n, err := ra.Read(buf)
+		if err == nil && string(buf[:n]) != "late" {
+			err = errors.New("read " + string(buf[:n]))
+		}
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	ra.SetReadDeadline(time.Now().Add(time.Hour))
+	time.Sleep(200 * time.Millisecond) // past the first deadline
+	b.Write([]byte("late"))
+	if err := <-done; err != nil {
+		t.Fatalf("raw read whose deadline was pushed back: %v; want \"late\"", err)
+	}
+
+	// Brought forward while waiting: the read ends.
+	ra.SetReadDeadline(time.Time{})
+	go func() {
+		_, err := ra.Read(make([]byte, 10))
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	ra.SetReadDeadline(time.Now())
+	if err := <-done; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("raw read whose deadline passed while it waited: %v; want os.ErrDeadlineExceeded", err)
+	}
+}
+
+// Errors name the operation as net.Conn's do ("read", "write"), also
+// those the RawConn returns (deadline, closed), which it calls
+// "raw-read" and "raw-write".
+func TestRawTCPConnErrorOps(t *testing.T) {
+	a, _ := tcpPair(t)
+	ra := newRawTCPConn(a)
+	ra.SetDeadline(time.Now().Add(-time.Second))
+	_, rerr := ra.Read(make([]byte, 1))
+	_, werr := ra.Write([]byte("x"))
+	for _, c := range []struct {
+		op  string
+		err error
+	}{{"read", rerr}, {"write", werr}} {
+		var oe *net.OpError
+		if !errors.As(c.err, &oe) || oe.Op != c.op || !errors.Is(c.err, os.ErrDeadlineExceeded) {
+			t.Errorf("raw %s past its deadline: %v; want a %q *net.OpError, os.ErrDeadlineExceeded", c.op, c.err, c.op)
+		}
+	}
+}
+
+// The raw system calls take empty buffers as read(2) and write(2) do
+// (rawReadNoWait's callers may pass one): no panic, nothing moved.
+func TestRawSysCallsEmpty(t *testing.T) {
+	a, _ := tcpPair(t)
+	rc, err := a.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n, m int
+	var e, f syscall.Errno
+	rc.Control(func(fd uintptr) {
+		n, e = sysRead(fd, nil)
+		m, f = sysWrite(fd, []byte{})
+	})
+	if n != 0 || e != 0 || m != 0 || f != 0 {
+		t.Fatalf("empty read = %d, %v; empty write = %d, %v; want 0, 0", n, e, m, f)
+	}
+	if n, err := rawReadNoWait(rc, nil); n != 0 || err != nil {
+		t.Fatalf("rawReadNoWait(empty) = %d, %v; want 0, nil", n, err)
+	}
+}
