@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
@@ -24,12 +25,18 @@ import (
 // socket never sleeps in the kernel, so nothing is gained by letting the
 // processor go: a raw call keeps it.
 //
-// A rawSock is used by one reader and one writer at a time (the
-// RawConn's locks order them); its callbacks are made once, so a read or
-// write allocates nothing.
+// A read's and a write's state live in the rawSock (its callbacks are
+// made once, so a read or write allocates nothing), set outside the
+// RawConn's locks: one reader and one writer at a time may use it raw.
+// net.Conn lets any number of goroutines read and write at once, so a
+// read or write that finds another one of its kind in progress (rbusy,
+// wbusy) goes through c's own Read or Write instead, which the socket's
+// locks order with the raw one.
 type rawSock struct {
-	c  net.Conn // for the addresses in errors
+	c  net.Conn // the socket itself (never a wrapper over this rawSock)
 	rc syscall.RawConn
+
+	rbusy, wbusy atomic.Bool // a raw read, a raw write in progress
 
 	rp    []byte // the read in progress
 	rn    int
@@ -134,10 +141,14 @@ func (s *rawSock) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if !s.rbusy.CompareAndSwap(false, true) {
+		return s.c.Read(p) // another reader is on the raw state
+	}
 	s.rp, s.rn, s.rerr = p, 0, 0
 	err := s.rc.Read(s.rd)
 	n, e := s.rn, s.rerr
 	s.rp = nil
+	s.rbusy.Store(false)
 	switch {
 	case err != nil:
 		return 0, netOp(err, "read")
@@ -155,10 +166,14 @@ func (s *rawSock) readNoWait(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if !s.rbusy.CompareAndSwap(false, true) {
+		return rawReadNoWait(s.rc, p) // another reader is on the raw state
+	}
 	s.rp, s.rn, s.rerr = p, 0, 0
 	err := s.rc.Read(s.rdNow)
 	n, e := s.rn, s.rerr
 	s.rp = nil
+	s.rbusy.Store(false)
 	switch {
 	case err != nil:
 		return 0, netOp(err, "read")
@@ -179,10 +194,14 @@ func (s *rawSock) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if !s.wbusy.CompareAndSwap(false, true) {
+		return s.c.Write(p) // another writer is on the raw state
+	}
 	s.wp, s.wn, s.werr = p, 0, 0
 	err := s.rc.Write(s.wr)
 	n, e := s.wn, s.werr
 	s.wp = nil
+	s.wbusy.Store(false)
 	switch {
 	case err != nil:
 		return n, netOp(err, "write")
