@@ -266,3 +266,37 @@ func TestRawTCPConnConcurrent(t *testing.T) {
 		t.Fatalf("concurrent raw reads got %d bytes (sum %d); want %d (sum %d)", total, sum, len(want), wantSum)
 	}
 }
+
+// Raw I/O and Go's own order memory the same way for the race detector:
+// what one goroutine did before writing bytes (raw or not) happens before
+// what another does after reading them (not raw or raw). Without -race
+// this tests nothing; with it, a missing order is a reported race.
+func TestRawIORaceOrder(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		rawWriter bool
+	}{{"raw write, net.Conn read", true}, {"net.Conn write, raw read", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			a, b := tcpPair(t)
+			w, r := net.Conn(b), newRawTCPConn(a)
+			if c.rawWriter {
+				w, r = newRawTCPConn(a), net.Conn(b)
+			}
+			shared := 0
+			got := make(chan int, 1)
+			go func() {
+				if _, err := r.Read(make([]byte, 1)); err != nil {
+					t.Error(err)
+				}
+				got <- shared // ordered after the write by the byte
+			}()
+			shared = 1
+			if _, err := w.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if v := <-got; v != 1 {
+				t.Fatalf("the reader saw %d; want 1", v)
+			}
+		})
+	}
+}
