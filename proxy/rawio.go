@@ -139,7 +139,9 @@ func (s *rawSock) writeFD(fd uintptr) bool {
 // the read deadline; io.EOF at the end of the stream.
 func (s *rawSock) Read(p []byte) (int, error) {
 	if len(p) == 0 {
-		return 0, nil
+		// Nothing to read, as net.Conn's; but a closed connection
+		// says so (its Read takes the socket's lock first).
+		return 0, netOp(s.rc.Control(noControl), "read")
 	}
 	if !s.rbusy.CompareAndSwap(false, true) {
 		return s.c.Read(p) // another reader is on the raw state
@@ -192,7 +194,9 @@ func (s *rawSock) readNoWait(p []byte) (int, error) {
 // returns how much was written.
 func (s *rawSock) Write(p []byte) (int, error) {
 	if len(p) == 0 {
-		return 0, nil
+		// Nothing to write, as net.Conn's; but a closed connection
+		// or a passed write deadline says so.
+		return 0, netOp(s.rc.Write(writeNothing), "write")
 	}
 	if !s.wbusy.CompareAndSwap(false, true) {
 		return s.c.Write(p) // another writer is on the raw state
@@ -210,6 +214,11 @@ func (s *rawSock) Write(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// noControl and writeNothing are the RawConn callbacks of an empty read
+// and write: they only take the socket's checks.
+func noControl(uintptr)         {}
+func writeNothing(uintptr) bool { return true }
 
 // opError is the error net.Conn would return for errno e.
 func (s *rawSock) opError(op string, e syscall.Errno) error {

@@ -300,3 +300,31 @@ func TestRawIORaceOrder(t *testing.T) {
 		})
 	}
 }
+
+// Empty reads and writes answer as net.Conn's: nothing moved, no error
+// on an open connection, net.ErrClosed on a closed one; an empty write
+// past its deadline times out.
+func TestRawTCPConnEmpty(t *testing.T) {
+	a, _ := tcpPair(t)
+	ra := newRawTCPConn(a)
+	if n, err := ra.Read(nil); n != 0 || err != nil {
+		t.Fatalf("empty raw read = %d, %v; want 0, nil", n, err)
+	}
+	if n, err := ra.Write(nil); n != 0 || err != nil {
+		t.Fatalf("empty raw write = %d, %v; want 0, nil", n, err)
+	}
+	ra.SetWriteDeadline(time.Now().Add(-time.Second))
+	if _, err := ra.Write(nil); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("empty raw write past its deadline: %v; want os.ErrDeadlineExceeded", err)
+	}
+	ra.Close()
+	for _, c := range []struct {
+		op string
+		f  func([]byte) (int, error)
+	}{{"read", ra.Read}, {"write", ra.Write}} {
+		var oe *net.OpError
+		if _, err := c.f(nil); !errors.Is(err, net.ErrClosed) || !errors.As(err, &oe) || oe.Op != c.op {
+			t.Errorf("empty raw %s on a closed connection: %v; want a %q *net.OpError, net.ErrClosed", c.op, err, c.op)
+		}
+	}
+}
