@@ -227,8 +227,8 @@ func (s *rawSock) opError(op string, e syscall.Errno) error {
 
 // netOp names the operation of err, the RawConn's error for a read or
 // write (a deadline, a closed socket: a *net.OpError of its own, made
-// for this call, whose Op is "raw-read" or "raw-write"), as net.Conn's
-// Read and Write do: "read", "write".
+// for this call, whose Op is "raw-read", "raw-write" or "raw-control"),
+// as net.Conn's Read and Write do: "read", "write".
 func netOp(err error, op string) error {
 	if oe, ok := err.(*net.OpError); ok {
 		oe.Op = op
