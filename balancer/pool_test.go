@@ -496,6 +496,11 @@ func TestPoolPreConnect(t *testing.T) {
 		t.Fatalf("Get after the pool ran dry: reused=%v; want the spare", reused)
 	}
 	roundTrip(t, spare.Conn)
+	// b's and the spare's dials ran at once: the server may accept the
+	// spare (which just answered) before b. Wait for both.
+	for deadline := time.Now().Add(5 * time.Second); srv.accepted.Load() < 3 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if got := srv.accepted.Load(); got < 3 {
 		t.Fatalf("server accepted %d connections; want a, b and the spare", got)
 	}
