@@ -112,7 +112,13 @@ func newFuzzHTTPEnv(tb testing.TB) *fuzzHTTPEnv {
 	z.set("web.test.", "127.0.0.1")
 	srv := NewServer(Outbound, Config{
 		OpaquePorts:   noOpaque,
-		DetectTimeout: 20 * time.Millisecond,
+		// Every input the fuzz body serves classifies as HTTP/1 from
+		// its first bytes, so detection never waits this out unless
+		// the machine is slow to deliver them; then a short timeout
+		// (it was 20 ms) forwards the bytes as opaque (the upstream
+		// then saw a raw target: path "" where the reference framed
+		// "/", once under a loaded full run).
+		DetectTimeout: time.Second,
 		HeaderTimeout: 2 * time.Second,
 		HTTP: &HTTPConfig{
 			Balancer:              balancerFor(tb, z),
