@@ -111,7 +111,7 @@ func newFuzzHTTPEnv(tb testing.TB) *fuzzHTTPEnv {
 	z := newZoneDNS(tb)
 	z.set("web.test.", "127.0.0.1")
 	srv := NewServer(Outbound, Config{
-		OpaquePorts:   noOpaque,
+		OpaquePorts: noOpaque,
 		// Every input the fuzz body serves classifies as HTTP/1 from
 		// its first bytes, so detection never waits this out unless
 		// the machine is slow to deliver them; then a short timeout

@@ -146,20 +146,7 @@ func (s *rawSock) Read(p []byte) (int, error) {
 	if !s.rbusy.CompareAndSwap(false, true) {
 		return s.c.Read(p) // another reader is on the raw state
 	}
-	s.rp, s.rn, s.rerr = p, 0, 0
-	err := s.rc.Read(s.rd)
-	n, e := s.rn, s.rerr
-	s.rp = nil
-	s.rbusy.Store(false)
-	switch {
-	case err != nil:
-		return 0, netOp(err, "read")
-	case e != 0:
-		return 0, s.opError("read", e)
-	case n == 0:
-		return 0, io.EOF
-	}
-	return n, nil
+	return s.read(p, s.rd)
 }
 
 // readNoWait is Read that does not wait: errWouldBlock when the socket
@@ -171,8 +158,15 @@ func (s *rawSock) readNoWait(p []byte) (int, error) {
 	if !s.rbusy.CompareAndSwap(false, true) {
 		return rawReadNoWait(s.rc, p) // another reader is on the raw state
 	}
+	return s.read(p, s.rdNow)
+}
+
+// read is one read into p through the callback fn (readFD, which waits,
+// or readFDNow, whose EAGAIN comes back as errWouldBlock), by the reader
+// that set rbusy, which it clears.
+func (s *rawSock) read(p []byte, fn func(uintptr) bool) (int, error) {
 	s.rp, s.rn, s.rerr = p, 0, 0
-	err := s.rc.Read(s.rdNow)
+	err := s.rc.Read(fn)
 	n, e := s.rn, s.rerr
 	s.rp = nil
 	s.rbusy.Store(false)
