@@ -61,31 +61,23 @@ func (s *Server) forwardBuffered(k *conn, a, b halfCloser) error {
 // socket this package made, the socket and the batchConn under the TLS.
 type copyEnd struct {
 	c     halfCloser
-	sock  *net.TCPConn    // the socket under c (c itself for TCP); nil: unknown
-	batch *batchConn      // under a *tls.Conn made with newBatchConn
-	rc    syscall.RawConn // of sock
-	raw   *rawSock        // c's reads and writes when c is sock
+	sock  *net.TCPConn // the socket under c (c itself for TCP); nil: unknown
+	batch *batchConn   // under a *tls.Conn made with newBatchConn
+	raw   *rawSock     // sock's raw I/O (under TLS, the batchConn's)
 }
 
 func newCopyEnd(c halfCloser) copyEnd {
 	e := copyEnd{c: c}
 	switch v := c.(type) {
 	case *net.TCPConn:
-		e.sock = v
+		e.sock, e.raw = v, newRawSock(v)
 	case *tls.Conn:
 		if bc, ok := v.NetConn().(*batchConn); ok {
-			e.batch, e.sock = bc, bc.TCPConn
+			e.batch, e.sock, e.raw = bc, bc.TCPConn, bc.s
 		}
 	}
-	if e.sock != nil {
-		if rc, err := e.sock.SyscallConn(); err == nil {
-			e.rc = rc
-		} else {
-			e.sock = nil
-		}
-	}
-	if e.sock != nil && e.batch == nil {
-		e.raw = newRawSock(e.sock)
+	if e.raw == nil {
+		e.sock = nil // no socket to be had (closed): the slow path
 	}
 	return e
 }
@@ -97,24 +89,21 @@ func (e copyEnd) fast() bool {
 }
 
 // readNoWait reads what is there without waiting for more: it returns
-// errWouldBlock when nothing is.
+// errWouldBlock when nothing is. Only for a fast end.
 func (e copyEnd) readNoWait(p []byte) (int, error) {
 	if e.batch != nil {
 		return e.batch.readTLSNoWait(e.c, p)
 	}
-	if e.raw != nil {
-		return e.raw.readNoWait(p)
-	}
-	return rawReadNoWait(e.rc, p)
+	return e.raw.readNoWait(p)
 }
 
 // write writes p to the end as one write where it can: the TLS records
 // of p are gathered and written together.
 func (e copyEnd) write(p []byte) (int, error) {
-	if e.raw != nil {
-		return e.raw.Write(p)
-	}
 	if e.batch == nil {
+		if e.sock != nil {
+			return e.raw.Write(p)
+		}
 		return e.c.Write(p)
 	}
 	e.batch.startBatch()
@@ -265,8 +254,7 @@ func rawReadNoWait(rc syscall.RawConn, p []byte) (int, error) {
 // in order with the batches.
 type batchConn struct {
 	*net.TCPConn
-	rc syscall.RawConn
-	s  *rawSock // the socket's reads and writes
+	s *rawSock // the socket's reads and writes
 
 	noWait atomic.Bool
 	// In no-wait mode a read takes everything the socket has (up to
@@ -296,15 +284,11 @@ func (b *batchConn) readTLSNoWait(tc net.Conn, p []byte) (int, error) {
 
 // newBatchConn wraps c for tls.Client/tls.Server.
 func newBatchConn(c *net.TCPConn) net.Conn {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return c // a closed socket; TLS fails on it anyway
-	}
 	s := newRawSock(c)
 	if s == nil {
-		return c
+		return c // a closed socket; TLS fails on it anyway
 	}
-	return &batchConn{TCPConn: c, rc: rc, s: s}
+	return &batchConn{TCPConn: c, s: s}
 }
 
 // Read returns bytes read ahead first, then reads from the socket; in
