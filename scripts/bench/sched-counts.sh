@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # sched-counts.sh: what each proxy of one bench setup costs per HTTP
 # request in system calls, context switches and CPU, counted by perf
-# during a wrk run (an A/B tool: counts per request move far less between
-# runs than requests/s do on a shared box).
+# during a wrk run (an A/B tool: the system call counts per request
+# hardly move between runs on a shared box; task-clock per request moves
+# with requests/s, so compare builds over several interleaved runs).
 #
 #   scripts/bench/sched-counts.sh [KEY] [BINARY]
 #
@@ -18,7 +19,11 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 KEY=${1:-meshproxy-mtls}
 BIN=${2:-$ROOT/bin/meshproxy}
 command -v perf >/dev/null || {
-	echo "sched-counts: needs perf (apt-get install linux-perf)"
+	echo "sched-counts: needs perf (Debian: apt-get install linux-perf; Ubuntu: linux-tools-\$(uname -r))"
+	exit 2
+}
+[ -x "$BIN" ] || {
+	echo "sched-counts: $BIN is missing: run make build first (or name a binary)"
 	exit 2
 }
 case $KEY in
