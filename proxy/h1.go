@@ -114,6 +114,12 @@ type h1Conn struct {
 	// outbound: the context for dials, naming the last request's host
 	dialCtx  context.Context
 	dialHost string
+
+	// sendRequest's write when it awaits the response (awaitAfter): the
+	// upstream, the bytes, and the write itself, made once.
+	awUp    net.Conn
+	awBuf   []byte
+	awWrite func() error
 }
 
 // h1MetricCache holds the metric children of the labels of this
@@ -756,6 +762,23 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 			out = append(out, body...)
 			body = nil
 		}
+		if len(body) == 0 {
+			if s := upSock(up); s != nil {
+				// One write: the wait for the response starts with
+				// it, and so does the response timeout.
+				c.upBound(up, dlRead, c.respTimeout())
+				if c.awWrite == nil {
+					c.awWrite = c.writeAwaited
+				}
+				c.awUp, c.awBuf = up, out
+				err := s.awaitAfter(c.awWrite)
+				c.awUp, c.awBuf = nil, nil
+				if err != nil {
+					return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
+				}
+				return false, nil
+			}
+		}
 		if err := c.upWrite(up, out); err != nil {
 			return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
 		}
@@ -799,6 +822,34 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 	}
 	c.unread = false
 	return true, nil
+}
+
+// writeAwaited is sendRequest's write under awaitAfter.
+func (c *h1Conn) writeAwaited() error { return c.upWrite(c.awUp, c.awBuf) }
+
+// upSock returns the socket under the upstream up when its response can
+// be awaited (awaitAfter): a raw TCP connection, or TLS over a batchConn
+// that has read nothing ahead; else nil.
+func upSock(up net.Conn) *rawSock {
+	switch v := up.(type) {
+	case *rawTCPConn:
+		return v.s
+	case *tls.Conn:
+		if bc, ok := v.NetConn().(*batchConn); ok && bc.rbuf == nil {
+			return bc.s
+		}
+	}
+	return nil
+}
+
+// respTimeout bounds the wait for a response head once the request is
+// sent: the client side's ResponseHeaderTimeout, the server side's
+// inboundResponseTimeout.
+func (c *h1Conn) respTimeout() time.Duration {
+	if c.h != nil {
+		return c.h.cfg.ResponseHeaderTimeout
+	}
+	return c.s.inboundResponseTimeout()
 }
 
 // consumeSent consumes a replayable request (head of n bytes and body)

@@ -172,7 +172,7 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 				err = rerr
 			}
 		} else if err == nil {
-			c.upBound(up, dlRead, c.s.inboundResponseTimeout())
+			c.upBound(up, dlRead, c.respTimeout())
 			hn, got, err = c.readResponse(up)
 		}
 		if err != nil {

@@ -285,7 +285,7 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 			// the request is sent.
 			// (Lazily, as the write deadline: a bound of d is
 			// enforced between d - d/64 and d.)
-			c.upBound(up.Conn, dlRead, h.cfg.ResponseHeaderTimeout)
+			c.upBound(up.Conn, dlRead, c.respTimeout())
 			hn, got, err = c.readResponse(up.Conn)
 		}
 		if err == nil {

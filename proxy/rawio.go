@@ -47,6 +47,12 @@ type rawSock struct {
 	rd    func(uintptr) bool
 	wr    func(uintptr) bool
 	rdNow func(uintptr) bool
+
+	// awaitAfter's write, whether it ran, its error, and its callback.
+	aw     func() error
+	awRan  bool
+	awErr  error
+	awaitf func(uintptr) bool
 }
 
 // newRawSock returns the raw I/O of c, or nil when c has no socket.
@@ -60,7 +66,7 @@ func newRawSock(c net.Conn) *rawSock {
 		return nil
 	}
 	s := &rawSock{c: c, rc: rc}
-	s.rd, s.wr, s.rdNow = s.readFD, s.writeFD, s.readFDNow
+	s.rd, s.wr, s.rdNow, s.awaitf = s.readFD, s.writeFD, s.readFDNow, s.awaitFD
 	return s
 }
 
@@ -207,6 +213,45 @@ func (s *rawSock) Write(p []byte) (int, error) {
 		return n, s.opError("write", e)
 	}
 	return n, nil
+}
+
+// awaitAfter runs write, which sends a request on this socket (through
+// whatever layers sit above it: TLS), and then waits until the socket is
+// readable, up to its read deadline, without reading: the caller's next
+// Read finds the reply there.
+//
+// Read alone would first try a read(2), which finds nothing this soon
+// after the request (EAGAIN), then wait, then read: a system call per
+// reply for nothing. The poller forgets what readiness it saw before a
+// wait starts, and a wait is only safe when a read follows that reset;
+// here the reset comes before the request is written, so the reply,
+// which cannot come before its request, is seen. What was waiting
+// before the write is not: this is for a socket whose peer sends nothing
+// unasked (an upstream connection between its requests) and whose reads
+// are not buffered above it. A wait that ends in an error (a deadline, a
+// close) is left for the next Read to find again. One caller at a time.
+func (s *rawSock) awaitAfter(write func() error) error {
+	s.aw, s.awRan, s.awErr = write, false, nil
+	s.rc.Read(s.awaitf)
+	ran, err := s.awRan, s.awErr
+	s.aw, s.awErr = nil, nil
+	if !ran {
+		// The socket refused the wait before the write (closed, or
+		// its read deadline passed): write as without one.
+		return write()
+	}
+	return err
+}
+
+// awaitFD is awaitAfter's RawConn callback: the write, the first time
+// (false: now wait), then done.
+func (s *rawSock) awaitFD(uintptr) bool {
+	if s.awRan {
+		return true
+	}
+	s.awRan = true
+	s.awErr = s.aw()
+	return s.awErr != nil
 }
 
 // noControl and writeNothing are the RawConn callbacks of an empty read

@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// awaitWithin runs s.awaitAfter(write) and fails the test when it has not
+// returned within d.
+func awaitWithin(t *testing.T, s *rawSock, write func() error, d time.Duration) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- s.awaitAfter(write) }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		t.Fatalf("awaitAfter has not returned after %v", d)
+		return nil
+	}
+}
+
+// awaitAfter writes the request, then returns once the reply is there:
+// a read that does not wait finds it.
+func TestRawSockAwaitAfter(t *testing.T) {
+	a, b := tcpPair(t)
+	s := newRawSock(a)
+	a.SetReadDeadline(time.Now().Add(10 * time.Second))
+	go func() {
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(b, buf); err != nil || string(buf) != "ping" {
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // the reply is late: awaitAfter waits
+		b.Write([]byte("pong"))
+	}()
+	err := awaitWithin(t, s, func() error {
+		_, err := s.Write([]byte("ping"))
+		return err
+	}, 5*time.Second)
+	if err != nil {
+		t.Fatalf("awaitAfter = %v; want nil", err)
+	}
+	buf := make([]byte, 8)
+	n, err := s.readNoWait(buf)
+	if err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("a read that does not wait, after awaitAfter = %q, %v; want \"pong\" (awaitAfter returned before the reply)", buf[:n], err)
+	}
+
+	// Again on the same socket: the readiness the first wait saw is not
+	// taken for the second reply.
+	go func() {
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(b, buf); err != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+		b.Write([]byte("pong2"))
+	}()
+	if err := awaitWithin(t, s, func() error {
+		_, err := s.Write([]byte("pin2"))
+		return err
+	}, 5*time.Second); err != nil {
+		t.Fatalf("second awaitAfter = %v; want nil", err)
+	}
+	n, err = s.readNoWait(buf)
+	if err != nil || string(buf[:n]) != "pong2" {
+		t.Fatalf("a read that does not wait, after the second awaitAfter = %q, %v; want \"pong2\"", buf[:n], err)
+	}
+}
+
+// A peer that closed the connection before the request (a kept
+// connection its server let go) does not leave awaitAfter waiting: the
+// reset the write brings back ends the wait, and the read that follows
+// sees the failure.
+func TestRawSockAwaitAfterPeerClosed(t *testing.T) {
+	a, b := tcpPair(t)
+	s := newRawSock(a)
+	b.Close()
+	// The FIN arrives before the wait starts: its readiness is gone.
+	buf := make([]byte, 8)
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if !socketQuiet(t, a) {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the peer's FIN never arrived")
+		}
+	}
+	a.SetReadDeadline(time.Now().Add(30 * time.Second))
+	err := awaitWithin(t, s, func() error {
+		_, err := s.Write([]byte("ping"))
+		return err
+	}, 10*time.Second)
+	if err != nil {
+		t.Fatalf("awaitAfter = %v; want nil (the write itself goes out)", err)
+	}
+	n, err := s.Read(buf)
+	if n != 0 || err == nil || isTimeout(err) {
+		t.Fatalf("read after awaitAfter on a connection the peer closed = %d, %v; want EOF or a reset", n, err)
+	}
+}
+
+// socketQuiet reports whether c's socket has nothing to read and no
+// end of stream (a MSG_PEEK that would block).
+func socketQuiet(t *testing.T, c *net.TCPConn) bool {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := false
+	rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, e := sysPeek(fd, b[:])
+		quiet = e == syscall.EAGAIN
+		return true
+	})
+	return quiet
+}
+
+// With no reply, awaitAfter ends at the read deadline and says nothing:
+// the read after it finds the deadline.
+func TestRawSockAwaitAfterDeadline(t *testing.T) {
+	a, _ := tcpPair(t)
+	s := newRawSock(a)
+	a.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if err := awaitWithin(t, s, func() error {
+		_, err := s.Write([]byte("ping"))
+		return err
+	}, 5*time.Second); err != nil {
+		t.Fatalf("awaitAfter = %v; want nil", err)
+	}
+	if _, err := s.Read(make([]byte, 4)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after awaitAfter timed out = %v; want the deadline", err)
+	}
+}
+
+// A failed write returns at once, with its error: nothing is awaited.
+func TestRawSockAwaitAfterWriteFails(t *testing.T) {
+	a, _ := tcpPair(t)
+	s := newRawSock(a)
+	a.SetReadDeadline(time.Now().Add(30 * time.Second))
+	boom := errors.New("boom")
+	if err := awaitWithin(t, s, func() error { return boom }, 5*time.Second); err != boom {
+		t.Fatalf("awaitAfter with a failing write = %v; want its error", err)
+	}
+}
+
+// On a closed socket the write still runs (and fails as it would
+// alone): the wait cannot start, the write is not skipped.
+func TestRawSockAwaitAfterClosed(t *testing.T) {
+	a, _ := tcpPair(t)
+	s := newRawSock(a)
+	a.Close()
+	wrote := false
+	err := awaitWithin(t, s, func() error {
+		wrote = true
+		_, err := s.Write([]byte("ping"))
+		return err
+	}, 5*time.Second)
+	if !wrote || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("awaitAfter on a closed socket: write ran %v, error %v; want it run and net.ErrClosed", wrote, err)
+	}
+}
