@@ -102,10 +102,13 @@ type h1Conn struct {
 	rdl, wdl time.Time
 	appDL    upDeadlines
 
-	// readIdle's callback and its results, made once.
+	// readIdle's callback, made once, and its results: the read's error,
+	// and whether the requests it served inside the wait (serveHeld)
+	// ended the connection.
 	idleRead func(fd uintptr) bool
-	rn       int
 	rerr     error
+	heldStop bool
+	maxHead  int
 
 	met h1MetricCache
 
@@ -374,22 +377,9 @@ func (r *h1Registry) shutdown() {
 // waitIdle waits, holding no buffer, for the client's next request (up
 // to the idle timeout). It takes the buffers once bytes are there.
 func (c *h1Conn) waitIdle() error {
-	c.mu.Lock()
-	if c.dead || c.s.in.fast.isClosing() {
-		c.mu.Unlock()
+	if !c.beginIdle() {
 		return errFastClosing
 	}
-	c.idle = true
-	if d := c.s.cfg.idleTimeout(); d > 0 {
-		if want := time.Now().Add(d); stale(c.rdl, want, d) {
-			c.c.SetReadDeadline(want)
-			c.rdl = want
-		}
-	} else {
-		c.c.SetReadDeadline(time.Time{})
-		c.rdl = time.Time{}
-	}
-	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
 		c.idle = false
@@ -410,6 +400,28 @@ func (c *h1Conn) waitIdle() error {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// beginIdle marks the connection idle, with the idle timeout as its
+// read deadline, before a wait for the next request: false when the
+// proxy is closing it (shutdown then finds it idle and wakes it, poke).
+func (c *h1Conn) beginIdle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead || c.s.in.fast.isClosing() {
+		return false
+	}
+	c.idle = true
+	if d := c.s.cfg.idleTimeout(); d > 0 {
+		if want := time.Now().Add(d); stale(c.rdl, want, d) {
+			c.c.SetReadDeadline(want)
+			c.rdl = want
+		}
+	} else {
+		c.c.SetReadDeadline(time.Time{})
+		c.rdl = time.Time{}
+	}
+	return true
 }
 
 // readDecrypted adds to the client buffer, without waiting, what the TLS
@@ -433,6 +445,12 @@ func (c *h1Conn) readDecrypted() {
 // readIdle waits for the client's bytes and reads them, taking the
 // buffers only once bytes are there: the read is tried with a buffer,
 // which goes back to its pool while the socket has nothing.
+//
+// The requests a read brings are served inside the same wait while each
+// is simple (serveHeld), and the wait goes on for the next one: readIdle
+// returns when bytes are left for serve (nil), when a served exchange
+// ended the connection (nil, heldStop set), or with the error that ended
+// the wait (io.EOF at the client's end).
 func (c *h1Conn) readIdle() error {
 	if c.rc == nil {
 		rc, err := c.tcp.SyscallConn()
@@ -442,14 +460,12 @@ func (c *h1Conn) readIdle() error {
 		c.rc = rc
 		c.idleRead = c.readOnce
 	}
-	c.rn, c.rerr = 0, nil
+	c.rerr = nil
 	err := c.rc.Read(c.idleRead)
-	n, rerr := c.rn, c.rerr
 	if err == nil {
-		err = rerr
+		err = c.rerr
 	}
-	if n > 0 {
-		c.cr.w += n
+	if c.heldStop || c.b != nil && c.cr.r < c.cr.w {
 		return nil
 	}
 	if err == nil {
@@ -458,18 +474,79 @@ func (c *h1Conn) readIdle() error {
 	return err
 }
 
-// readOnce is readIdle's RawConn callback: one read into the buffers,
-// which go back to their pool when the socket had nothing.
+// readOnce is readIdle's RawConn callback: a read into the buffers,
+// which go back to their pool when the socket had nothing, then the
+// requests it brought, served here when they are simple (serveHeld).
+// Once those are answered it waits again (false) without trying a read
+// first: the poller's readiness was reset only when readIdle began, so
+// whatever came since the last read, even during the exchanges, ends the
+// wait at once. That saves the read(2) that finds nothing (EAGAIN) which
+// a fresh wait per request costs. A read that filled the buffer may have
+// left bytes in the socket: it is read again before any wait.
 func (c *h1Conn) readOnce(fd uintptr) bool {
-	c.take()
-	n, e := sysRead(fd, c.cr.buf[c.cr.w:])
-	if e == syscall.EAGAIN {
+	for {
+		c.take() // the buffer is empty here: readIdle starts with none
+		space := len(c.cr.buf)
+		n, e := sysRead(fd, c.cr.buf)
+		if e == syscall.EAGAIN {
+			c.release()
+			if !c.idle && !c.beginIdle() {
+				c.rerr = errFastClosing
+				return true
+			}
+			return false
+		}
+		if e != 0 {
+			c.rerr = e
+			return true
+		}
+		if n == 0 {
+			return true // the client's end (io.EOF)
+		}
+		c.cr.w = n
+		if c.idle {
+			c.mu.Lock()
+			c.idle = false
+			c.mu.Unlock()
+		}
+		if !c.serveHeld() {
+			return true // serve takes what is left, or ends (heldStop)
+		}
 		c.release()
+		if n == space {
+			continue
+		}
+		if !c.beginIdle() {
+			c.rerr = errFastClosing
+			return true
+		}
 		return false
 	}
-	c.rn, c.rerr = n, nil
-	if e != 0 {
-		c.rerr = e
+}
+
+// serveHeld serves, inside readIdle's wait, the requests in the client
+// buffer while each one's head is whole there and nothing of the client
+// is to be read for it: no body, nothing serve would hand to net/http
+// (an unparsed or too large head, an upgrade, Expect, a routed request).
+// Bodies and the rest go to serve, outside the wait, which reads the
+// client as it needs. It reports whether it served everything buffered;
+// heldStop says an exchange ended the connection.
+func (c *h1Conn) serveHeld() bool {
+	for c.cr.r < c.cr.w {
+		buf := c.cr.buffered()
+		n := headEnd(buf, 0)
+		if n < 0 || n > c.maxHead {
+			return false
+		}
+		m := &c.b.req
+		if !parseRequestHead(buf[:n], m) || m.upgrade || m.expect || m.hasBody() ||
+			c.h != nil && c.h.routed(m, c.k.orig) {
+			return false
+		}
+		if !c.exchange(n) || c.s.in.fast.isClosing() {
+			c.heldStop = true
+			return false
+		}
 	}
 	return true
 }
@@ -494,6 +571,7 @@ func (c *h1Conn) serve(peek []byte) (handoff []byte, err error) {
 	if c.h != nil {
 		maxHead = c.h.cfg.MaxHeaderBytes
 	}
+	c.maxHead = maxHead
 	for {
 		if c.b == nil || c.cr.r == c.cr.w {
 			c.release()
@@ -502,6 +580,10 @@ func (c *h1Conn) serve(peek []byte) (handoff []byte, err error) {
 					return nil, nil
 				}
 				return nil, err
+			}
+			if c.heldStop {
+				c.lingerClose()
+				return nil, nil
 			}
 		}
 		// The head usually came whole with the first read: no header
