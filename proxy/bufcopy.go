@@ -270,6 +270,17 @@ type batchConn struct {
 	bp       *[]byte
 
 	h1dl upDeadlines // the HTTP fast path's (h1Conn.dlCache)
+
+	// held is set while the goroutine reading through the TLS layer
+	// holds the socket's RawConn read callback (h1Conn.readOnceTLS):
+	// Read then reads the socket directly, fd held-1 (held > 0), or not
+	// at all (held < 0), and answers errWouldBlock instead of waiting,
+	// as a wait there would need the read lock the callback holds.
+	// drained says such a read found the socket empty (EAGAIN) or took
+	// less than it could (so all it had); the callback clears it. Both
+	// belong to that goroutine.
+	held    int
+	drained bool
 }
 
 // readTLSNoWait reads from tc, the TLS layer over b, what the records
@@ -296,6 +307,9 @@ func newBatchConn(c *net.TCPConn) net.Conn {
 // errWouldBlock instead of waiting when it has nothing.
 func (b *batchConn) Read(p []byte) (int, error) {
 	if b.rbuf == nil {
+		if b.held != 0 {
+			return b.heldRead(p)
+		}
 		if !b.noWait.Load() {
 			return b.s.Read(p)
 		}
@@ -316,6 +330,25 @@ func (b *batchConn) Read(p []byte) (int, error) {
 		copyPool.Put(b.rbuf)
 		b.rbuf = nil
 	}
+	return n, nil
+}
+
+// heldRead is Read while held: one read(2) on the socket, or none.
+func (b *batchConn) heldRead(p []byte) (int, error) {
+	if b.held < 0 {
+		return 0, errWouldBlock
+	}
+	n, e := sysRead(uintptr(b.held-1), p)
+	switch {
+	case e == syscall.EAGAIN:
+		b.drained = true
+		return 0, errWouldBlock
+	case e != 0:
+		return 0, b.s.opError("read", e)
+	case n == 0 && len(p) > 0:
+		return 0, io.EOF
+	}
+	b.drained = n < len(p)
 	return n, nil
 }
 

@@ -73,6 +73,7 @@ type h1Conn struct {
 	k   *conn
 	c   net.Conn     // the client
 	tcp *net.TCPConn // c when it is a plain TCP socket; nil for TLS
+	bc  *batchConn   // the socket under c when c is TLS over a batchConn
 	rc  syscall.RawConn
 	h   *httpRuntime // outbound; nil inbound
 
@@ -385,7 +386,7 @@ func (c *h1Conn) waitIdle() error {
 		c.idle = false
 		c.mu.Unlock()
 	}()
-	if c.tcp != nil {
+	if c.tcp != nil || c.bc != nil {
 		return c.readIdle()
 	}
 	n, err := c.c.Read(c.one[:])
@@ -453,12 +454,15 @@ func (c *h1Conn) readDecrypted() {
 // the wait (io.EOF at the client's end).
 func (c *h1Conn) readIdle() error {
 	if c.rc == nil {
-		rc, err := c.tcp.SyscallConn()
-		if err != nil {
-			return err
+		if c.tcp != nil {
+			rc, err := c.tcp.SyscallConn()
+			if err != nil {
+				return err
+			}
+			c.rc, c.idleRead = rc, c.readOnce
+		} else {
+			c.rc, c.idleRead = c.bc.s.rc, c.readOnceTLS
 		}
-		c.rc = rc
-		c.idleRead = c.readOnce
 	}
 	c.rerr = nil
 	err := c.rc.Read(c.idleRead)
@@ -521,6 +525,60 @@ func (c *h1Conn) readOnce(fd uintptr) bool {
 			return true
 		}
 		return false
+	}
+}
+
+// readOnceTLS is readOnce for a TLS client over a batchConn: the TLS
+// layer reads the socket inside the callback (batchConn.held). Before
+// the wait goes on, what the TLS layer already holds (a pipelined
+// request that came in a record with the last one) is served without a
+// read; the wait then starts only once a read since the callback began
+// (since the poller's reset, or since the wake-up that consumed its
+// readiness) found the socket drained, so nothing that came before is
+// left unseen.
+func (c *h1Conn) readOnceTLS(fd uintptr) bool {
+	sock := int(fd) + 1
+	held := sock
+	c.bc.drained = false
+	for {
+		c.take() // the buffer is empty here, as in readOnce
+		c.bc.held = held
+		n, err := c.c.Read(c.cr.buf)
+		c.bc.held = 0
+		if n == 0 && err == errWouldBlock {
+			c.release()
+			if !c.bc.drained {
+				held = sock // no read has seen the socket empty yet
+				continue
+			}
+			if !c.idle && !c.beginIdle() {
+				c.rerr = errFastClosing
+				return true
+			}
+			c.bc.drained = false // for the call after the wait
+			return false
+		}
+		if n == 0 {
+			c.rerr = err // the TLS layer's Read returns bytes or an error
+			return true
+		}
+		c.cr.w = n
+		if err != nil && err != errWouldBlock {
+			// Bytes, then the end (an alert after them): serve takes
+			// the bytes; the next read finds the error again.
+			c.rerr = err
+			return true
+		}
+		if c.idle {
+			c.mu.Lock()
+			c.idle = false
+			c.mu.Unlock()
+		}
+		if !c.serveHeld() {
+			return true
+		}
+		c.release()
+		held = -1 // what the TLS layer holds, without a read
 	}
 }
 

@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -50,4 +53,55 @@ func TestH1RequestDuringExchange(t *testing.T) {
 	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/after" {
 		t.Fatalf("answer %d %q; want 200 /after", resp.StatusCode, body)
 	}
+}
+
+// TestH1InboundRequestDuringExchange: the same on the server side, whose
+// client is a mesh connection (TLS): requests that come on it while the
+// app answers the one before are served right after it, the second of
+// them from what the TLS layer already read with the first.
+func TestH1InboundRequestDuringExchange(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	e, _, authority := meshHTTPEnv(t, slowThenEcho(started, release))
+	_, portStr, _ := strings.Cut(authority, ":")
+	port, _ := strconv.Atoi(portStr)
+	c, err := rawMeshClient(t, e.meshAddr, e.clientMgr.ClientTLSConfig(nil))
+	if err != nil {
+		t.Fatalf("mesh handshake: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second)) // far below the idle timeout
+	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
+	send := func(path string) {
+		t.Helper()
+		if _, err := c.Write([]byte("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	br := bufio.NewReader(c)
+	read := func(want string) {
+		t.Helper()
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("reading the answer to %s: %v", want, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != want {
+			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, want)
+		}
+	}
+	if _, err := c.Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	send("/first")
+	read("/first")
+	send("/slow")
+	<-started
+	send("/n1") // two TLS records, likely read by the proxy at once
+	send("/n2")
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	for _, want := range []string{"/slow", "/n1", "/n2"} {
+		read(want)
+	}
+	send("/after")
+	read("/after")
 }

@@ -24,6 +24,9 @@ import (
 // serveHTTP1 with the bytes read so far.
 func (s *Server) serveH1Inbound(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc string) error {
 	c := &h1Conn{s: s, k: k, c: tc, target: target, xfcc: xfcc}
+	if bc, ok := tc.NetConn().(*batchConn); ok {
+		c.bc = bc
+	}
 	rest, err := c.serve(nil)
 	if rest == nil {
 		if c.app != nil {
