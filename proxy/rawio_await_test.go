@@ -10,12 +10,18 @@ import (
 	"time"
 )
 
-// awaitWithin runs s.awaitAfter(write) and fails the test when it has not
-// returned within d.
+// awaitWithin runs s.awaitAfter(write, false) and fails the test when it
+// has not returned within d.
 func awaitWithin(t *testing.T, s *rawSock, write func() error, d time.Duration) error {
 	t.Helper()
+	return awaitCheckWithin(t, s, write, false, d)
+}
+
+// awaitCheckWithin is awaitWithin with awaitAfter's check.
+func awaitCheckWithin(t *testing.T, s *rawSock, write func() error, check bool, d time.Duration) error {
+	t.Helper()
 	done := make(chan error, 1)
-	go func() { done <- s.awaitAfter(write) }()
+	go func() { done <- s.awaitAfter(write, check) }()
 	select {
 	case err := <-done:
 		return err
@@ -298,5 +304,69 @@ func TestRawSockAwaitAfterDeadlinePassed(t *testing.T) {
 	}
 	if _, err := s.Read(make([]byte, 4)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read after awaitAfter = %v; want the deadline", err)
+	}
+}
+
+// A peer that half-closed before the request (its FIN came, and was
+// seen by the poller, before the wait's reset) and still reads, never
+// answering (a lingering close): its end of stream is found by the
+// check inside the wait, at once and with nothing written, where an
+// unchecked wait would last to the read deadline (nothing comes to end
+// it: the peer reads the request and answers nothing).
+func TestRawSockAwaitAfterCheckHalfClosed(t *testing.T) {
+	a, b := tcpPair(t)
+	s := newRawSock(a)
+	b.CloseWrite()
+	for end := time.Now().Add(5 * time.Second); socketQuiet(t, a); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the peer's FIN never arrived")
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // the poller sees the FIN too
+	a.SetReadDeadline(time.Now().Add(60 * time.Second))
+	wrote := false
+	err := awaitCheckWithin(t, s, func() error {
+		wrote = true
+		_, err := s.Write([]byte("ping"))
+		return err
+	}, true, 20*time.Second)
+	if err != errNotQuiet || wrote {
+		t.Fatalf("checked awaitAfter on a half-closed connection = %v, wrote %v; want errNotQuiet and nothing written", err, wrote)
+	}
+}
+
+// The check finds bytes nobody asked for (leftovers, a goodbye) too, and
+// passes a quiet socket: the request goes out and the reply is awaited.
+func TestRawSockAwaitAfterCheck(t *testing.T) {
+	a, b := tcpPair(t)
+	s := newRawSock(a)
+	a.SetReadDeadline(time.Now().Add(60 * time.Second))
+	go func() {
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(b, buf); err != nil {
+			return
+		}
+		b.Write([]byte("pong"))
+	}()
+	write := func() error {
+		_, err := s.Write([]byte("ping"))
+		return err
+	}
+	if err := awaitCheckWithin(t, s, write, true, 20*time.Second); err != nil {
+		t.Fatalf("checked awaitAfter on a quiet connection = %v; want nil", err)
+	}
+	buf := make([]byte, 8)
+	if n, err := s.readNoWait(buf); err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("a read that does not wait, after awaitAfter = %q, %v; want \"pong\"", buf[:n], err)
+	}
+	b.Write([]byte("junk"))
+	for end := time.Now().Add(5 * time.Second); socketQuiet(t, a); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the stray bytes never arrived")
+		}
+	}
+	wrote := false
+	if err := awaitCheckWithin(t, s, func() error { wrote = true; return nil }, true, 20*time.Second); err != errNotQuiet || wrote {
+		t.Fatalf("checked awaitAfter with stray bytes = %v, wrote %v; want errNotQuiet and nothing written", err, wrote)
 	}
 }
