@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"meshproxy/balancer"
 )
 
 // The HTTP/1.1 fast path: one goroutine per client connection reads a
@@ -892,8 +894,22 @@ func (c *h1Conn) upWrite(up net.Conn, b []byte) error {
 // client buffer without consuming it (consumeSent does that once a
 // response comes); others are consumed as they stream, and touched says
 // whether any body byte was taken from the client.
-func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err error) {
+//
+// With check, up is a kept plaintext connection whose peer may have
+// closed it or sent bytes nobody asked for (an HTTP/1 server says
+// nothing between requests): it is peeked first, and errNotQuiet (not
+// an errUpstreamWrite: nothing was sent) says it must not be used. The
+// peek of a request whose response is awaited (awaitAfter) is made in
+// the wait itself, where an end of stream it finds cannot go unseen.
+func (c *h1Conn) sendRequest(up net.Conn, n int, replay, check bool) (touched bool, err error) {
 	m := &c.b.req
+	var await *rawSock // the socket of a response awaited (awaitAfter)
+	if replay && c.oneWrite(n) {
+		await = upSock(up)
+	}
+	if check && await == nil && !balancer.ConnQuiet(up) {
+		return false, errNotQuiet
+	}
 	if replay {
 		c.unread = false // all of it is in the buffer
 		body := c.cr.buf[c.cr.r+n : c.cr.r+n+int(max(m.cl, 0))]
@@ -902,22 +918,23 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 			out = append(out, body...)
 			body = nil
 		}
-		if len(body) == 0 {
-			if s := upSock(up); s != nil {
-				// One write: the wait for the response starts with
-				// it, and so does the response timeout.
-				c.upBound(up, dlRead, c.respTimeout())
-				if c.awWrite == nil {
-					c.awWrite = c.writeAwaited
-				}
-				c.awUp, c.awBuf = up, out
-				err := s.awaitAfter(c.awWrite)
-				c.awUp, c.awBuf = nil, nil
-				if err != nil {
-					return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
-				}
-				return false, nil
+		if await != nil { // one write (oneWrite): body is in out
+			// The wait for the response starts with the write, and
+			// so does the response timeout.
+			c.upBound(up, dlRead, c.respTimeout())
+			if c.awWrite == nil {
+				c.awWrite = c.writeAwaited
 			}
+			c.awUp, c.awBuf = up, out
+			err := await.awaitAfter(c.awWrite, check)
+			c.awUp, c.awBuf = nil, nil
+			if err == errNotQuiet {
+				return false, err
+			}
+			if err != nil {
+				return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
+			}
+			return false, nil
 		}
 		if err := c.upWrite(up, out); err != nil {
 			return false, fmt.Errorf("%w: %w", errUpstreamWrite, err)
@@ -962,6 +979,14 @@ func (c *h1Conn) sendRequest(up net.Conn, n int, replay bool) (touched bool, err
 	}
 	c.unread = false
 	return true, nil
+}
+
+// oneWrite reports whether sendRequest writes the replayable request
+// (n bytes of client head) in one write: its body, if any, fits in the
+// head's buffer after the head.
+func (c *h1Conn) oneWrite(n int) bool {
+	cl := int(max(c.b.req.cl, 0))
+	return cl == 0 || len(c.b.out)+cl <= cap(c.b.out)
 }
 
 // writeAwaited is sendRequest's write under awaitAfter.

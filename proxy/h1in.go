@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
-
-	"meshproxy/balancer"
 )
 
 // The server (inbound) side of the HTTP/1.1 fast path: requests from a
@@ -42,20 +40,17 @@ func (s *Server) serveH1Inbound(k *conn, tc *tls.Conn, target netip.AddrPort, xf
 }
 
 // appConn returns the connection to the app, dialing it when there is
-// none or it closed; reused says it served a request before. A kept
-// connection is first peeked (one system call) and replaced when the app
-// closed it or sent bytes unasked: an HTTP/1 server says nothing before
-// a request, so pending bytes are a broken response's leftovers (a body
-// after a HEAD, more than its Content-Length...) or a goodbye, and read
-// as the next response they would answer another request. (A close that
+// none; reused says it served a request before. A kept connection is to
+// be checked (sendRequest's check: one peek, made inside the wait for
+// the response when that is awaited) and replaced when the app closed it
+// or sent bytes unasked: an HTTP/1 server says nothing before a request,
+// so pending bytes are a broken response's leftovers (a body after a
+// HEAD, more than its Content-Length...) or a goodbye, and read as the
+// next response they would answer another request. (A close that
 // crosses the request on the wire is left to the caller's resend.)
 func (c *h1Conn) appConn() (up net.Conn, reused bool, err error) {
 	if c.app != nil {
-		if balancer.ConnQuiet(c.app) {
-			return c.app, true, nil
-		}
-		c.app.Close()
-		c.setApp(nil)
+		return c.app, true, nil
 	}
 	nc, err := c.s.dial(c.k.ctx, c.target)
 	if err != nil {
@@ -162,7 +157,16 @@ func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Res
 		c.setCur(up)
 		// upWrite bounds the writes (lazily, upBound), and so is the
 		// wait for the response below.
-		touched, err := c.sendRequest(up, n, replay)
+		touched, err := c.sendRequest(up, n, replay, reused)
+		if err == errNotQuiet {
+			// The kept connection was closed or has stray bytes:
+			// nothing was sent; a new one.
+			up.Close()
+			c.setApp(nil)
+			c.setCur(nil)
+			try--
+			continue
+		}
 		var hn int
 		var got bool
 		if errors.Is(err, errUpstreamWrite) && !errors.Is(err, errClientBody) {

@@ -158,9 +158,10 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 				// checks that no stray bytes came (a body after a
 				// HEAD, more than its Content-Length...), which
 				// read as the next response would answer another
-				// request. The close watcher sees hang-ups only.
-				_, mesh := up.Conn.(*tls.Conn)
-				up.Check = !mesh
+				// request (attemptOut: sendRequest's check, not
+				// the pool's, so that it can be made inside the
+				// wait for the response). The close watcher sees
+				// hang-ups only.
 				if keep {
 					// Pooled with its deadlines: every use sets
 					// those it needs (upWrite, attemptOut).
@@ -264,7 +265,16 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		if !reused {
 			c.upSet(up.Conn, dlBoth, time.Time{})
 		}
-		touched, err = c.sendRequest(up.Conn, n, replay)
+		_, mesh := up.Conn.(*tls.Conn)
+		touched, err = c.sendRequest(up.Conn, n, replay, reused && !mesh)
+		if err == errNotQuiet {
+			// A kept plaintext connection closed, or with stray
+			// bytes: stale, as the pool's own check counts it;
+			// nothing was sent, so another.
+			c.setCur(nil)
+			h.pool.Stale(up)
+			continue
+		}
 		var got bool
 		if errors.Is(err, errUpstreamWrite) && !errors.Is(err, errClientBody) {
 			// The upstream may have answered before it read the whole

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -48,11 +49,13 @@ type rawSock struct {
 	wr    func(uintptr) bool
 	rdNow func(uintptr) bool
 
-	// awaitAfter's write, whether it ran, its error, and its callback.
-	aw     func() error
-	awRan  bool
-	awErr  error
-	awaitf func(uintptr) bool
+	// awaitAfter's write, its check, whether it ran, its error, and
+	// its callback.
+	aw      func() error
+	awCheck bool
+	awRan   bool
+	awErr   error
+	awaitf  func(uintptr) bool
 }
 
 // newRawSock returns the raw I/O of c, or nil when c has no socket.
@@ -226,12 +229,23 @@ func (s *rawSock) Write(p []byte) (int, error) {
 // wait starts, and a wait is only safe when a read follows that reset;
 // here the reset comes before the request is written, so the reply,
 // which cannot come before its request, is seen. What was waiting
-// before the write is not: this is for a socket whose peer sends nothing
-// unasked (an upstream connection between its requests) and whose reads
-// are not buffered above it. A wait that ends in an error (a deadline, a
-// close) is left for the next Read to find again. One caller at a time.
-func (s *rawSock) awaitAfter(write func() error) error {
-	s.aw, s.awRan, s.awErr = write, false, nil
+// before the write is not: an end of stream (FIN) that came before the
+// reset goes unseen until something else comes. A peer that closed for
+// good answers the request with a reset, which ends the wait; one that
+// only half-closed (it still reads: a lingering close, RFC 9112 section
+// 9.6) answers nothing, and the wait lasts to the read deadline, where
+// Read alone would have found the end of stream at once. So, with
+// check, the socket is first peeked inside the wait (the one system
+// call the caller's check before reuse costs anyway, with no window
+// between it and the reset): when it is not quiet (bytes, an end of
+// stream, an error wait) nothing is written and the error is
+// errNotQuiet. Without check, this is for a socket whose peer sends
+// nothing unasked and closes for good (an upstream connection between
+// its requests, checked by other means) and whose reads are not
+// buffered above it. A wait that ends in an error (a deadline, a close)
+// is left for the next Read to find again. One caller at a time.
+func (s *rawSock) awaitAfter(write func() error, check bool) error {
+	s.aw, s.awCheck, s.awRan, s.awErr = write, check, false, nil
 	s.rc.Read(s.awaitf)
 	ran, err := s.awRan, s.awErr
 	s.aw, s.awErr = nil, nil
@@ -243,13 +257,24 @@ func (s *rawSock) awaitAfter(write func() error) error {
 	return err
 }
 
-// awaitFD is awaitAfter's RawConn callback: the write, the first time
-// (false: now wait), then done.
-func (s *rawSock) awaitFD(uintptr) bool {
+// errNotQuiet is awaitAfter's error when its check found the socket not
+// quiet: nothing was written.
+var errNotQuiet = errors.New("the kept connection was closed by its peer, or has bytes nobody asked for")
+
+// awaitFD is awaitAfter's RawConn callback: the check and the write, the
+// first time (false: now wait), then done.
+func (s *rawSock) awaitFD(fd uintptr) bool {
 	if s.awRan {
 		return true
 	}
 	s.awRan = true
+	if s.awCheck {
+		var b [1]byte
+		if _, e := sysPeek(fd, b[:]); e != syscall.EAGAIN {
+			s.awErr = errNotQuiet
+			return true
+		}
+	}
 	s.awErr = s.aw()
 	return s.awErr != nil
 }

@@ -10,12 +10,18 @@ import (
 	"time"
 )
 
-// awaitWithin runs s.awaitAfter(write) and fails the test when it has not
-// returned within d.
+// awaitWithin runs s.awaitAfter(write, false) and fails the test when it
+// has not returned within d.
 func awaitWithin(t *testing.T, s *rawSock, write func() error, d time.Duration) error {
 	t.Helper()
+	return awaitCheckWithin(t, s, write, false, d)
+}
+
+// awaitCheckWithin is awaitWithin with awaitAfter's check.
+func awaitCheckWithin(t *testing.T, s *rawSock, write func() error, check bool, d time.Duration) error {
+	t.Helper()
 	done := make(chan error, 1)
-	go func() { done <- s.awaitAfter(write) }()
+	go func() { done <- s.awaitAfter(write, check) }()
 	select {
 	case err := <-done:
 		return err
@@ -166,5 +172,201 @@ func TestRawSockAwaitAfterClosed(t *testing.T) {
 	}, 5*time.Second)
 	if !wrote || !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("awaitAfter on a closed socket: write ran %v, error %v; want it run and net.ErrClosed", wrote, err)
+	}
+}
+
+// The poller's readiness is reset before the write, not after it: a
+// reply that comes, and that the poller sees, while the write is still
+// in awaitAfter's callback ends the wait. (Were the wait to start after
+// the write, its reset would drop that readiness, and the wait would
+// last to the read deadline.)
+func TestRawSockAwaitAfterReplyDuringWrite(t *testing.T) {
+	a, b := tcpPair(t)
+	s := newRawSock(a)
+	a.SetReadDeadline(time.Now().Add(60 * time.Second))
+	replied := make(chan struct{})
+	go func() {
+		defer close(replied)
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(b, buf); err != nil {
+			return
+		}
+		b.Write([]byte("pong"))
+	}()
+	err := awaitWithin(t, s, func() error {
+		if _, err := s.Write([]byte("ping")); err != nil {
+			return err
+		}
+		<-replied
+		// Time for the poller to see the reply before the write
+		// returns (an idle test process polls at once).
+		time.Sleep(50 * time.Millisecond)
+		return nil
+	}, 20*time.Second)
+	if err != nil {
+		t.Fatalf("awaitAfter = %v; want nil", err)
+	}
+	buf := make([]byte, 8)
+	if n, err := s.readNoWait(buf); err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("a read that does not wait, after awaitAfter = %q, %v; want \"pong\"", buf[:n], err)
+	}
+}
+
+// A write that must wait for room in the socket's buffer (a nested
+// RawConn write inside awaitAfter's RawConn read: the socket's read and
+// write locks are separate) goes out whole, and the reply is awaited.
+func TestRawSockAwaitAfterWriteWaits(t *testing.T) {
+	a, b := tcpPair(t)
+	a.SetWriteBuffer(16 << 10)
+	b.SetReadBuffer(16 << 10)
+	s := newRawSock(a)
+	a.SetReadDeadline(time.Now().Add(60 * time.Second))
+	a.SetWriteDeadline(time.Now().Add(60 * time.Second))
+	req := make([]byte, 4<<20) // far more than both buffers hold
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the write fills the buffers and waits
+		if _, err := io.ReadFull(b, make([]byte, len(req))); err != nil {
+			return
+		}
+		b.Write([]byte("pong"))
+	}()
+	var wrote int
+	err := awaitWithin(t, s, func() error {
+		n, err := s.Write(req)
+		wrote = n
+		return err
+	}, 30*time.Second)
+	if err != nil || wrote != len(req) {
+		t.Fatalf("awaitAfter of a write that waits = %v, %d of %d bytes written; want nil, all", err, wrote, len(req))
+	}
+	buf := make([]byte, 8)
+	if n, err := s.readNoWait(buf); err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("a read that does not wait, after awaitAfter = %q, %v; want \"pong\"", buf[:n], err)
+	}
+}
+
+// A wait with no reply ends when another goroutine sets a past read
+// deadline (h1Conn.kill) or closes the socket; the read after it finds
+// which.
+func TestRawSockAwaitAfterInterrupted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		stop func(c *net.TCPConn)
+		want error
+	}{
+		{"past deadline", func(c *net.TCPConn) { c.SetDeadline(time.Unix(1, 0)) }, os.ErrDeadlineExceeded},
+		{"close", func(c *net.TCPConn) { c.Close() }, net.ErrClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := tcpPair(t)
+			s := newRawSock(a)
+			a.SetReadDeadline(time.Time{}) // none: only the stop ends the wait
+			got := make(chan struct{})
+			go func() {
+				io.ReadFull(b, make([]byte, 4))
+				close(got)
+			}()
+			go func() {
+				<-got
+				time.Sleep(50 * time.Millisecond) // the wait has begun
+				tc.stop(a)
+			}()
+			if err := awaitWithin(t, s, func() error {
+				_, err := s.Write([]byte("ping"))
+				return err
+			}, 20*time.Second); err != nil {
+				t.Fatalf("awaitAfter = %v; want nil (the write went out)", err)
+			}
+			if _, err := s.Read(make([]byte, 4)); !errors.Is(err, tc.want) {
+				t.Fatalf("read after the wait was stopped = %v; want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// A read deadline already past when awaitAfter starts (an exchange
+// killed before its request): the write still runs, as alone, and the
+// read after it finds the deadline.
+func TestRawSockAwaitAfterDeadlinePassed(t *testing.T) {
+	a, b := tcpPair(t)
+	s := newRawSock(a)
+	a.SetReadDeadline(time.Unix(1, 0))
+	if err := awaitWithin(t, s, func() error {
+		_, err := s.Write([]byte("ping"))
+		return err
+	}, 5*time.Second); err != nil {
+		t.Fatalf("awaitAfter = %v; want nil (the write goes out)", err)
+	}
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(b, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("the peer read %q, %v; want \"ping\" (the write skipped)", buf, err)
+	}
+	if _, err := s.Read(make([]byte, 4)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after awaitAfter = %v; want the deadline", err)
+	}
+}
+
+// A peer that half-closed before the request (its FIN came, and was
+// seen by the poller, before the wait's reset) and still reads, never
+// answering (a lingering close): its end of stream is found by the
+// check inside the wait, at once and with nothing written, where an
+// unchecked wait would last to the read deadline (nothing comes to end
+// it: the peer reads the request and answers nothing).
+func TestRawSockAwaitAfterCheckHalfClosed(t *testing.T) {
+	a, b := tcpPair(t)
+	s := newRawSock(a)
+	b.CloseWrite()
+	for end := time.Now().Add(5 * time.Second); socketQuiet(t, a); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the peer's FIN never arrived")
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // the poller sees the FIN too
+	a.SetReadDeadline(time.Now().Add(60 * time.Second))
+	wrote := false
+	err := awaitCheckWithin(t, s, func() error {
+		wrote = true
+		_, err := s.Write([]byte("ping"))
+		return err
+	}, true, 20*time.Second)
+	if err != errNotQuiet || wrote {
+		t.Fatalf("checked awaitAfter on a half-closed connection = %v, wrote %v; want errNotQuiet and nothing written", err, wrote)
+	}
+}
+
+// The check finds bytes nobody asked for (leftovers, a goodbye) too, and
+// passes a quiet socket: the request goes out and the reply is awaited.
+func TestRawSockAwaitAfterCheck(t *testing.T) {
+	a, b := tcpPair(t)
+	s := newRawSock(a)
+	a.SetReadDeadline(time.Now().Add(60 * time.Second))
+	go func() {
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(b, buf); err != nil {
+			return
+		}
+		b.Write([]byte("pong"))
+	}()
+	write := func() error {
+		_, err := s.Write([]byte("ping"))
+		return err
+	}
+	if err := awaitCheckWithin(t, s, write, true, 20*time.Second); err != nil {
+		t.Fatalf("checked awaitAfter on a quiet connection = %v; want nil", err)
+	}
+	buf := make([]byte, 8)
+	if n, err := s.readNoWait(buf); err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("a read that does not wait, after awaitAfter = %q, %v; want \"pong\"", buf[:n], err)
+	}
+	b.Write([]byte("junk"))
+	for end := time.Now().Add(5 * time.Second); socketQuiet(t, a); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the stray bytes never arrived")
+		}
+	}
+	wrote := false
+	if err := awaitCheckWithin(t, s, func() error { wrote = true; return nil }, true, 20*time.Second); err != errNotQuiet || wrote {
+		t.Fatalf("checked awaitAfter with stray bytes = %v, wrote %v; want errNotQuiet and nothing written", err, wrote)
 	}
 }
