@@ -150,8 +150,9 @@ type h1MetricCache struct {
 
 // upDeadlines is what an upstream connection's deadlines were last set
 // to by the fast path (zero: not known), so that fresh ones are not set
-// again (stale). A mesh connection's live in its batchConn, as it moves
-// between client connections through the pool; the inbound app
+// again (stale). A pooled connection's live with it, as it moves between
+// client connections through the pool (a mesh connection's in its
+// batchConn, a plaintext one's in its rawTCPConn); the inbound app
 // connection's in the h1Conn. They are read and written under the mu of
 // the h1Conn using the connection (the pool orders the hand-overs).
 type upDeadlines struct{ r, w time.Time }
@@ -164,15 +165,18 @@ const (
 )
 
 // dlCache returns the deadline cache of the upstream up, or nil (a
-// plaintext pooled connection: its deadlines are always set).
+// connection of another kind: its deadlines are always set).
 func (c *h1Conn) dlCache(up net.Conn) *upDeadlines {
 	if c.h == nil {
 		return &c.appDL // inbound: the upstream is the app connection
 	}
-	if tc, ok := up.(*tls.Conn); ok {
-		if bc, ok := tc.NetConn().(*batchConn); ok {
+	switch v := up.(type) {
+	case *tls.Conn:
+		if bc, ok := v.NetConn().(*batchConn); ok {
 			return &bc.h1dl
 		}
+	case *rawTCPConn: // a pooled plaintext connection (dialH1)
+		return &v.h1dl
 	}
 	return nil
 }

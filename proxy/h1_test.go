@@ -1075,9 +1075,32 @@ func TestH1MeshResponseTimeoutLazyDeadline(t *testing.T) {
 	t.Cleanup(func() { app.Close() })
 	appAddr := netip.MustParseAddrPort(ln.Addr().String())
 	e.out.mesh.cache.SetMeshed(appAddr.Addr())
-	rc := dialRaw(t, newProxyDialer(t, e.out, appAddr))
+	lazyDeadlineChecks(t, dialRaw(t, newProxyDialer(t, e.out, appAddr)), appAddr.String(), timeout)
+}
+
+// TestH1PlainResponseTimeoutLazyDeadline is the same through a pooled
+// plaintext upstream, whose deadlines are cached lazily too.
+func TestH1PlainResponseTimeoutLazyDeadline(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	bs := startBackends(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(3 * timeout)
+		}
+		io.WriteString(w, r.URL.Path)
+	}), 0, "127.0.0.1")
+	srv := NewServer(Outbound, Config{OpaquePorts: noOpaque, HTTP: &HTTPConfig{ResponseHeaderTimeout: timeout}}, nil, nil)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	lazyDeadlineChecks(t, dialRaw(t, newProxyDialer(t, srv, bs[0].addr)), bs[0].addr.String(), timeout)
+}
+
+// lazyDeadlineChecks sends, on one client connection (so one pooled
+// upstream), a request, another once the deadline set for the first
+// has passed (it must not fail on it), one the upstream answers too late
+// (504), and one more.
+func lazyDeadlineChecks(t *testing.T, rc *rawConn, host string, timeout time.Duration) {
+	t.Helper()
 	get := func(path string) (int, string) {
-		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + appAddr.String() + "\r\n\r\n")
+		rc.send("GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n")
 		resp, body := rc.read("GET")
 		return resp.StatusCode, body
 	}

@@ -305,6 +305,8 @@ func netOp(err error, op string) error {
 type rawTCPConn struct {
 	*net.TCPConn
 	s *rawSock
+
+	h1dl upDeadlines // the HTTP fast path's, when pooled (h1Conn.dlCache)
 }
 
 // newRawTCPConn wraps c, or returns c itself when it is not a TCP socket.
