@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -104,4 +105,97 @@ func TestH1InboundRequestDuringExchange(t *testing.T) {
 	}
 	send("/after")
 	read("/after")
+}
+
+// expectEnd fails unless the proxy ends the connection (end of
+// stream, or a reset) before the deadline, far below the idle timeout.
+func expectEnd(t *testing.T, c net.Conn, r io.Reader) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(r)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() || len(b) > 0 {
+		t.Fatalf("after the last answer: %q, %v; want the proxy's end of stream (the client half-closed)", b, err)
+	}
+}
+
+// TestH1HalfCloseAfterRequest: a client that half-closes (FIN) right
+// after a request gets its answer and then the connection's end, not a
+// wait for the idle timeout. The request and the FIN are both in the
+// proxy's socket when it reads the request (sent during the exchange
+// before it): that read returns the request alone, fewer bytes than it
+// asked for, and takes the FIN with it, which the kernel signals no
+// more; so a short read does not mean that the next would find nothing.
+func TestH1HalfCloseAfterRequest(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	_, _, d, authority := h1Env(t, slowThenEcho(started, release), 0)
+	rc := dialRaw(t, d)
+	rc.c.SetDeadline(time.Now().Add(10 * time.Second))
+	rc.send("GET /first HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/first" {
+		t.Fatalf("first answer %d %q; want 200 /first", resp.StatusCode, body)
+	}
+	rc.send("GET /slow HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	<-started
+	rc.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if err := rc.c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // /next and the FIN are in the proxy's socket
+	close(release)
+	for _, want := range []string{"/slow", "/next"} {
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != want {
+			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, body, want)
+		}
+	}
+	expectEnd(t, rc.c, rc.r)
+}
+
+// TestH1InboundHalfCloseAfterRequest: the same on the server side, the
+// mesh client ending its TCP stream without a close_notify: the TLS
+// layer's read of the request takes the FIN from the socket with it.
+func TestH1InboundHalfCloseAfterRequest(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	e, _, authority := meshHTTPEnv(t, slowThenEcho(started, release))
+	_, portStr, _ := strings.Cut(authority, ":")
+	port, _ := strconv.Atoi(portStr)
+	c, err := rawMeshClient(t, e.meshAddr, e.clientMgr.ClientTLSConfig(nil))
+	if err != nil {
+		t.Fatalf("mesh handshake: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
+	send := func(path string) {
+		t.Helper()
+		if _, err := c.Write([]byte("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	br := bufio.NewReader(c)
+	read := func(want string) {
+		t.Helper()
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("reading the answer to %s: %v", want, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != want {
+			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, want)
+		}
+	}
+	if _, err := c.Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	send("/first")
+	read("/first")
+	send("/slow")
+	<-started
+	send("/next")
+	if err := c.NetConn().(*net.TCPConn).CloseWrite(); err != nil { // no close_notify
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	read("/slow")
+	read("/next")
+	expectEnd(t, c, br)
 }
