@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -198,4 +199,96 @@ func TestH1InboundHalfCloseAfterRequest(t *testing.T) {
 	read("/slow")
 	read("/next")
 	expectEnd(t, c, br)
+}
+
+// gatherConn is a client socket whose writes, while gathering, wait in
+// a buffer and then go out as one write (flush): TLS records written
+// one after another reach the peer in one segment, read at once.
+type gatherConn struct {
+	net.Conn
+	gathering bool
+	buf       []byte
+}
+
+func (g *gatherConn) Write(p []byte) (int, error) {
+	if g.gathering {
+		g.buf = append(g.buf, p...)
+		return len(p), nil
+	}
+	return g.Conn.Write(p)
+}
+
+func (g *gatherConn) flush() error {
+	g.gathering = false
+	_, err := g.Conn.Write(g.buf)
+	g.buf = nil
+	return err
+}
+
+// TestH1InboundBufferedAtWaitStart: when the server side's wait for
+// the next request begins, its TLS layer may already hold a request
+// (read with the one before, a request with a body, served outside the
+// wait): that request is served without a socket read, and the wait
+// must not start before a read of the socket, where a request that came
+// during the exchange before is, its readiness reset when the wait
+// began.
+func TestH1InboundBufferedAtWaitStart(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	e, _, authority := meshHTTPEnv(t, slowThenEcho(started, release))
+	_, portStr, _ := strings.Cut(authority, ":")
+	port, _ := strconv.Atoi(portStr)
+	nc, err := net.DialTimeout("tcp", e.meshAddr.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(10 * time.Second)) // far below the idle timeout
+	cfg := e.clientMgr.ClientTLSConfig(nil).Clone()
+	if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+		cfg.ServerName = e.meshAddr.Addr().String()
+	}
+	g := &gatherConn{Conn: nc}
+	c := tls.Client(g, cfg)
+	if err := c.Handshake(); err != nil {
+		t.Fatalf("mesh handshake: %v", err)
+	}
+	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
+	write := func(s string) {
+		t.Helper()
+		if _, err := c.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	br := bufio.NewReader(c)
+	read := func(want string) {
+		t.Helper()
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("reading the answer to %s: %v", want, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != want {
+			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, want)
+		}
+	}
+	write(string(hdr))
+	write("GET /first HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	read("/first")
+	// A request with a body and one after it, in two records the proxy
+	// reads at once.
+	g.gathering = true
+	write("POST /slow HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: 1\r\n\r\nx")
+	write("GET /a HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	if err := g.flush(); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	write("GET /b HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // /b is in the proxy's socket, unread
+	close(release)
+	for _, want := range []string{"/slow", "/a", "/b"} {
+		read(want)
+	}
+	write("GET /after HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	read("/after")
 }
