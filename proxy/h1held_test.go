@@ -292,3 +292,42 @@ func TestH1InboundBufferedAtWaitStart(t *testing.T) {
 	write("GET /after HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
 	read("/after")
 }
+
+// TestH1PipelinedFullBuffer: requests that came during an exchange and
+// fill the proxy's read buffer exactly, whole ones only, are served
+// inside the wait, and the request past them, still in the socket (its
+// readiness taken by the wake-up before that read), right after them:
+// a read that filled the buffer is followed by another before any wait.
+func TestH1PipelinedFullBuffer(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	_, _, d, authority := h1Env(t, slowThenEcho(started, release), 0)
+	rc := dialRaw(t, d)
+	rc.c.SetDeadline(time.Now().Add(10 * time.Second))
+	const each = h1BufSize / 16
+	req := func(path string) string {
+		s := "GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\nX-Pad: \r\n\r\n"
+		pad := strings.Repeat("p", each-len(s))
+		return "GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\nX-Pad: " + pad + "\r\n\r\n"
+	}
+	rc.send("GET /slow HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	<-started
+	var burst strings.Builder
+	var want []string
+	for i := range 16 {
+		p := "/p" + strconv.Itoa(i)
+		burst.WriteString(req(p))
+		want = append(want, p)
+	}
+	if burst.Len() != h1BufSize {
+		t.Fatalf("burst of %d bytes; want %d", burst.Len(), h1BufSize)
+	}
+	rc.send(burst.String())
+	rc.send("GET /z HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // all of it is in the proxy's socket
+	close(release)
+	for _, w := range append(append([]string{"/slow"}, want...), "/z") {
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != w {
+			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, body, w)
+		}
+	}
+}
