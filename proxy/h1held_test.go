@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -330,4 +331,51 @@ func TestH1PipelinedFullBuffer(t *testing.T) {
 			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, body, w)
 		}
 	}
+}
+
+// TestH1InboundIdleAndShutdown: a mesh connection waiting on the server
+// side for its next request (readOnceTLS) holds no request buffer, and
+// the server's Shutdown closes it at once.
+func TestH1InboundIdleAndShutdown(t *testing.T) {
+	e, _, authority := meshHTTPEnv(t, echoPath)
+	_, portStr, _ := strings.Cut(authority, ":")
+	port, _ := strconv.Atoi(portStr)
+	c, err := rawMeshClient(t, e.meshAddr, e.clientMgr.ClientTLSConfig(nil))
+	if err != nil {
+		t.Fatalf("mesh handshake: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
+	if _, err := c.Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for _, p := range []string{"/a", "/b"} {
+		if _, err := c.Write([]byte("GET " + p + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("reading the answer to %s: %v", p, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != p {
+			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, p)
+		}
+	}
+	var held int64
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if held = h1Held.Load(); held == 0 {
+			break
+		}
+	}
+	if held != 0 {
+		t.Errorf("%d request buffers held by an idle mesh connection; want 0", held)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.in.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with an idle mesh connection: %v", err)
+	}
+	expectEnd(t, c, br)
 }
