@@ -379,3 +379,56 @@ func TestH1InboundIdleAndShutdown(t *testing.T) {
 	}
 	expectEnd(t, c, br)
 }
+
+// TestH1InboundCloseNotifyWithRequest: a request and the mesh client's
+// close_notify in one segment: the request is answered, then the
+// connection ends (the alert, read with the request, is found by the
+// TLS layer's next read, without the socket: TLS 1.3 hides the record
+// type, so its Read does not return the request with io.EOF).
+func TestH1InboundCloseNotifyWithRequest(t *testing.T) {
+	e, _, authority := meshHTTPEnv(t, echoPath)
+	_, portStr, _ := strings.Cut(authority, ":")
+	port, _ := strconv.Atoi(portStr)
+	nc, err := net.DialTimeout("tcp", e.meshAddr.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	cfg := e.clientMgr.ClientTLSConfig(nil).Clone()
+	if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+		cfg.ServerName = e.meshAddr.Addr().String()
+	}
+	g := &gatherConn{Conn: nc}
+	c := tls.Client(g, cfg)
+	if err := c.Handshake(); err != nil {
+		t.Fatalf("mesh handshake: %v", err)
+	}
+	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
+	br := bufio.NewReader(c)
+	for i, p := range []string{"/a", "/b"} {
+		g.gathering = true
+		if i == 0 {
+			c.Write(hdr)
+		}
+		c.Write([]byte("GET " + p + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n"))
+		if i == 1 {
+			if err := c.CloseWrite(); err != nil { // close_notify
+				t.Fatal(err)
+			}
+			nc.SetWriteDeadline(time.Now().Add(5 * time.Second)) // CloseWrite's is now
+		}
+		if err := g.flush(); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("reading the answer to %s: %v", p, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != p {
+			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, p)
+		}
+	}
+	expectEnd(t, c, br)
+}
