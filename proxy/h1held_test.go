@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -431,4 +432,34 @@ func TestH1InboundCloseNotifyWithRequest(t *testing.T) {
 		}
 	}
 	expectEnd(t, c, br)
+}
+
+// TestH1UrgentByteBetweenRequests: a read stops short at TCP urgent
+// data with bytes still queued past it; the request after the urgent
+// byte (which the proxy does not read inline) is served, not left in
+// the socket for a wait that nothing ends.
+func TestH1UrgentByteBetweenRequests(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	_, _, d, authority := h1Env(t, slowThenEcho(started, release), 0)
+	rc := dialRaw(t, d)
+	rc.c.SetDeadline(time.Now().Add(10 * time.Second))
+	rc.send("GET /slow HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	<-started
+	rc.send("GET /a HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	sc, err := rc.c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := sc.Control(func(fd uintptr) { serr = syscall.Sendto(int(fd), []byte("!"), syscall.MSG_OOB, nil) }); err != nil || serr != nil {
+		t.Fatalf("sending an urgent byte: %v %v", err, serr)
+	}
+	rc.send("GET /b HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // all of it is in the proxy's socket
+	close(release)
+	for _, want := range []string{"/slow", "/a", "/b"} {
+		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != want {
+			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, body, want)
+		}
+	}
 }
