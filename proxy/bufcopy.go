@@ -276,11 +276,14 @@ type batchConn struct {
 	// Read then reads the socket directly, fd held-1 (held > 0), or not
 	// at all (held < 0), and answers errWouldBlock instead of waiting,
 	// as a wait there would need the read lock the callback holds.
-	// drained says such a read found the socket empty (EAGAIN) or took
-	// less than it could (so all it had); the callback clears it. Both
-	// belong to that goroutine.
+	// drained says such a read found the socket empty (EAGAIN) or left
+	// nothing in it (with inq, TCP_INQ on: sysReadInq; a short read
+	// alone may have taken an end of stream the poller does not signal
+	// again); the callback clears it. All three belong to that
+	// goroutine.
 	held    int
 	drained bool
+	inq     bool
 }
 
 // readTLSNoWait reads from tc, the TLS layer over b, what the records
@@ -338,7 +341,14 @@ func (b *batchConn) heldRead(p []byte) (int, error) {
 	if b.held < 0 {
 		return 0, errWouldBlock
 	}
-	n, e := sysRead(uintptr(b.held-1), p)
+	var n int
+	var e syscall.Errno
+	more := true
+	if b.inq {
+		n, more, e = sysReadInq(uintptr(b.held-1), p)
+	} else {
+		n, e = sysRead(uintptr(b.held-1), p)
+	}
 	switch {
 	case e == syscall.EAGAIN:
 		b.drained = true
@@ -348,7 +358,7 @@ func (b *batchConn) heldRead(p []byte) (int, error) {
 	case n == 0 && len(p) > 0:
 		return 0, io.EOF
 	}
-	b.drained = n < len(p)
+	b.drained = !more
 	return n, nil
 }
 

@@ -112,6 +112,7 @@ type h1Conn struct {
 	rerr     error
 	heldStop bool
 	maxHead  int
+	inq      bool // TCP_INQ is on for a plain client (sysReadInq)
 
 	met h1MetricCache
 
@@ -466,8 +467,10 @@ func (c *h1Conn) readIdle() error {
 				return err
 			}
 			c.rc, c.idleRead = rc, c.readOnce
+			c.inq = enableInq(rc)
 		} else {
 			c.rc, c.idleRead = c.bc.s.rc, c.readOnceTLS
+			c.bc.inq = enableInq(c.rc)
 		}
 	}
 	c.rerr = nil
@@ -491,13 +494,22 @@ func (c *h1Conn) readIdle() error {
 // first: the poller's readiness was reset only when readIdle began, so
 // whatever came since the last read, even during the exchanges, ends the
 // wait at once. That saves the read(2) that finds nothing (EAGAIN) which
-// a fresh wait per request costs. A read that filled the buffer may have
-// left bytes in the socket: it is read again before any wait.
+// a fresh wait per request costs. But only a read that left nothing
+// (sysReadInq: no bytes, no end of stream) allows it: otherwise the
+// socket is read again before any wait, as what a read leaves is not
+// signalled again (an end of stream taken with the last bytes, bytes
+// past a full buffer or urgent data).
 func (c *h1Conn) readOnce(fd uintptr) bool {
 	for {
 		c.take() // the buffer is empty here: readIdle starts with none
-		space := len(c.cr.buf)
-		n, e := sysRead(fd, c.cr.buf)
+		var n int
+		var e syscall.Errno
+		more := true
+		if c.inq {
+			n, more, e = sysReadInq(fd, c.cr.buf)
+		} else {
+			n, e = sysRead(fd, c.cr.buf)
+		}
 		if e == syscall.EAGAIN {
 			c.release()
 			if !c.idle && !c.beginIdle() {
@@ -523,7 +535,7 @@ func (c *h1Conn) readOnce(fd uintptr) bool {
 			return true // serve takes what is left, or ends (heldStop)
 		}
 		c.release()
-		if n == space {
+		if more {
 			continue
 		}
 		if !c.beginIdle() {
