@@ -38,7 +38,7 @@ stunnel) PROC=stunnel4 ;;
 esac
 OUT=$(mktemp -d /tmp/sched-counts.XXXXXX)
 EVENTS=context-switches,cpu-migrations,task-clock
-for s in read write recvfrom sendto futex nanosleep epoll_wait epoll_pwait sched_yield; do
+for s in read write recvfrom recvmsg sendto futex nanosleep epoll_wait epoll_pwait sched_yield; do
 	EVENTS+=,syscalls:sys_enter_$s
 done
 
