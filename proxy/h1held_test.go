@@ -33,29 +33,118 @@ func slowThenEcho(started chan<- struct{}, release <-chan struct{}) http.Handler
 // waits again without a read first; this is the request whose arrival
 // that wait must not miss.
 func TestH1RequestDuringExchange(t *testing.T) {
+	_, get := slowThenNext(t, nil)
+	// And the wait goes on as usual after it.
+	get("/after")
+}
+
+// slowThenNext runs, through an outbound proxy, a GET of /first, then
+// one of /slow and, while the app holds /slow, one of /next, then
+// between (when not nil), and checks the answers. It returns the
+// client connection and its get (send a GET of a path and check the
+// answer), with a 10 s deadline, far below the idle timeout: a missed
+// arrival fails there.
+func slowThenNext(t *testing.T, between func(rc *rawConn)) (*rawConn, func(path string)) {
+	t.Helper()
 	started, release := make(chan struct{}, 1), make(chan struct{})
 	_, _, d, authority := h1Env(t, slowThenEcho(started, release), 0)
 	rc := dialRaw(t, d)
-	// Far shorter than the idle timeout: a missed arrival fails here.
 	rc.c.SetDeadline(time.Now().Add(10 * time.Second))
-	rc.send("GET /first HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/first" {
-		t.Fatalf("first answer %d %q; want 200 /first", resp.StatusCode, body)
-	}
-	rc.send("GET /slow HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	<-started
-	rc.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	time.Sleep(50 * time.Millisecond) // /next is in the proxy's socket, unread
-	close(release)
-	for _, want := range []string{"/slow", "/next"} {
+	send := func(path string) { rc.send("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n") }
+	expect := func(want string) {
+		t.Helper()
 		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != want {
 			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, body, want)
 		}
 	}
-	// And the wait goes on as usual after it.
-	rc.send("GET /after HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/after" {
-		t.Fatalf("answer %d %q; want 200 /after", resp.StatusCode, body)
+	send("/first")
+	expect("/first")
+	send("/slow")
+	<-started
+	send("/next")
+	if between != nil {
+		between(rc)
+	}
+	time.Sleep(50 * time.Millisecond) // /next (and what between sent) is in the proxy's socket, unread
+	close(release)
+	expect("/slow")
+	expect("/next")
+	return rc, func(path string) { t.Helper(); send(path); expect(path) }
+}
+
+// meshH1 is a client of the server-side proxy as a client proxy is: a
+// mesh connection (mutual TLS, the transport header sent) carrying
+// HTTP/1 requests for the app. Its writes go out as written, or, while
+// g.gathering, in one segment at g.flush.
+type meshH1 struct {
+	t         *testing.T
+	c         *tls.Conn
+	nc        net.Conn
+	g         *gatherConn
+	br        *bufio.Reader
+	authority string
+}
+
+// dialMeshH1 connects to e's server-side proxy for the app at authority
+// (host:port, as meshHTTPEnv returns it), with a 10 s deadline, far
+// below the idle timeout.
+func dialMeshH1(t *testing.T, e *meshEnv, authority string) *meshH1 {
+	t.Helper()
+	_, portStr, _ := strings.Cut(authority, ":")
+	port, _ := strconv.Atoi(portStr)
+	nc, err := net.DialTimeout("tcp", e.meshAddr.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	cfg := e.clientMgr.ClientTLSConfig(nil).Clone()
+	if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+		cfg.ServerName = e.meshAddr.Addr().String()
+	}
+	g := &gatherConn{Conn: nc}
+	c := tls.Client(g, cfg)
+	if err := c.Handshake(); err != nil {
+		t.Fatalf("mesh handshake: %v", err)
+	}
+	m := &meshH1{t: t, c: c, nc: nc, g: g, br: bufio.NewReader(c), authority: authority}
+	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
+	m.write(string(hdr))
+	return m
+}
+
+// write writes s (through TLS).
+func (m *meshH1) write(s string) {
+	m.t.Helper()
+	if _, err := m.c.Write([]byte(s)); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// send sends a GET of path.
+func (m *meshH1) send(path string) {
+	m.t.Helper()
+	m.write("GET " + path + " HTTP/1.1\r\nHost: " + m.authority + "\r\n\r\n")
+}
+
+// flush sends what was gathered, in one segment.
+func (m *meshH1) flush() {
+	m.t.Helper()
+	if err := m.g.flush(); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// read reads the next answer and fails unless it is 200 with body want.
+func (m *meshH1) read(want string) {
+	m.t.Helper()
+	resp, err := http.ReadResponse(m.br, &http.Request{Method: "GET"})
+	if err != nil {
+		m.t.Fatalf("reading the answer to %s: %v", want, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != want {
+		m.t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, want)
 	}
 }
 
@@ -66,48 +155,20 @@ func TestH1RequestDuringExchange(t *testing.T) {
 func TestH1InboundRequestDuringExchange(t *testing.T) {
 	started, release := make(chan struct{}, 1), make(chan struct{})
 	e, _, authority := meshHTTPEnv(t, slowThenEcho(started, release))
-	_, portStr, _ := strings.Cut(authority, ":")
-	port, _ := strconv.Atoi(portStr)
-	c, err := rawMeshClient(t, e.meshAddr, e.clientMgr.ClientTLSConfig(nil))
-	if err != nil {
-		t.Fatalf("mesh handshake: %v", err)
-	}
-	c.SetDeadline(time.Now().Add(10 * time.Second)) // far below the idle timeout
-	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
-	send := func(path string) {
-		t.Helper()
-		if _, err := c.Write([]byte("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	br := bufio.NewReader(c)
-	read := func(want string) {
-		t.Helper()
-		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-		if err != nil {
-			t.Fatalf("reading the answer to %s: %v", want, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 || string(b) != want {
-			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, want)
-		}
-	}
-	if _, err := c.Write(hdr); err != nil {
-		t.Fatal(err)
-	}
-	send("/first")
-	read("/first")
-	send("/slow")
+	m := dialMeshH1(t, e, authority)
+	m.send("/first")
+	m.read("/first")
+	m.send("/slow")
 	<-started
-	send("/n1") // two TLS records, likely read by the proxy at once
-	send("/n2")
+	m.send("/n1") // two TLS records, likely read by the proxy at once
+	m.send("/n2")
 	time.Sleep(50 * time.Millisecond)
 	close(release)
 	for _, want := range []string{"/slow", "/n1", "/n2"} {
-		read(want)
+		m.read(want)
 	}
-	send("/after")
-	read("/after")
+	m.send("/after")
+	m.read("/after")
 }
 
 // expectEnd fails unless the proxy ends the connection (end of
@@ -129,27 +190,11 @@ func expectEnd(t *testing.T, c net.Conn, r io.Reader) {
 // asked for, and takes the FIN with it, which the kernel signals no
 // more; so a short read does not mean that the next would find nothing.
 func TestH1HalfCloseAfterRequest(t *testing.T) {
-	started, release := make(chan struct{}, 1), make(chan struct{})
-	_, _, d, authority := h1Env(t, slowThenEcho(started, release), 0)
-	rc := dialRaw(t, d)
-	rc.c.SetDeadline(time.Now().Add(10 * time.Second))
-	rc.send("GET /first HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != "/first" {
-		t.Fatalf("first answer %d %q; want 200 /first", resp.StatusCode, body)
-	}
-	rc.send("GET /slow HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	<-started
-	rc.send("GET /next HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	if err := rc.c.(*net.TCPConn).CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(50 * time.Millisecond) // /next and the FIN are in the proxy's socket
-	close(release)
-	for _, want := range []string{"/slow", "/next"} {
-		if resp, body := rc.read("GET"); resp.StatusCode != 200 || body != want {
-			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, body, want)
+	rc, _ := slowThenNext(t, func(rc *rawConn) {
+		if err := rc.c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
 		}
-	}
+	})
 	expectEnd(t, rc.c, rc.r)
 }
 
@@ -159,48 +204,20 @@ func TestH1HalfCloseAfterRequest(t *testing.T) {
 func TestH1InboundHalfCloseAfterRequest(t *testing.T) {
 	started, release := make(chan struct{}, 1), make(chan struct{})
 	e, _, authority := meshHTTPEnv(t, slowThenEcho(started, release))
-	_, portStr, _ := strings.Cut(authority, ":")
-	port, _ := strconv.Atoi(portStr)
-	c, err := rawMeshClient(t, e.meshAddr, e.clientMgr.ClientTLSConfig(nil))
-	if err != nil {
-		t.Fatalf("mesh handshake: %v", err)
-	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
-	send := func(path string) {
-		t.Helper()
-		if _, err := c.Write([]byte("GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	br := bufio.NewReader(c)
-	read := func(want string) {
-		t.Helper()
-		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-		if err != nil {
-			t.Fatalf("reading the answer to %s: %v", want, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 || string(b) != want {
-			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, want)
-		}
-	}
-	if _, err := c.Write(hdr); err != nil {
-		t.Fatal(err)
-	}
-	send("/first")
-	read("/first")
-	send("/slow")
+	m := dialMeshH1(t, e, authority)
+	m.send("/first")
+	m.read("/first")
+	m.send("/slow")
 	<-started
-	send("/next")
-	if err := c.NetConn().(*net.TCPConn).CloseWrite(); err != nil { // no close_notify
-		t.Fatal(err)
+	m.send("/next")
+	if err := m.nc.(*net.TCPConn).CloseWrite(); err != nil { // no close_notify
+		m.t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond)
 	close(release)
-	read("/slow")
-	read("/next")
-	expectEnd(t, c, br)
+	m.read("/slow")
+	m.read("/next")
+	expectEnd(t, m.c, m.br)
 }
 
 // gatherConn is a client socket whose writes, while gathering, wait in
@@ -237,62 +254,24 @@ func (g *gatherConn) flush() error {
 func TestH1InboundBufferedAtWaitStart(t *testing.T) {
 	started, release := make(chan struct{}, 1), make(chan struct{})
 	e, _, authority := meshHTTPEnv(t, slowThenEcho(started, release))
-	_, portStr, _ := strings.Cut(authority, ":")
-	port, _ := strconv.Atoi(portStr)
-	nc, err := net.DialTimeout("tcp", e.meshAddr.String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(10 * time.Second)) // far below the idle timeout
-	cfg := e.clientMgr.ClientTLSConfig(nil).Clone()
-	if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
-		cfg.ServerName = e.meshAddr.Addr().String()
-	}
-	g := &gatherConn{Conn: nc}
-	c := tls.Client(g, cfg)
-	if err := c.Handshake(); err != nil {
-		t.Fatalf("mesh handshake: %v", err)
-	}
-	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
-	write := func(s string) {
-		t.Helper()
-		if _, err := c.Write([]byte(s)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	br := bufio.NewReader(c)
-	read := func(want string) {
-		t.Helper()
-		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-		if err != nil {
-			t.Fatalf("reading the answer to %s: %v", want, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 || string(b) != want {
-			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, want)
-		}
-	}
-	write(string(hdr))
-	write("GET /first HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	read("/first")
+	m := dialMeshH1(t, e, authority)
+	m.send("/first")
+	m.read("/first")
 	// A request with a body and one after it, in two records the proxy
 	// reads at once.
-	g.gathering = true
-	write("POST /slow HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: 1\r\n\r\nx")
-	write("GET /a HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	if err := g.flush(); err != nil {
-		t.Fatal(err)
-	}
+	m.g.gathering = true
+	m.write("POST /slow HTTP/1.1\r\nHost: " + authority + "\r\nContent-Length: 1\r\n\r\nx")
+	m.send("/a")
+	m.flush()
 	<-started
-	write("GET /b HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
+	m.send("/b")
 	time.Sleep(50 * time.Millisecond) // /b is in the proxy's socket, unread
 	close(release)
 	for _, want := range []string{"/slow", "/a", "/b"} {
-		read(want)
+		m.read(want)
 	}
-	write("GET /after HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")
-	read("/after")
+	m.send("/after")
+	m.read("/after")
 }
 
 // TestH1PipelinedFullBuffer: requests that came during an exchange and
@@ -339,30 +318,10 @@ func TestH1PipelinedFullBuffer(t *testing.T) {
 // the server's Shutdown closes it at once.
 func TestH1InboundIdleAndShutdown(t *testing.T) {
 	e, _, authority := meshHTTPEnv(t, echoPath)
-	_, portStr, _ := strings.Cut(authority, ":")
-	port, _ := strconv.Atoi(portStr)
-	c, err := rawMeshClient(t, e.meshAddr, e.clientMgr.ClientTLSConfig(nil))
-	if err != nil {
-		t.Fatalf("mesh handshake: %v", err)
-	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
-	if _, err := c.Write(hdr); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
+	m := dialMeshH1(t, e, authority)
 	for _, p := range []string{"/a", "/b"} {
-		if _, err := c.Write([]byte("GET " + p + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n")); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-		if err != nil {
-			t.Fatalf("reading the answer to %s: %v", p, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 || string(b) != p {
-			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, p)
-		}
+		m.send(p)
+		m.read(p)
 	}
 	var held int64
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
@@ -378,7 +337,7 @@ func TestH1InboundIdleAndShutdown(t *testing.T) {
 	if err := e.in.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown with an idle mesh connection: %v", err)
 	}
-	expectEnd(t, c, br)
+	expectEnd(t, m.c, m.br)
 }
 
 // TestH1InboundCloseNotifyWithRequest: a request and the mesh client's
@@ -388,50 +347,18 @@ func TestH1InboundIdleAndShutdown(t *testing.T) {
 // type, so its Read does not return the request with io.EOF).
 func TestH1InboundCloseNotifyWithRequest(t *testing.T) {
 	e, _, authority := meshHTTPEnv(t, echoPath)
-	_, portStr, _ := strings.Cut(authority, ":")
-	port, _ := strconv.Atoi(portStr)
-	nc, err := net.DialTimeout("tcp", e.meshAddr.String(), 5*time.Second)
-	if err != nil {
+	m := dialMeshH1(t, e, authority)
+	m.send("/a")
+	m.read("/a")
+	m.g.gathering = true
+	m.send("/b")
+	if err := m.c.CloseWrite(); err != nil { // close_notify
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(10 * time.Second))
-	cfg := e.clientMgr.ClientTLSConfig(nil).Clone()
-	if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
-		cfg.ServerName = e.meshAddr.Addr().String()
-	}
-	g := &gatherConn{Conn: nc}
-	c := tls.Client(g, cfg)
-	if err := c.Handshake(); err != nil {
-		t.Fatalf("mesh handshake: %v", err)
-	}
-	hdr, _ := EncodeHeader(Header{Port: uint16(port), Protocol: ProtocolHTTP1, Name: "web.test"})
-	br := bufio.NewReader(c)
-	for i, p := range []string{"/a", "/b"} {
-		g.gathering = true
-		if i == 0 {
-			c.Write(hdr)
-		}
-		c.Write([]byte("GET " + p + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n"))
-		if i == 1 {
-			if err := c.CloseWrite(); err != nil { // close_notify
-				t.Fatal(err)
-			}
-			nc.SetWriteDeadline(time.Now().Add(5 * time.Second)) // CloseWrite's is now
-		}
-		if err := g.flush(); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-		if err != nil {
-			t.Fatalf("reading the answer to %s: %v", p, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 || string(b) != p {
-			t.Fatalf("answer %d %q; want 200 %q", resp.StatusCode, b, p)
-		}
-	}
-	expectEnd(t, c, br)
+	m.nc.SetWriteDeadline(time.Now().Add(5 * time.Second)) // CloseWrite's is now
+	m.flush()
+	m.read("/b")
+	expectEnd(t, m.c, m.br)
 }
 
 // TestH1UrgentByteBetweenRequests: a read stops short at TCP urgent
