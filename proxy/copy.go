@@ -170,6 +170,7 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 	if err := clock.start(src); err != nil {
 		return err
 	}
+	inq := enableInq(srcRC)
 	var burst int64
 	delivered := func(n int64) {
 		burst += n
@@ -200,7 +201,7 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 			}
 			stream = burst >= bufSize
 		} else {
-			stream, err = readCopy(out, srcRC, arm, delivered)
+			stream, err = readCopy(out, srcRC, inq, arm, delivered)
 		}
 		switch {
 		case err == nil, err == errWouldBlock:
@@ -219,27 +220,62 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 
 // readCopy waits until src has bytes, holding no buffer meanwhile, reads
 // what it has (up to bufSize) into a pooled buffer, calls before, and
-// writes the bytes to dst, reporting them to delivered. full says the
-// read filled the buffer: src likely has more. A read deadline comes back
+// writes the bytes to dst, reporting them to delivered. full says a read
+// filled the buffer: src likely has more. A read deadline comes back
 // wrapped in errReadDeadline, src's end as io.EOF.
-func readCopy(dst *rawSock, srcRC syscall.RawConn, before func(), delivered func(int64)) (full bool, err error) {
+//
+// Messages are moved inside one wait on src (its RawConn read), as the
+// HTTP fast path serves requests (h1Conn.readOnce): once a message is
+// written and the read left nothing behind (inq: TCP_INQ is on for src,
+// sysReadInq), the wait goes on without first trying a read, which
+// would find nothing: the poller's readiness was reset only when the
+// wait began. Nothing inside waits for anything but src: a message dst
+// cannot take at once (writeNoWait) is finished outside, where the
+// write may wait for room; so a Close of src from another goroutine,
+// which waits for the callback to return, never waits for dst.
+func readCopy(dst *rawSock, srcRC syscall.RawConn, inq bool, before func(), delivered func(int64)) (full bool, err error) {
 	var (
-		bp   *[]byte
-		n    int
-		rerr syscall.Errno
+		bp      *[]byte
+		n, sent int
+		rerr    syscall.Errno
+		werr    error
 	)
 	err = srcRC.Read(func(fd uintptr) bool {
-		if bp == nil {
-			bp = bufPool.Get().(*[]byte)
-		}
-		n, rerr = sysRead(fd, *bp)
-		if rerr == syscall.EAGAIN {
-			// Nothing yet: wait without the buffer.
+		for {
+			if bp == nil {
+				bp = bufPool.Get().(*[]byte)
+			}
+			sent, werr = 0, nil
+			more := true
+			if inq {
+				n, more, rerr = sysReadInq(fd, *bp)
+			} else {
+				n, rerr = sysRead(fd, *bp)
+			}
+			if rerr == syscall.EAGAIN {
+				// Nothing yet: wait without the buffer.
+				bufPool.Put(bp)
+				bp = nil
+				return false
+			}
+			if rerr != 0 || n == 0 || n == len(*bp) {
+				return true // an error, the end, or a full buffer: below
+			}
+			before()
+			sent, werr = dst.writeNoWait((*bp)[:n])
+			if sent > 0 {
+				delivered(int64(sent))
+			}
+			if werr != nil {
+				return true // the rest, or the error, below
+			}
+			if more {
+				continue
+			}
 			bufPool.Put(bp)
 			bp = nil
 			return false
 		}
-		return true
 	})
 	if bp != nil {
 		defer bufPool.Put(bp)
@@ -254,9 +290,12 @@ func readCopy(dst *rawSock, srcRC syscall.RawConn, before func(), delivered func
 		return false, os.NewSyscallError("read", rerr)
 	case n == 0:
 		return false, io.EOF
+	case werr != nil && werr != errWouldBlock:
+		return false, stalled(werr)
+	case werr == nil:
+		before() // a full buffer, not yet written
 	}
-	before()
-	m, werr := dst.Write((*bp)[:n])
+	m, werr := dst.Write((*bp)[sent:n])
 	if m > 0 {
 		delivered(int64(m))
 	}

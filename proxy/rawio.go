@@ -48,6 +48,7 @@ type rawSock struct {
 	rd    func(uintptr) bool
 	wr    func(uintptr) bool
 	rdNow func(uintptr) bool
+	wrNow func(uintptr) bool
 
 	// awaitAfter's write, its check, whether it ran, its error, and
 	// its callback.
@@ -69,7 +70,7 @@ func newRawSock(c net.Conn) *rawSock {
 		return nil
 	}
 	s := &rawSock{c: c, rc: rc}
-	s.rd, s.wr, s.rdNow, s.awaitf = s.readFD, s.writeFD, s.readFDNow, s.awaitFD
+	s.rd, s.wr, s.rdNow, s.wrNow, s.awaitf = s.readFD, s.writeFD, s.readFDNow, s.writeFDNow, s.awaitFD
 	return s
 }
 
@@ -141,6 +142,13 @@ func (s *rawSock) writeFD(fd uintptr) bool {
 		s.wn += n
 		s.wp = s.wp[n:]
 	}
+	return true
+}
+
+// writeFDNow is writeFD that does not wait: what the socket does not
+// take now is left in wp.
+func (s *rawSock) writeFDNow(fd uintptr) bool {
+	s.writeFD(fd)
 	return true
 }
 
@@ -277,6 +285,33 @@ func (s *rawSock) awaitFD(fd uintptr) bool {
 	}
 	s.awErr = s.aw()
 	return s.awErr != nil
+}
+
+// writeNoWait writes what of p the socket takes now, without waiting
+// for room: the count, and errWouldBlock when that is not all of p (or
+// another writer is on the raw state: nothing written). A write
+// deadline already passed and a closed socket are errors as for Write.
+func (s *rawSock) writeNoWait(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if !s.wbusy.CompareAndSwap(false, true) {
+		return 0, errWouldBlock
+	}
+	s.wp, s.wn, s.werr = p, 0, 0
+	err := s.rc.Write(s.wrNow)
+	n, e, left := s.wn, s.werr, len(s.wp)
+	s.wp = nil
+	s.wbusy.Store(false)
+	switch {
+	case err != nil:
+		return n, netOp(err, "write")
+	case e != 0:
+		return n, s.opError("write", e)
+	case left > 0:
+		return n, errWouldBlock
+	}
+	return n, nil
 }
 
 // noControl and writeNothing are the RawConn callbacks of an empty read
