@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -369,5 +370,63 @@ func TestCopyPingPong(t *testing.T) {
 	}
 	if want := int64(rounds * len(heldMsg(0))); in.Load() != want || out.Load() != want {
 		t.Errorf("counted %d in, %d out; want %d each", in.Load(), out.Load(), want)
+	}
+}
+
+// A Close of the source while it keeps sending (each read finds more:
+// here, without TCP_INQ, the next message is sent as the last is
+// delivered, and the read after it finds it) returns once readCopy comes
+// back, not when the source stops: one wait makes at most heldReads
+// reads in a row. Else the Close (an abort's, which closes the other
+// socket after) would wait for as long as the source sends.
+func TestReadCopyCloseWhileSourceSends(t *testing.T) {
+	e := newHeldEnds(t, false)
+	const limit = 20000 // messages at most: then the source stops
+	var (
+		sent    int
+		stopped atomic.Bool // the source sent limit messages
+		closed  atomic.Bool // srcR's Close returned
+		closing = make(chan struct{})
+		start   = make(chan struct{})
+		result  = make(chan bool, 1) // stopped, when the Close returned
+	)
+	go func() {
+		<-start
+		close(closing)
+		e.srcR.Close()
+		result <- stopped.Load()
+		closed.Store(true)
+	}()
+	send := func() {
+		if closed.Load() {
+			return
+		}
+		if sent == limit {
+			stopped.Store(true)
+			return
+		}
+		if _, err := e.srcW.Write(heldMsg(sent)); err != nil {
+			t.Errorf("sending message %d: %v", sent, err)
+		}
+		sent++
+		if sent == 50 {
+			close(start)
+			<-closing // the Close is about to begin
+		}
+	}
+	send()
+	var err error
+	for calls := 0; err == nil && calls < 2*limit; calls++ {
+		_, err = readCopy(e.out, e.rc, false, func() {}, func(int64) { send() })
+	}
+	if sent < 50 {
+		close(start)
+		t.Fatalf("readCopy = %v after %d messages; want it to go on until the source is closed", err, sent)
+	}
+	if !errors.Is(err, net.ErrClosed) {
+		t.Errorf("readCopy = %v; want the closed source's error", err)
+	}
+	if <-result {
+		t.Fatalf("the source's Close returned only after the source stopped sending (%d messages)", limit)
 	}
 }
