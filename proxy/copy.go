@@ -232,16 +232,20 @@ func proxyCopy(dst, src *net.TCPConn, self, other *halfState, idle time.Duration
 // wait began. Nothing inside waits for anything but src: a message dst
 // cannot take at once (writeNoWait) is finished outside, where the
 // write may wait for room; so a Close of src from another goroutine,
-// which waits for the callback to return, never waits for dst.
+// which waits for the callback to return, never waits for dst. Nor for
+// src to stop sending: a Close is seen only by a wait (or a new read
+// call), so after heldReads reads in a row without a wait (src always
+// had more) readCopy returns, and the caller's next call starts afresh.
 func readCopy(dst *rawSock, srcRC syscall.RawConn, inq bool, before func(), delivered func(int64)) (full bool, err error) {
 	var (
 		bp      *[]byte
 		n, sent int
 		rerr    syscall.Errno
 		werr    error
+		again   bool // heldReads reads without a wait: come back
 	)
 	err = srcRC.Read(func(fd uintptr) bool {
-		for {
+		for reads := 1; ; reads++ {
 			if bp == nil {
 				bp = bufPool.Get().(*[]byte)
 			}
@@ -270,7 +274,11 @@ func readCopy(dst *rawSock, srcRC syscall.RawConn, inq bool, before func(), deli
 				return true // the rest, or the error, below
 			}
 			if more {
-				continue
+				if reads < heldReads {
+					continue
+				}
+				again = true
+				return true
 			}
 			bufPool.Put(bp)
 			bp = nil
@@ -292,6 +300,8 @@ func readCopy(dst *rawSock, srcRC syscall.RawConn, inq bool, before func(), deli
 		return false, io.EOF
 	case werr != nil && werr != errWouldBlock:
 		return false, stalled(werr)
+	case again:
+		return false, nil // all written; src has more
 	case werr == nil:
 		before() // a full buffer, not yet written
 	}
@@ -304,6 +314,15 @@ func readCopy(dst *rawSock, srcRC syscall.RawConn, inq bool, before func(), deli
 	}
 	return n == len(*bp), nil
 }
+
+// heldReads bounds the reads readCopy makes inside one wait on src
+// without waiting in between. A Close of src from another goroutine
+// (an abort) waits for the callback, and only a wait or a new call sees
+// it: a source that always has more after a read (small segments in a
+// flood, or any source without TCP_INQ while it keeps sending) would
+// otherwise hold the Close, and the abort's later closes, for as long
+// as it sends.
+const heldReads = 32
 
 // spliceBursts counts the bursts proxyCopy spliced (tests read it to tell
 // the stream mode from the message mode).

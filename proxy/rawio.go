@@ -291,6 +291,10 @@ func (s *rawSock) awaitFD(fd uintptr) bool {
 // for room: the count, and errWouldBlock when that is not all of p (or
 // another writer is on the raw state: nothing written). A write
 // deadline already passed and a closed socket are errors as for Write.
+// It waits for nothing only when it is the socket's one writer: a
+// concurrent Write through c (not raw: another raw one makes this
+// return errWouldBlock) holds the socket's write lock while it waits
+// for room, and this would wait for that lock.
 func (s *rawSock) writeNoWait(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
