@@ -212,9 +212,16 @@ func (s *rawSock) Write(p []byte) (int, error) {
 	if !s.wbusy.CompareAndSwap(false, true) {
 		return s.c.Write(p) // another writer is on the raw state
 	}
+	return s.write(p, s.wr)
+}
+
+// write is one write of p through the callback fn (writeFD, which waits
+// for room, or writeFDNow, which leaves what the socket did not take,
+// errWouldBlock), by the writer that set wbusy, which it clears.
+func (s *rawSock) write(p []byte, fn func(uintptr) bool) (int, error) {
 	s.wp, s.wn, s.werr = p, 0, 0
-	err := s.rc.Write(s.wr)
-	n, e := s.wn, s.werr
+	err := s.rc.Write(fn)
+	n, e, left := s.wn, s.werr, len(s.wp)
 	s.wp = nil
 	s.wbusy.Store(false)
 	switch {
@@ -222,6 +229,8 @@ func (s *rawSock) Write(p []byte) (int, error) {
 		return n, netOp(err, "write")
 	case e != 0:
 		return n, s.opError("write", e)
+	case left > 0:
+		return n, errWouldBlock
 	}
 	return n, nil
 }
@@ -302,20 +311,7 @@ func (s *rawSock) writeNoWait(p []byte) (int, error) {
 	if !s.wbusy.CompareAndSwap(false, true) {
 		return 0, errWouldBlock
 	}
-	s.wp, s.wn, s.werr = p, 0, 0
-	err := s.rc.Write(s.wrNow)
-	n, e, left := s.wn, s.werr, len(s.wp)
-	s.wp = nil
-	s.wbusy.Store(false)
-	switch {
-	case err != nil:
-		return n, netOp(err, "write")
-	case e != 0:
-		return n, s.opError("write", e)
-	case left > 0:
-		return n, errWouldBlock
-	}
-	return n, nil
+	return s.write(p, s.wrNow)
 }
 
 // noControl and writeNothing are the RawConn callbacks of an empty read
