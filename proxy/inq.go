@@ -7,8 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A wait on a client socket inside its RawConn read (readOnce,
-// readOnceTLS) may start without a read that found nothing (EAGAIN)
+// A wait on a socket inside its RawConn read (the HTTP fast path's
+// readOnce and readOnceTLS, the opaque copy's readCopy) may start without a read that found nothing (EAGAIN)
 // only when the last read proves the socket drained: the poller's
 // readiness is not set again for what was already there. A read that
 // returns fewer bytes than asked does not prove it: the read that takes
