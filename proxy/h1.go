@@ -511,12 +511,7 @@ func (c *h1Conn) readOnce(fd uintptr) bool {
 			n, e = sysRead(fd, c.cr.buf)
 		}
 		if e == syscall.EAGAIN {
-			c.release()
-			if !c.idle && !c.beginIdle() {
-				c.rerr = errFastClosing
-				return true
-			}
-			return false
+			return c.waitNext()
 		}
 		if e != 0 {
 			c.rerr = e
@@ -526,24 +521,39 @@ func (c *h1Conn) readOnce(fd uintptr) bool {
 			return true // the client's end (io.EOF)
 		}
 		c.cr.w = n
-		if c.idle {
-			c.mu.Lock()
-			c.idle = false
-			c.mu.Unlock()
-		}
+		c.busy()
 		if !c.serveHeld() {
 			return true // serve takes what is left, or ends (heldStop)
 		}
-		c.release()
 		if more {
+			c.release()
 			continue
 		}
-		if !c.beginIdle() {
-			c.rerr = errFastClosing
-			return true
-		}
-		return false
+		return c.waitNext()
 	}
+}
+
+// busy marks the connection no longer idle: a held read brought a
+// request.
+func (c *h1Conn) busy() {
+	if c.idle {
+		c.mu.Lock()
+		c.idle = false
+		c.mu.Unlock()
+	}
+}
+
+// waitNext readies a held read's callback to wait for the next request
+// (the buffer back to its pool, the connection idle with its deadline,
+// beginIdle) and returns the callback's answer: false, wait; true when
+// the proxy is closing the connection (errFastClosing).
+func (c *h1Conn) waitNext() bool {
+	c.release()
+	if !c.idle && !c.beginIdle() {
+		c.rerr = errFastClosing
+		return true
+	}
+	return false
 }
 
 // readOnceTLS is readOnce for a TLS client over a batchConn: the TLS
@@ -564,17 +574,12 @@ func (c *h1Conn) readOnceTLS(fd uintptr) bool {
 		n, err := c.c.Read(c.cr.buf)
 		c.bc.held = 0
 		if n == 0 && err == errWouldBlock {
-			c.release()
 			if !c.bc.drained {
 				held = sock // no read has seen the socket empty yet
 				continue
 			}
-			if !c.idle && !c.beginIdle() {
-				c.rerr = errFastClosing
-				return true
-			}
 			c.bc.drained = false // for the call after the wait
-			return false
+			return c.waitNext()
 		}
 		if n == 0 {
 			c.rerr = err // the TLS layer's Read returns bytes or an error
@@ -587,11 +592,7 @@ func (c *h1Conn) readOnceTLS(fd uintptr) bool {
 			c.rerr = err
 			return true
 		}
-		if c.idle {
-			c.mu.Lock()
-			c.idle = false
-			c.mu.Unlock()
-		}
+		c.busy()
 		if !c.serveHeld() {
 			return true
 		}
