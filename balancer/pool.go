@@ -87,15 +87,6 @@ type PooledConn[C io.Closer] struct {
 	Addr netip.AddrPort
 	// Created is when it was dialed.
 	Created time.Time
-	// Check, set before Put, makes the Get that hands the connection
-	// out next first peek it (ConnQuiet, for a net.Conn) and drop it,
-	// counted stale, when it is closed or bytes wait: for a connection
-	// whose peer may send bytes nobody asked for (a plain HTTP/1
-	// upstream: a body after a HEAD answer, more than its
-	// Content-Length), which would be read as the next answer. Other
-	// reused connections are not peeked when the close watcher has them
-	// (it sees hang-ups only). Get clears it.
-	Check bool
 	// watchFD is its socket plus one once the pool's close watcher has
 	// it (WatchClose), 0 before.
 	watchFD int32
@@ -216,12 +207,9 @@ func (p *Pool[C]) Get(ctx context.Context, addr netip.AddrPort) (pc PooledConn[C
 			continue
 		}
 		// A watched connection the peer closed is gone from the pool
-		// already (no peek needed); one to check is peeked for bytes
-		// too, which also finds a close.
-		check := ic.pc.Check
-		ic.pc.Check = false
-		good := !check || quiet(ic.pc.Conn)
-		if good && (p.cfg.Usable != nil || ic.pc.watchFD == 0 && !check) {
+		// already (no peek needed).
+		good := true
+		if p.cfg.Usable != nil || ic.pc.watchFD == 0 {
 			good = p.usable(ic.pc.Conn)
 		}
 		if !good {
@@ -589,12 +577,6 @@ func ConnUsable(c net.Conn) bool {
 func ConnQuiet(c net.Conn) bool {
 	s := peekSocket(c)
 	return s == sockNoSocket || s == sockQuiet
-}
-
-// quiet is ConnQuiet for a C that is a net.Conn; true for others.
-func quiet[C io.Closer](c C) bool {
-	nc, ok := any(c).(net.Conn)
-	return !ok || ConnQuiet(nc)
 }
 
 // sockState is what a non-blocking peek found on a socket.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"testing"
-	"time"
 )
 
 // TestPoolDialAndStale: Dial opens a new connection even when an idle
@@ -47,45 +46,5 @@ func TestPoolDialAndStale(t *testing.T) {
 	p.Close()
 	if _, err := p.Dial(context.Background(), srv.addr); !errors.Is(err, ErrClosed) {
 		t.Errorf("Dial on a closed pool: %v; want ErrClosed", err)
-	}
-}
-
-// TestPoolCheck: a connection put back with Check is peeked at its next
-// Get: reused when quiet (and Check is cleared), dropped as stale when
-// bytes wait, even though the close watcher has it.
-func TestPoolCheck(t *testing.T) {
-	addr, conns := acceptOne(t)
-	p := newTestPool(t, PoolConfig[net.Conn]{WatchClose: true})
-	pc, _ := get(t, p, addr)
-	peer := <-conns
-	pc.Check = true
-	p.Put(pc)
-	pc, reused := get(t, p, addr)
-	if !reused || pc.Check {
-		t.Fatalf("quiet connection put with Check: reused %v, Check %v; want reused, cleared", reused, pc.Check)
-	}
-	pc.Check = true
-	p.Put(pc)
-	if _, err := peer.Write([]byte("stray")); err != nil {
-		t.Fatal(err)
-	}
-	waitPending(t, pc.Conn)
-	pc2, reused := get(t, p, addr)
-	if reused || pc2.Conn == pc.Conn {
-		t.Error("a connection put with Check and bytes waiting was handed out again")
-	}
-	if st := p.Stats(); st.Stale != 1 {
-		t.Errorf("stats = %+v; want 1 stale", st)
-	}
-}
-
-// waitPending waits until bytes wait on c.
-func waitPending(t *testing.T, c net.Conn) {
-	t.Helper()
-	for end := time.Now().Add(2 * time.Second); ConnQuiet(c); {
-		if time.Now().After(end) {
-			t.Fatal("the peer's bytes never arrived")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

@@ -158,10 +158,9 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 				// checks that no stray bytes came (a body after a
 				// HEAD, more than its Content-Length...), which
 				// read as the next response would answer another
-				// request (attemptOut: sendRequest's check, not
-				// the pool's, so that it can be made inside the
-				// wait for the response). The close watcher sees
-				// hang-ups only.
+				// request (attemptOut: sendRequest's check, made
+				// inside the wait for the response). The close
+				// watcher sees hang-ups only.
 				if keep {
 					// Pooled with its deadlines: every use sets
 					// those it needs (upWrite, attemptOut).
@@ -269,8 +268,8 @@ func (c *h1Conn) attemptOut(dst netip.AddrPort, host string, n int, replay bool,
 		touched, err = c.sendRequest(up.Conn, n, replay, reused && !mesh)
 		if err == errNotQuiet {
 			// A kept plaintext connection closed, or with stray
-			// bytes: stale, as the pool's own check counts it;
-			// nothing was sent, so another.
+			// bytes: stale (Pool.Stale counts it); nothing was
+			// sent, so another.
 			c.setCur(nil)
 			h.pool.Stale(up)
 			continue
