@@ -12,7 +12,9 @@
 # scripts/bench.sh for that one setup with a 15 s wrk run, attaches
 # `perf stat` to the setup's proxy processes for 6 s of it, and prints,
 # per proxy, each count divided by the requests wrk completed in those
-# 6 s (task-clock in ms per request). Needs root and perf (Debian:
+# 6 s (task-clock in ms per request), and per namespace the TCP segments
+# sent and received per request (/proc/net/snmp: every socket in it,
+# loopback hops counted once each way, pure ACKs included). Needs root and perf (Debian:
 # linux-perf); holds /tmp/bench.lock as other bench runs do.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -63,9 +65,16 @@ done
 	wait $bench || true
 	exit 1
 }
+# tcpsegs NS: the namespace's TCP InSegs and OutSegs so far.
+tcpsegs() {
+	ip netns exec "$1" awk '$1 == "Tcp:" && $2 ~ /^[0-9]/ {print $11, $12}' /proc/net/snmp
+}
+for ns in sc-client sc-server; do tcpsegs $ns >"$OUT/segs0-$ns"; done
 for p in "${pids[@]}"; do
 	perf stat -x, -e "$EVENTS" -p "$p" -- sleep 6 2>"$OUT/stat-$p.csv" &
 done
+sleep 6
+for ns in sc-client sc-server; do tcpsegs $ns >"$OUT/segs1-$ns"; done
 wait $bench || true
 # wrk's requests/s over the whole run stands for the 6 s counted.
 rps=$(awk -F'|' '/wrk -c [0-9]+ -t 2: requests\/s/ {for (i = 3; i <= NF; i++) if ($i ~ /^ *[0-9.]+ *$/) {print $i + 0; exit}}' "$OUT/bench/bench.md")
@@ -79,5 +88,12 @@ for p in "${pids[@]}"; do
 		name = $3; sub("syscalls:sys_enter_", "", name)
 		printf "  %-14s %-18s %8.3f\n", who, name, $1 / (rps * 6)
 	}' "$OUT/stat-$p.csv"
+done
+echo "per request, per namespace (TCP segments in, out):"
+for ns in sc-client sc-server; do
+	read -r in0 out0 <"$OUT/segs0-$ns"
+	read -r in1 out1 <"$OUT/segs1-$ns"
+	awk -v rps="$rps" -v ns="${ns#sc-}" -v i=$((in1 - in0)) -v o=$((out1 - out0)) \
+		'BEGIN { printf "  %-14s %-18s %8.3f\n  %-14s %-18s %8.3f\n", ns, "tcp-in-segs", i / (rps * 6), ns, "tcp-out-segs", o / (rps * 6) }'
 done
 echo "raw: $OUT"
