@@ -82,8 +82,10 @@ func (b *Balancer) Pick(ctx context.Context, host string, port uint16, avoid ...
 	return s.Pick(avoid...)
 }
 
-// updateFrom sets s's endpoints from ans, unless a newer answer got there
-// first. The answer is recorded only once its endpoints are in place: a
+// updateFrom sets s's endpoints from ans, unless a newer answer (one
+// received later, whatever its TTL: a name's TTL may drop as its
+// records change) got there first. The answer is recorded only once its
+// endpoints are in place: a
 // concurrent Pick that finds the answer recorded must also find the
 // endpoints (otherwise the first requests to a new service could see an
 // empty set and fail with ErrNoEndpoints).
@@ -91,7 +93,7 @@ func (b *Balancer) updateFrom(s *Service, ans *Answer) {
 	s.answerMu.Lock()
 	defer s.answerMu.Unlock()
 	old := s.answer.Load()
-	if old == ans || old != nil && old.Expires.After(ans.Expires) {
+	if old == ans || old != nil && received(old).After(received(ans)) {
 		return
 	}
 	addrs := make([]netip.AddrPort, len(ans.Addrs))
@@ -101,6 +103,9 @@ func (b *Balancer) updateFrom(s *Service, ans *Answer) {
 	s.Update(addrs)
 	s.answer.Store(ans)
 }
+
+// received returns when ans came from DNS.
+func received(ans *Answer) time.Time { return ans.Expires.Add(-ans.TTL) }
 
 // Service returns the service for (name, port), creating it empty. Use it
 // to balance over endpoints that do not come from DNS (Update them
