@@ -31,14 +31,17 @@ type testDNS struct {
 	queries  []query
 	servfail map[string]bool
 	truncate map[string]bool // answer over UDP with TC set and no records
-	delay    time.Duration
+	// cutUDP: answer over UDP with TC set and the records cut off in the
+	// middle of the last one, as a server that truncates to a size does.
+	cutUDP map[string]bool
+	delay  time.Duration
 
 	udp, tcp *dns.Server
 }
 
 func newTestDNS(t *testing.T) *testDNS {
 	t.Helper()
-	s := &testDNS{t: t, zone: map[string][]dns.RR{}, servfail: map[string]bool{}, truncate: map[string]bool{}}
+	s := &testDNS{t: t, zone: map[string][]dns.RR{}, servfail: map[string]bool{}, truncate: map[string]bool{}, cutUDP: map[string]bool{}}
 	var pc net.PacketConn
 	var ln net.Listener
 	for range 20 {
@@ -114,6 +117,7 @@ func (s *testDNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	s.queries = append(s.queries, query{name, q.Qtype, proto})
 	rrs, exists := s.zone[name]
 	servfail, trunc, delay := s.servfail[name], s.truncate[name] && proto == "udp", s.delay
+	cut := s.cutUDP[name] && proto == "udp"
 	s.mu.Unlock()
 	if delay > 0 {
 		time.Sleep(delay)
@@ -133,6 +137,16 @@ func (s *testDNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 				m.Answer = append(m.Answer, rr)
 			}
 		}
+	}
+	if cut {
+		m.Truncated = true
+		b, err := m.Pack()
+		if err != nil {
+			s.t.Error(err)
+			return
+		}
+		w.Write(b[:len(b)-2])
+		return
 	}
 	w.WriteMsg(m)
 }

@@ -263,12 +263,15 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) ([]neti
 }
 
 // exchange sends one query over UDP, and again over TCP if the answer
-// came back truncated. Network errors and timeouts are counted here.
+// came back truncated (TC set, whether or not the rest parses). Network errors and timeouts are counted here.
 func (r *Resolver) exchange(ctx context.Context, m *dns.Msg, server string) (*dns.Msg, error) {
 	m = m.Copy()
 	m.Id = dns.Id()
 	resp, _, err := r.udp.ExchangeContext(ctx, m, server)
-	if err == nil && resp.Truncated {
+	// Truncated: ask again over TCP, even when the cut answer does not
+	// parse (a server truncating to a size may cut a record in half),
+	// as glibc does. (A parse error still returns the header.)
+	if resp != nil && resp.Id == m.Id && resp.Truncated {
 		r.metrics.dnsQuery("truncated")
 		m.Id = dns.Id()
 		resp, _, err = r.tcp.ExchangeContext(ctx, m, server)
