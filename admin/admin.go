@@ -27,6 +27,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// adminReadTimeout bounds reading one request, body included. Admin
+// requests are small (PUT /log-level takes 64 bytes at most).
+const adminReadTimeout = 10 * time.Second
+
 // Server is the admin HTTP server. The zero value is not usable; call New.
 // Its methods are safe for concurrent use.
 type Server struct {
@@ -136,8 +140,13 @@ func NewWithOptions(gatherer prometheus.Gatherer, opts Options) *Server {
 	s.srv = &http.Server{
 		Handler:           s.mux,
 		ReadHeaderTimeout: 5 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// Also bounds a body: a caller that announces one and never
+		// sends it would otherwise hold its connection for ever (the
+		// server reads what a handler left of a body before the next
+		// request).
+		ReadTimeout: adminReadTimeout,
+		IdleTimeout: 60 * time.Second,
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return s
 }
