@@ -294,7 +294,8 @@ func (p *Pool[C]) expired(ic idleConn[C], now time.Time) bool {
 }
 
 // Put returns a connection for reuse. Only Put connections whose last
-// exchange completed cleanly. It closes the connection instead when the
+// exchange completed cleanly. A connection already idle in the pool (Put
+// twice) is left as it is. It closes the connection instead when the
 // pool is closed, the connection is past its lifetime, or its endpoint
 // already has MaxIdlePerEndpoint idle connections.
 func (p *Pool[C]) Put(pc PooledConn[C]) {
@@ -309,6 +310,11 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 			p.lru.Add(pc.Addr, idle)
 		}
 		switch {
+		case idleHas(*idle, pc.Conn):
+			// Given back twice: it is idle already, and must not be
+			// handed to two users at once (nor closed under the pool).
+			p.mu.Unlock()
+			return
 		case len(*idle) >= p.cfg.MaxIdlePerEndpoint:
 			keep = false
 		case !p.watchLocked(&ic):
@@ -329,6 +335,19 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 		pc.Conn.Close()
 	}
 	closeAll(evicted)
+}
+
+// idleHas reports whether c is one of the idle connections (false when
+// C's values cannot be compared).
+func idleHas[C io.Closer](idle []idleConn[C], c C) (has bool) {
+	defer func() { _ = recover() }() // a connection type that is not comparable
+	x := any(c)
+	for i := range idle {
+		if any(idle[i].pc.Conn) == x {
+			return true
+		}
+	}
+	return false
 }
 
 // watchLocked has the close watcher watch an idle connection's socket:
