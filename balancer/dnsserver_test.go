@@ -133,7 +133,7 @@ func (s *testDNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 		m.Rcode = dns.RcodeNameError
 	default:
 		for _, rr := range rrs {
-			if rr.Header().Rrtype == q.Qtype {
+			if t := rr.Header().Rrtype; t == q.Qtype || t == dns.TypeCNAME {
 				m.Answer = append(m.Answer, rr)
 			}
 		}

@@ -250,7 +250,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) ([]neti
 				lastErr = fmt.Errorf("nameserver %s answered %s for %s", ns, dns.RcodeToString[resp.Rcode], name)
 				continue
 			}
-			addrs, ttl := addrsOf(resp, qtype)
+			addrs, ttl := addrsOf(resp, name, qtype)
 			if len(addrs) == 0 {
 				r.metrics.dnsQuery("nodata")
 				return nil, 0, outNoData, nil
@@ -288,11 +288,32 @@ func (r *Resolver) exchange(ctx context.Context, m *dns.Msg, server string) (*dn
 	return resp, nil
 }
 
-// addrsOf returns the addresses of type qtype in the answer section and
-// the smallest TTL of the answer's records (CNAMEs included).
-func addrsOf(resp *dns.Msg, qtype uint16) ([]netip.Addr, time.Duration) {
-	var addrs []netip.Addr
+// addrsOf returns the addresses of type qtype in the answer section
+// that belong to name or to its CNAME chain (records of other names are
+// ignored, as glibc does), and the smallest TTL of those records and of
+// the chain's CNAMEs.
+func addrsOf(resp *dns.Msg, name string, qtype uint16) ([]netip.Addr, time.Duration) {
 	ttl := uint32(math.MaxUint32)
+	cnames := map[string]*dns.CNAME{}
+	for _, rr := range resp.Answer {
+		if c, ok := rr.(*dns.CNAME); ok {
+			if k := dns.CanonicalName(c.Hdr.Name); cnames[k] == nil {
+				cnames[k] = c
+			}
+		}
+	}
+	// The chain, followed from name until it ends or loops.
+	owners := map[string]bool{}
+	for n := dns.CanonicalName(name); !owners[n]; {
+		owners[n] = true
+		c := cnames[n]
+		if c == nil {
+			break
+		}
+		ttl = min(ttl, c.Hdr.Ttl)
+		n = dns.CanonicalName(c.Target)
+	}
+	var addrs []netip.Addr
 	for _, rr := range resp.Answer {
 		var ip net.IP
 		switch v := rr.(type) {
@@ -304,10 +325,8 @@ func addrsOf(resp *dns.Msg, qtype uint16) ([]netip.Addr, time.Duration) {
 			if qtype == dns.TypeAAAA {
 				ip = v.AAAA
 			}
-		case *dns.CNAME:
-			ttl = min(ttl, v.Hdr.Ttl)
 		}
-		if ip == nil {
+		if ip == nil || !owners[dns.CanonicalName(rr.Header().Name)] {
 			continue
 		}
 		a, ok := netip.AddrFromSlice(ip)

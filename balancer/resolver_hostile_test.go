@@ -2,8 +2,11 @@ package balancer
 
 import (
 	"context"
+	"errors"
+	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -27,5 +30,49 @@ func TestTruncatedCutAnswerRetriedOverTCP(t *testing.T) {
 	want := []query{{"cut.test.", dns.TypeA, "udp"}, {"cut.test.", dns.TypeA, "tcp"}}
 	if got := s.all(); !slices.Equal(got, want) {
 		t.Errorf("queries = %v; want %v", got, want)
+	}
+}
+
+// TestAnswerRecordsOfOtherNamesIgnored: only the address records of the
+// name asked for, or of its CNAME chain, count, as in glibc: an answer
+// carrying records of some other name (a broken or hostile server) must
+// not send the service's traffic there.
+func TestAnswerRecordsOfOtherNamesIgnored(t *testing.T) {
+	t.Parallel()
+	s := newTestDNS(t)
+	a := func(owner, ip string, ttl uint32) dns.RR {
+		return &dns.A{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}, A: netip.MustParseAddr(ip).AsSlice()}
+	}
+	cname := func(owner, target string, ttl uint32) dns.RR {
+		return &dns.CNAME{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: ttl}, Target: target}
+	}
+	s.configure(func(s *testDNS) {
+		// Records of another name only.
+		s.zone["other.test."] = []dns.RR{a("evil.test.", "198.18.0.66", 30)}
+		// The name's own record and one of another name.
+		s.zone["mixed.test."] = []dns.RR{a("mixed.test.", "198.18.0.1", 30), a("evil.test.", "198.18.0.66", 30)}
+		// A CNAME chain (names in any case), and a record of a name
+		// outside it.
+		s.zone["alias.test."] = []dns.RR{
+			cname("alias.test.", "Mid.test.", 20), cname("mid.TEST.", "web.test.", 40),
+			a("WEB.test.", "198.18.0.2", 30), a("evil.test.", "198.18.0.66", 1),
+		}
+	})
+	r := newTestResolver(t, s, "", ResolverConfig{Network: "ip4", MaxTTL: time.Hour})
+	if ans, err := r.Lookup(context.Background(), "other.test."); !errors.Is(err, ErrNotFound) {
+		t.Errorf("other.test.: answer %+v, err %v; want ErrNotFound (its answer has no record of its own)", ans, err)
+	}
+	for host, want := range map[string]string{"mixed.test.": "198.18.0.1", "alias.test.": "198.18.0.2"} {
+		ans, err := r.Lookup(context.Background(), host)
+		if err != nil {
+			t.Errorf("%s: %v", host, err)
+			continue
+		}
+		if !slices.Equal(ans.Addrs, []netip.Addr{netip.MustParseAddr(want)}) {
+			t.Errorf("%s: Addrs = %v; want only %s", host, ans.Addrs, want)
+		}
+		if host == "alias.test." && ans.TTL != 20*time.Second {
+			t.Errorf("%s: TTL = %v; want 20s (the chain's smallest)", host, ans.TTL)
+		}
 	}
 }
