@@ -326,8 +326,9 @@ func (p *Pool[C]) Put(pc PooledConn[C]) {
 			p.idleN++
 		}
 	}
-	if keep && p.cfg.MaxIdle > 0 && p.idleN > p.cfg.MaxIdle {
-		p.dropOldestLocked()
+	// Each step drops a connection or forgets an endpoint without any
+	// (the least recently used ones may have none idle).
+	for keep && p.cfg.MaxIdle > 0 && p.idleN > p.cfg.MaxIdle && p.dropOldestLocked() {
 	}
 	evicted := p.takeEvictedLocked()
 	p.mu.Unlock()
@@ -425,21 +426,23 @@ func (p *Pool[C]) peerClosed(fd int32) {
 }
 
 // dropOldestLocked closes (after mu) the least recently returned idle
-// connection of the least recently used endpoint.
-func (p *Pool[C]) dropOldestLocked() {
+// connection of the least recently used endpoint, or forgets that
+// endpoint if it has none; false when the pool tracks no endpoint.
+func (p *Pool[C]) dropOldestLocked() bool {
 	addr, idle, ok := p.lru.GetOldest()
 	if !ok {
-		return
+		return false
 	}
 	if len(*idle) <= 1 {
 		p.lru.Remove(addr) // the evict callback takes its connection
-		return
+		return true
 	}
 	p.evicted = append(p.evicted, (*idle)[0].pc.Conn)
 	copy(*idle, (*idle)[1:])
 	(*idle)[len(*idle)-1] = idleConn[C]{}
 	*idle = (*idle)[:len(*idle)-1]
 	p.idleN--
+	return true
 }
 
 // CloseIdle closes every idle connection; the pool stays open.
