@@ -81,7 +81,10 @@ func ParseResolvConf(r io.Reader) (*ResolvConf, error) {
 				c.Nameservers = append(c.Nameservers, ap)
 			}
 		case "domain":
-			c.Search = []string{normDomain(f[1])}
+			c.Search = nil
+			if d := normDomain(f[1]); d != "" { // "." (the root) adds none
+				c.Search = []string{d}
+			}
 		case "search":
 			c.Search = c.Search[:0:0]
 			for _, d := range f[1:] {

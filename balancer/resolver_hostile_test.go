@@ -76,3 +76,19 @@ func TestAnswerRecordsOfOtherNamesIgnored(t *testing.T) {
 		}
 	}
 }
+
+// TestDomainRootIsNoSearchDomain: "domain ." (the root, as "search ."
+// written by systemd-resolved) adds no search domain: a name missing
+// from DNS is ErrNotFound (the request goes to its original
+// destination), not a failure from querying an invalid "name..".
+func TestDomainRootIsNoSearchDomain(t *testing.T) {
+	t.Parallel()
+	s := newTestDNS(t)
+	r := newTestResolver(t, s, "domain .", ResolverConfig{Network: "ip4"})
+	if len(r.Conf().Search) != 0 {
+		t.Errorf("search list = %q; want none", r.Conf().Search)
+	}
+	if _, err := r.Lookup(context.Background(), "nothere"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Lookup = %v; want ErrNotFound", err)
+	}
+}
