@@ -164,6 +164,9 @@ func (r *Resolver) Lookup(ctx context.Context, host string) (*Answer, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("resolving %s: %w", host, err)
 		}
+		if _, ok := dns.IsDomainName(name); !ok {
+			continue // a search domain made it too long: no such name
+		}
 		addrs, ttl, out, err := r.lookupName(ctx, name)
 		switch out {
 		case outFound:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -90,5 +91,23 @@ func TestDomainRootIsNoSearchDomain(t *testing.T) {
 	}
 	if _, err := r.Lookup(context.Background(), "nothere"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Lookup = %v; want ErrNotFound", err)
+	}
+}
+
+// TestSearchCandidateTooLongSkipped: a name valid by itself that a
+// search domain would make too long for DNS (over 255 octets) skips
+// that candidate instead of failing it: when the others are not found,
+// the answer is ErrNotFound, not a temporary error.
+func TestSearchCandidateTooLongSkipped(t *testing.T) {
+	t.Parallel()
+	s := newTestDNS(t)
+	r := newTestResolver(t, s, "search svc.cluster.local\noptions ndots:5", ResolverConfig{Network: "ip4"})
+	label := strings.Repeat("a", 60)
+	host := strings.Join([]string{label, label, label, label}, ".") // 243 octets
+	if _, err := r.Lookup(context.Background(), host); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Lookup = %v; want ErrNotFound", err)
+	}
+	if got := s.names(); !slices.Equal(got, []string{host + "."}) {
+		t.Errorf("names queried = %q; want only the name as given", got)
 	}
 }
