@@ -58,10 +58,16 @@ func TestAnswerRecordsOfOtherNamesIgnored(t *testing.T) {
 			cname("alias.test.", "Mid.test.", 20), cname("mid.TEST.", "web.test.", 40),
 			a("WEB.test.", "198.18.0.2", 30), a("evil.test.", "198.18.0.66", 1),
 		}
+		// A CNAME loop, with a record of a name outside it.
+		s.zone["loop.test."] = []dns.RR{
+			cname("loop.test.", "loop2.test.", 30), cname("loop2.test.", "loop.test.", 30), a("evil.test.", "198.18.0.66", 30),
+		}
 	})
 	r := newTestResolver(t, s, "", ResolverConfig{Network: "ip4", MaxTTL: time.Hour})
-	if ans, err := r.Lookup(context.Background(), "other.test."); !errors.Is(err, ErrNotFound) {
-		t.Errorf("other.test.: answer %+v, err %v; want ErrNotFound (its answer has no record of its own)", ans, err)
+	for _, host := range []string{"other.test.", "loop.test."} {
+		if ans, err := r.Lookup(context.Background(), host); !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s: answer %+v, err %v; want ErrNotFound (no address of its own or of its chain)", host, ans, err)
+		}
 	}
 	for host, want := range map[string]string{"mixed.test.": "198.18.0.1", "alias.test.": "198.18.0.2"} {
 		ans, err := r.Lookup(context.Background(), host)
