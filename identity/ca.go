@@ -173,6 +173,10 @@ func InitCA(dir, trustDomain string, force bool) (*CA, error) {
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("creating CA directory: %w", err)
+	} else if err == nil {
+		if err := syncDir(filepath.Dir(filepath.Clean(dir))); err != nil {
+			return nil, fmt.Errorf("creating CA directory: %w", err)
+		}
 	}
 	files := []struct {
 		name string

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 type urlT = url.URL
@@ -116,6 +117,8 @@ func loadKeyFile(path string) (*ecdsa.PrivateKey, error) {
 // WriteFileAtomic writes data to path through a temporary file in the same
 // directory and a rename, so readers never see a half-written file; the
 // file gets mode perm from the start (keys are never briefly world-readable).
+// The file and the directory are synced before it returns, so a crash
+// leaves either the old file or the whole new one.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return writeFileAtomic(path, data, perm)
 }
@@ -135,11 +138,36 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		f.Close()
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
+	// The data must be on disk before the rename is: otherwise a crash
+	// after the rename's journal commit leaves an empty file in place of
+	// the old one.
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// syncDir makes the entries of directory dir (a rename, a new file or
+// subdirectory) durable. File systems that cannot sync a directory
+// (EINVAL) are taken as having nothing to do.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("syncing directory: %w", err)
 	}
 	return nil
 }
