@@ -286,6 +286,10 @@ func (ca *CA) signKey(pub *ecdsa.PublicKey, id ID, ttl time.Duration) ([]*x509.C
 		ttl = DefaultLeafTTL
 	}
 	now := ca.clock()
+	if !now.Before(ca.issuer.NotAfter) {
+		return nil, fmt.Errorf("sign %s: %w at %s: make a new CA (meshproxy ca init --force) and hand out its anchor.pem",
+			id, errIssuerExpired, ca.issuer.NotAfter.UTC().Format(time.RFC3339))
+	}
 	notAfter := now.Add(ttl)
 	if notAfter.After(ca.issuer.NotAfter) {
 		notAfter = ca.issuer.NotAfter
@@ -305,6 +309,10 @@ func (ca *CA) signKey(pub *ecdsa.PublicKey, id ID, ttl time.Duration) ([]*x509.C
 	}
 	return []*x509.Certificate{leaf, ca.issuer}, nil
 }
+
+// errIssuerExpired means the CA's issuer certificate has expired: nothing
+// it signed would verify. The service answers 503 for it.
+var errIssuerExpired = errors.New("the CA's issuer certificate expired")
 
 // Issue makes a fresh key and a leaf for id valid for ttl (see Sign) and
 // returns them as a tls.Certificate with Leaf set. It is for offline

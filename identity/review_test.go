@@ -1,10 +1,18 @@
 package identity
 
 import (
+	"bytes"
+	"crypto/tls"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -39,5 +47,58 @@ func TestRenewalWithoutTokenFile(t *testing.T) {
 	// Without a certificate the missing file is still the reported problem.
 	if _, err := Obtain(t.Context(), client, web, time.Hour, nil); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("join without token file: err = %v; want the file's not-exist error", err)
+	}
+}
+
+// TestSignRefusesOutsideIssuerValidity: once the issuer has expired the
+// CA issues nothing: no leaf that is dead on arrival, and the service says
+// why instead of a 200 or a "bad request".
+func TestSignRefusesOutsideIssuerValidity(t *testing.T) {
+	web := MustParseID("spiffe://cluster.local/ns/default/sa/web")
+	for _, tc := range []struct {
+		name string
+		now  func(ca *CA) time.Time
+		want string
+	}{
+		{"issuer expired", func(ca *CA) time.Time { return ca.issuer.NotAfter.Add(time.Second) }, "expired"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca := mustCA(t, "")
+			at := tc.now(ca)
+			ca.now = func() time.Time { return at }
+			cert, err := ca.Issue(web, time.Hour)
+			if err == nil {
+				t.Fatalf("issued a leaf valid %v..%v with the issuer valid %v..%v at %v",
+					cert.Leaf.NotBefore, cert.Leaf.NotAfter, ca.issuer.NotBefore, ca.issuer.NotAfter, at)
+			}
+			if !strings.Contains(err.Error(), "issuer") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v; want it to say the issuer is %s", err, tc.want)
+			}
+
+			tok, err := ca.IssueToken(web, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, der, _ := NewCSR(web)
+			body, _ := json.Marshal(signRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), Token: tok})
+			rec := httptest.NewRecorder()
+			NewService(ca, nil, quietLog()).Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, CertificatePath, bytes.NewReader(body)))
+			var out signResponse
+			json.NewDecoder(rec.Body).Decode(&out)
+			if rec.Code != http.StatusServiceUnavailable || !strings.Contains(out.Error, "issuer") {
+				t.Errorf("service answered %d %q; want 503 naming the issuer", rec.Code, out.Error)
+			}
+
+			// Over TLS the service cannot even renew its own certificate:
+			// handshakes fail, and its log (at the default level) says why.
+			var logBuf bytes.Buffer
+			svc := NewService(ca, nil, slog.New(slog.NewTextHandler(&logBuf, nil)))
+			if _, err := svc.TLSConfig().GetCertificate(&tls.ClientHelloInfo{}); err == nil {
+				t.Fatal("service got its own certificate from an expired issuer")
+			}
+			if !strings.Contains(logBuf.String(), "level=ERROR") || !strings.Contains(logBuf.String(), "issuer certificate expired") {
+				t.Errorf("service log %q; want an error naming the expired issuer", logBuf.String())
+			}
+		})
 	}
 }
