@@ -261,12 +261,14 @@ func (ca *CA) Sign(csr *x509.CertificateRequest, id ID, ttl time.Duration) ([]*x
 	if id.TrustDomain != ca.trustDomain {
 		return nil, fmt.Errorf("sign: %w: %s is not in this CA's trust domain %q", ErrTrustDomain, id, ca.trustDomain)
 	}
+	// The key type first: the cost of checking an RSA signature grows
+	// with a modulus the sender chooses.
+	pub, err := csrKey(csr)
+	if err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("sign: CSR signature does not verify: %w", err)
-	}
-	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
-	if !ok || pub.Curve != elliptic.P256() {
-		return nil, errors.New("sign: CSR key must be ECDSA P-256")
 	}
 	got, err := IDFromCSR(csr)
 	if err != nil {
@@ -279,6 +281,19 @@ func (ca *CA) Sign(csr *x509.CertificateRequest, id ID, ttl time.Duration) ([]*x
 		return nil, errors.New("sign: CSR may carry only the URI SAN of its identity (no DNS, IP or e-mail names)")
 	}
 	return ca.signKey(pub, id, ttl)
+}
+
+// csrKey returns the CSR's key if it is ECDSA P-256, the only kind the CA
+// signs for.
+func csrKey(csr *x509.CertificateRequest) (*ecdsa.PublicKey, error) {
+	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("CSR key must be ECDSA P-256, not %s", csr.PublicKeyAlgorithm)
+	}
+	if pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("CSR key must be ECDSA P-256, not ECDSA %s", pub.Curve.Params().Name)
+	}
+	return pub, nil
 }
 
 func (ca *CA) signKey(pub *ecdsa.PublicKey, id ID, ttl time.Duration) ([]*x509.Certificate, error) {

@@ -2,7 +2,10 @@ package identity
 
 import (
 	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -100,5 +103,41 @@ func TestSignRefusesOutsideIssuerValidity(t *testing.T) {
 				t.Errorf("service log %q; want an error naming the expired issuer", logBuf.String())
 			}
 		})
+	}
+}
+
+// TestServiceRefusesRSACSRUnverified: the service refuses a CSR whose key
+// is not ECDSA P-256 before checking its signature. Verifying an RSA
+// signature costs time in the modulus size, which the sender picks: a
+// 180,000-bit modulus (a 61 KB PEM CSR, within the 64 KiB body limit)
+// cost about 2 s of CPU per request, before any credential was looked at.
+func TestServiceRefusesRSACSRUnverified(t *testing.T) {
+	ca := mustCA(t, "")
+	web := MustParseID("spiffe://cluster.local/ns/default/sa/web")
+	tok, _ := ca.IssueToken(web, time.Hour)
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*urlT{web.URL()}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der[len(der)-1] ^= 0xff // a signature that does not verify
+	body, _ := json.Marshal(signRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), Token: tok})
+	rec := httptest.NewRecorder()
+	NewService(ca, nil, quietLog()).Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, CertificatePath, bytes.NewReader(body)))
+	var out signResponse
+	json.NewDecoder(rec.Body).Decode(&out)
+	if rec.Code != http.StatusBadRequest || !strings.Contains(out.Error, "ECDSA P-256") {
+		t.Errorf("service answered %d %q; want 400 about the key type, decided before the signature check", rec.Code, out.Error)
+	}
+	// The CA itself decides on the key first, too.
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Sign(csr, web, time.Hour); err == nil || !strings.Contains(err.Error(), "ECDSA P-256") {
+		t.Errorf("Sign: err = %v; want a refusal of the key type", err)
 	}
 }

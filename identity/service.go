@@ -142,6 +142,12 @@ func (s *Service) handleSign(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusBadRequest, ID{}, fmt.Sprintf("parsing CSR: %v", err))
 		return
 	}
+	// The key type before the signature: the cost of checking an RSA
+	// signature grows with a modulus the sender chooses.
+	if _, err := csrKey(csr); err != nil {
+		s.refuse(w, r, http.StatusBadRequest, ID{}, err.Error())
+		return
+	}
 	if err := csr.CheckSignature(); err != nil {
 		s.refuse(w, r, http.StatusBadRequest, ID{}, fmt.Sprintf("CSR signature does not verify: %v", err))
 		return
