@@ -23,8 +23,8 @@ const (
 	// every one of them is trusted. It is public and mode 0644.
 	AnchorFile = "anchor.pem"
 	// AnchorKeyFile holds the private key of the first anchor in AnchorFile
-	// (PKCS#8 PEM, mode 0600). It is optional for LoadCA: an operator may keep
-	// the root key offline once the issuer is made.
+	// (PKCS#8 PEM, mode 0600). LoadCA does not read it: an operator may keep
+	// the root key offline, or readable by root only, once the issuer is made.
 	AnchorKeyFile = "anchor-key.pem"
 	// IssuerFile holds the intermediate (issuer) certificate, mode 0644.
 	IssuerFile = "issuer.pem"
@@ -52,7 +52,7 @@ const (
 type CA struct {
 	trustDomain string
 	anchors     []*x509.Certificate
-	anchorKey   *ecdsa.PrivateKey // may be nil after LoadCA
+	anchorKey   *ecdsa.PrivateKey // nil after LoadCA
 	issuer      *x509.Certificate
 	issuerKey   *ecdsa.PrivateKey
 	tokenKey    *ecdsa.PrivateKey
@@ -197,8 +197,9 @@ func InitCA(dir, trustDomain string, force bool) (*CA, error) {
 	return ca, nil
 }
 
-// LoadCA reads a CA written by InitCA from dir. AnchorKeyFile may be
-// missing; AnchorFile may hold several anchors (rotation), all trusted.
+// LoadCA reads a CA written by InitCA from dir. AnchorKeyFile is not read
+// (it may be missing or unreadable); AnchorFile may hold several anchors
+// (rotation), all trusted.
 // The trust domain is read from the issuer certificate's URI SAN.
 func LoadCA(dir string) (*CA, error) {
 	anchors, err := LoadCertsFile(filepath.Join(dir, AnchorFile))
@@ -217,12 +218,6 @@ func LoadCA(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading CA from %s: %w", dir, err)
 	}
-	var anchorKey *ecdsa.PrivateKey
-	if k, err := loadKeyFile(filepath.Join(dir, AnchorKeyFile)); err == nil {
-		anchorKey = k
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("loading CA from %s: %w", dir, err)
-	}
 	issuer := issuers[0]
 	if len(issuer.URIs) != 1 || issuer.URIs[0].Scheme != "spiffe" {
 		return nil, fmt.Errorf("loading CA from %s: %s has no spiffe://<trust-domain> URI SAN", dir, IssuerFile)
@@ -231,7 +226,9 @@ func LoadCA(dir string) (*CA, error) {
 	if err := ValidateTrustDomain(td); err != nil {
 		return nil, fmt.Errorf("loading CA from %s: %s: %w", dir, IssuerFile, err)
 	}
-	ca, err := newCA(td, anchors, anchorKey, issuer, issuerKey, tokenKey)
+	// The anchor key is not read: it signs nothing after InitCA, so the
+	// service and the proxies need no access to it (and do not hold it).
+	ca, err := newCA(td, anchors, nil, issuer, issuerKey, tokenKey)
 	if err != nil {
 		return nil, fmt.Errorf("loading CA from %s: %w", dir, err)
 	}

@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -110,4 +112,60 @@ func copyFile(t *testing.T, from, to string) {
 	if err := dst.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestLoadCAWithoutAccessToAnchorKey: the root (anchor) key signs nothing
+// after "ca init", so the identity service and proxies running under their
+// own user need no access to it. A CA directory chowned to that user with
+// the anchor key left root-only (or moved offline) must load.
+func TestLoadCAWithoutAccessToAnchorKey(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: changes file owners and runs a process as another user")
+	}
+	const uid = 65534 // nobody
+	base := t.TempDir()
+	for d := base; d != filepath.Dir(d) && d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(base, "ca")
+	if _, err := InitCA(dir, "", false); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"", AnchorFile, IssuerFile, IssuerKeyFile, TokenKeyFile} {
+		if err := os.Chown(filepath.Join(dir, name), uid, uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// AnchorKeyFile stays root's, mode 0600.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(base, "identity.test")
+	copyFile(t, self, bin)
+	if err := os.Chmod(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestLoadCAHelper$", "-test.v")
+	cmd.Env = append(os.Environ(), "MESHPROXY_TEST_LOADCA_DIR="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "CA loaded") {
+		t.Fatalf("LoadCA as uid %d with %s root-only: %v\n%s", uid, AnchorKeyFile, err, out)
+	}
+}
+
+// TestLoadCAHelper is run by TestLoadCAWithoutAccessToAnchorKey in a
+// process of another user; on its own it does nothing.
+func TestLoadCAHelper(t *testing.T) {
+	dir := os.Getenv("MESHPROXY_TEST_LOADCA_DIR")
+	if dir == "" {
+		t.Skip("helper of TestLoadCAWithoutAccessToAnchorKey")
+	}
+	if _, err := LoadCA(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("CA loaded")
 }
