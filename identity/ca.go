@@ -189,8 +189,15 @@ func InitCA(dir, trustDomain string, force bool) (*CA, error) {
 		{IssuerFile, EncodeCerts(ca.issuer), 0o644},
 		{AnchorFile, EncodeCerts(ca.anchors...), 0o644},
 	}
+	// Without force, no file is ever replaced: of several "ca init" runs
+	// racing on one directory, the first to write the first file is the
+	// only one to get past it, so the CA on disk is never a mix.
 	for _, f := range files {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+		p := filepath.Join(dir, f.name)
+		if err := writeFile(p, f.data, f.mode, force); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return nil, fmt.Errorf("%s appeared while making the CA (another \"meshproxy ca init\" at the same time?): %w", p, err)
+			}
 			return nil, err
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -124,12 +125,19 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 }
 
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return writeFile(path, data, perm, true)
+}
+
+// writeFile writes data to path as WriteFileAtomic does. Unless replace
+// is set it never replaces an existing path (the new file is linked in,
+// not renamed over it) and fails with an error matching fs.ErrExist.
+func writeFile(path string, data []byte, perm os.FileMode, replace bool) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
+	defer os.Remove(tmp) // the temporary name (gone after a rename)
 	if err := f.Chmod(perm); err != nil {
 		f.Close()
 		return fmt.Errorf("writing %s: %w", path, err)
@@ -148,7 +156,22 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if !replace {
+		err = os.Link(tmp, path)
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EOPNOTSUPP) {
+			// No hard links on this file system: check, then rename
+			// (racy, but the best it allows).
+			if _, err = os.Lstat(path); err == nil {
+				err = &fs.PathError{Op: "link", Path: path, Err: fs.ErrExist}
+			} else if errors.Is(err, fs.ErrNotExist) {
+				replace = true
+			}
+		}
+	}
+	if replace {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := syncDir(filepath.Dir(path)); err != nil {

@@ -141,3 +141,36 @@ func TestServiceRefusesRSACSRUnverified(t *testing.T) {
 		t.Errorf("Sign: err = %v; want a refusal of the key type", err)
 	}
 }
+
+// TestInitCAConcurrent: two "ca init" runs without --force racing on one
+// directory (two automation runs, two init containers on a shared volume)
+// must not both succeed and leave a CA whose files come from both: one
+// wins, the others are refused, and the CA on disk loads.
+func TestInitCAConcurrent(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		dir := filepath.Join(t.TempDir(), "ca")
+		const n = 4
+		start := make(chan struct{})
+		errs := make(chan error, n)
+		for i := 0; i < n; i++ {
+			go func() {
+				<-start
+				_, err := InitCA(dir, "", false)
+				errs <- err
+			}()
+		}
+		close(start)
+		ok := 0
+		for i := 0; i < n; i++ {
+			if err := <-errs; err == nil {
+				ok++
+			}
+		}
+		if ok != 1 {
+			t.Errorf("round %d: %d of %d concurrent InitCA calls succeeded; want exactly 1", round, ok, n)
+		}
+		if _, err := LoadCA(dir); err != nil {
+			t.Fatalf("round %d: the CA left on disk does not load: %v", round, err)
+		}
+	}
+}
