@@ -2,10 +2,14 @@ package identity
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -203,5 +207,45 @@ func TestNoResumptionNearServerCertExpiry(t *testing.T) {
 		if r.state.DidResume {
 			t.Errorf("connection %d resumed a session whose server certificate expires within ResumeMargin", i)
 		}
+	}
+}
+
+// TestSignIgnoresCSRExtensions: nothing a CSR asks for besides its key
+// and its one URI SAN reaches the leaf: not a CA bit, not extra key
+// usages, not a subject name.
+func TestSignIgnoresCSRExtensions(t *testing.T) {
+	ca := mustCA(t, "")
+	web := MustParseID("spiffe://cluster.local/ns/default/sa/web")
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTrue, _ := asn1.Marshal(struct {
+		IsCA    bool
+		PathLen int
+	}{true, 5})
+	keyUsage, _ := asn1.Marshal(asn1.BitString{Bytes: []byte{0x06}, BitLength: 7}) // keyCertSign, cRLSign
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: "evil", Organization: []string{"meshproxy"}},
+		URIs:    []*urlT{web.URL()},
+		ExtraExtensions: []pkix.Extension{
+			{Id: asn1.ObjectIdentifier{2, 5, 29, 19}, Critical: true, Value: caTrue},
+			{Id: asn1.ObjectIdentifier{2, 5, 29, 15}, Critical: true, Value: keyUsage},
+		},
+	}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := ca.Sign(csr, web, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := chain[0]
+	if leaf.IsCA || leaf.KeyUsage != x509.KeyUsageDigitalSignature || leaf.Subject.CommonName != "" || len(leaf.Subject.Organization) != 0 {
+		t.Errorf("leaf took the CSR's asks: IsCA %v, KeyUsage %b, Subject %q", leaf.IsCA, leaf.KeyUsage, leaf.Subject)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != web.String() {
+		t.Errorf("leaf URIs %v; want only %s", leaf.URIs, web)
 	}
 }
