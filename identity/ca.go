@@ -192,13 +192,22 @@ func InitCA(dir, trustDomain string, force bool) (*CA, error) {
 	// Without force, no file is ever replaced: of several "ca init" runs
 	// racing on one directory, the first to write the first file is the
 	// only one to get past it, so the CA on disk is never a mix.
+	var written []string
 	for _, f := range files {
 		p := filepath.Join(dir, f.name)
 		if err := writeFile(p, f.data, f.mode, force); err != nil {
 			if errors.Is(err, fs.ErrExist) {
 				return nil, fmt.Errorf("%s appeared while making the CA (another \"meshproxy ca init\" at the same time?): %w", p, err)
 			}
+			// A new CA is all or nothing: a partial one would make the
+			// next try refuse as "already holds a CA".
+			for _, w := range written {
+				os.Remove(w)
+			}
 			return nil, err
+		}
+		if !force {
+			written = append(written, p)
 		}
 	}
 	return ca, nil

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -168,4 +169,34 @@ func TestLoadCAHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log("CA loaded")
+}
+
+// TestInitCADiskFull: "ca init" failing halfway (the disk full) leaves no
+// partial CA behind, so that running it again once there is room works,
+// instead of being refused as "already holds a CA, pass --force".
+func TestInitCADiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: mounts a small tmpfs")
+	}
+	mnt := t.TempDir()
+	// Room for three of the five files: tmpfs gives each a 4 KiB page.
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=12k"); err != nil {
+		t.Skipf("mounting tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, 0) })
+	dir := filepath.Join(mnt, "ca")
+	_, err := InitCA(dir, "", false)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("InitCA on a full disk: err = %v; want ENOSPC", err)
+	}
+	t.Logf("disk full: %v", err)
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", syscall.MS_REMOUNT, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := InitCA(dir, "", false); err != nil {
+		t.Fatalf("InitCA again once there is room: %v", err)
+	}
+	if _, err := LoadCA(dir); err != nil {
+		t.Fatal(err)
+	}
 }
