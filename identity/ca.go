@@ -23,8 +23,8 @@ const (
 	// every one of them is trusted. It is public and mode 0644.
 	AnchorFile = "anchor.pem"
 	// AnchorKeyFile holds the private key of the first anchor in AnchorFile
-	// (PKCS#8 PEM, mode 0600). It is optional for LoadCA: an operator may keep
-	// the root key offline once the issuer is made.
+	// (PKCS#8 PEM, mode 0600). LoadCA does not read it: an operator may keep
+	// the root key offline, or readable by root only, once the issuer is made.
 	AnchorKeyFile = "anchor-key.pem"
 	// IssuerFile holds the intermediate (issuer) certificate, mode 0644.
 	IssuerFile = "issuer.pem"
@@ -52,7 +52,7 @@ const (
 type CA struct {
 	trustDomain string
 	anchors     []*x509.Certificate
-	anchorKey   *ecdsa.PrivateKey // may be nil after LoadCA
+	anchorKey   *ecdsa.PrivateKey // nil after LoadCA
 	issuer      *x509.Certificate
 	issuerKey   *ecdsa.PrivateKey
 	tokenKey    *ecdsa.PrivateKey
@@ -173,6 +173,10 @@ func InitCA(dir, trustDomain string, force bool) (*CA, error) {
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("creating CA directory: %w", err)
+	} else if err == nil {
+		if err := syncDir(filepath.Dir(filepath.Clean(dir))); err != nil {
+			return nil, fmt.Errorf("creating CA directory: %w", err)
+		}
 	}
 	files := []struct {
 		name string
@@ -185,16 +189,33 @@ func InitCA(dir, trustDomain string, force bool) (*CA, error) {
 		{IssuerFile, EncodeCerts(ca.issuer), 0o644},
 		{AnchorFile, EncodeCerts(ca.anchors...), 0o644},
 	}
+	// Without force, no file is ever replaced: of several "ca init" runs
+	// racing on one directory, the first to write the first file is the
+	// only one to get past it, so the CA on disk is never a mix.
+	var written []string
 	for _, f := range files {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+		p := filepath.Join(dir, f.name)
+		if err := writeFile(p, f.data, f.mode, force); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return nil, fmt.Errorf("%s appeared while making the CA (another \"meshproxy ca init\" at the same time?): %w", p, err)
+			}
+			// A new CA is all or nothing: a partial one would make the
+			// next try refuse as "already holds a CA".
+			for _, w := range written {
+				os.Remove(w)
+			}
 			return nil, err
+		}
+		if !force {
+			written = append(written, p)
 		}
 	}
 	return ca, nil
 }
 
-// LoadCA reads a CA written by InitCA from dir. AnchorKeyFile may be
-// missing; AnchorFile may hold several anchors (rotation), all trusted.
+// LoadCA reads a CA written by InitCA from dir. AnchorKeyFile is not read
+// (it may be missing or unreadable); AnchorFile may hold several anchors
+// (rotation), all trusted.
 // The trust domain is read from the issuer certificate's URI SAN.
 func LoadCA(dir string) (*CA, error) {
 	anchors, err := LoadCertsFile(filepath.Join(dir, AnchorFile))
@@ -213,12 +234,6 @@ func LoadCA(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading CA from %s: %w", dir, err)
 	}
-	var anchorKey *ecdsa.PrivateKey
-	if k, err := loadKeyFile(filepath.Join(dir, AnchorKeyFile)); err == nil {
-		anchorKey = k
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("loading CA from %s: %w", dir, err)
-	}
 	issuer := issuers[0]
 	if len(issuer.URIs) != 1 || issuer.URIs[0].Scheme != "spiffe" {
 		return nil, fmt.Errorf("loading CA from %s: %s has no spiffe://<trust-domain> URI SAN", dir, IssuerFile)
@@ -227,7 +242,9 @@ func LoadCA(dir string) (*CA, error) {
 	if err := ValidateTrustDomain(td); err != nil {
 		return nil, fmt.Errorf("loading CA from %s: %s: %w", dir, IssuerFile, err)
 	}
-	ca, err := newCA(td, anchors, anchorKey, issuer, issuerKey, tokenKey)
+	// The anchor key is not read: it signs nothing after InitCA, so the
+	// service and the proxies need no access to it (and do not hold it).
+	ca, err := newCA(td, anchors, nil, issuer, issuerKey, tokenKey)
 	if err != nil {
 		return nil, fmt.Errorf("loading CA from %s: %w", dir, err)
 	}
@@ -257,12 +274,14 @@ func (ca *CA) Sign(csr *x509.CertificateRequest, id ID, ttl time.Duration) ([]*x
 	if id.TrustDomain != ca.trustDomain {
 		return nil, fmt.Errorf("sign: %w: %s is not in this CA's trust domain %q", ErrTrustDomain, id, ca.trustDomain)
 	}
+	// The key type first: the cost of checking an RSA signature grows
+	// with a modulus the sender chooses.
+	pub, err := csrKey(csr)
+	if err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("sign: CSR signature does not verify: %w", err)
-	}
-	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
-	if !ok || pub.Curve != elliptic.P256() {
-		return nil, errors.New("sign: CSR key must be ECDSA P-256")
 	}
 	got, err := IDFromCSR(csr)
 	if err != nil {
@@ -277,11 +296,28 @@ func (ca *CA) Sign(csr *x509.CertificateRequest, id ID, ttl time.Duration) ([]*x
 	return ca.signKey(pub, id, ttl)
 }
 
+// csrKey returns the CSR's key if it is ECDSA P-256, the only kind the CA
+// signs for.
+func csrKey(csr *x509.CertificateRequest) (*ecdsa.PublicKey, error) {
+	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("CSR key must be ECDSA P-256, not %s", csr.PublicKeyAlgorithm)
+	}
+	if pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("CSR key must be ECDSA P-256, not ECDSA %s", pub.Curve.Params().Name)
+	}
+	return pub, nil
+}
+
 func (ca *CA) signKey(pub *ecdsa.PublicKey, id ID, ttl time.Duration) ([]*x509.Certificate, error) {
 	if ttl <= 0 {
 		ttl = DefaultLeafTTL
 	}
 	now := ca.clock()
+	if !now.Before(ca.issuer.NotAfter) {
+		return nil, fmt.Errorf("sign %s: %w at %s: make a new CA (meshproxy ca init --force) and hand out its anchor.pem",
+			id, errIssuerExpired, ca.issuer.NotAfter.UTC().Format(time.RFC3339))
+	}
 	notAfter := now.Add(ttl)
 	if notAfter.After(ca.issuer.NotAfter) {
 		notAfter = ca.issuer.NotAfter
@@ -301,6 +337,10 @@ func (ca *CA) signKey(pub *ecdsa.PublicKey, id ID, ttl time.Duration) ([]*x509.C
 	}
 	return []*x509.Certificate{leaf, ca.issuer}, nil
 }
+
+// errIssuerExpired means the CA's issuer certificate has expired: nothing
+// it signed would verify. The service answers 503 for it.
+var errIssuerExpired = errors.New("the CA's issuer certificate expired")
 
 // Issue makes a fresh key and a leaf for id valid for ttl (see Sign) and
 // returns them as a tls.Certificate with Leaf set. It is for offline

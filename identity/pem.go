@@ -6,9 +6,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 type urlT = url.URL
@@ -116,17 +118,26 @@ func loadKeyFile(path string) (*ecdsa.PrivateKey, error) {
 // WriteFileAtomic writes data to path through a temporary file in the same
 // directory and a rename, so readers never see a half-written file; the
 // file gets mode perm from the start (keys are never briefly world-readable).
+// The file and the directory are synced before it returns, so a crash
+// leaves either the old file or the whole new one.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return writeFileAtomic(path, data, perm)
 }
 
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return writeFile(path, data, perm, true)
+}
+
+// writeFile writes data to path as WriteFileAtomic does. Unless replace
+// is set it never replaces an existing path (the new file is linked in,
+// not renamed over it) and fails with an error matching fs.ErrExist.
+func writeFile(path string, data []byte, perm os.FileMode, replace bool) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
+	defer os.Remove(tmp) // the temporary name (gone after a rename)
 	if err := f.Chmod(perm); err != nil {
 		f.Close()
 		return fmt.Errorf("writing %s: %w", path, err)
@@ -135,11 +146,51 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		f.Close()
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
+	// The data must be on disk before the rename is: otherwise a crash
+	// after the rename's journal commit leaves an empty file in place of
+	// the old one.
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if !replace {
+		err = os.Link(tmp, path)
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EOPNOTSUPP) {
+			// No hard links on this file system: check, then rename
+			// (racy, but the best it allows).
+			if _, err = os.Lstat(path); err == nil {
+				err = &fs.PathError{Op: "link", Path: path, Err: fs.ErrExist}
+			} else if errors.Is(err, fs.ErrNotExist) {
+				replace = true
+			}
+		}
+	}
+	if replace {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// syncDir makes the entries of directory dir (a rename, a new file or
+// subdirectory) durable. File systems that cannot sync a directory
+// (EINVAL) are taken as having nothing to do.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("syncing directory: %w", err)
 	}
 	return nil
 }

@@ -92,6 +92,8 @@ func (s *Service) serviceCert() (*tls.Certificate, error) {
 	}
 	c, err := s.ca.Issue(ServiceID(s.ca.TrustDomain()), DefaultLeafTTL)
 	if err != nil {
+		// The handshake's own error only reaches the debug log.
+		s.log.Error("identity service cannot issue its own certificate: TLS handshakes fail", "err", err)
 		return nil, fmt.Errorf("identity service: issuing own certificate: %w", err)
 	}
 	s.cert = c
@@ -140,6 +142,12 @@ func (s *Service) handleSign(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusBadRequest, ID{}, fmt.Sprintf("parsing CSR: %v", err))
 		return
 	}
+	// The key type before the signature: the cost of checking an RSA
+	// signature grows with a modulus the sender chooses.
+	if _, err := csrKey(csr); err != nil {
+		s.refuse(w, r, http.StatusBadRequest, ID{}, err.Error())
+		return
+	}
 	if err := csr.CheckSignature(); err != nil {
 		s.refuse(w, r, http.StatusBadRequest, ID{}, fmt.Sprintf("CSR signature does not verify: %v", err))
 		return
@@ -174,7 +182,11 @@ func (s *Service) handleSign(w http.ResponseWriter, r *http.Request) {
 	}
 	chain, err := s.ca.Sign(csr, id, ttl)
 	if err != nil {
-		s.refuse(w, r, http.StatusBadRequest, id, err.Error())
+		status := http.StatusBadRequest
+		if errors.Is(err, errIssuerExpired) {
+			status = http.StatusServiceUnavailable
+		}
+		s.refuse(w, r, status, id, err.Error())
 		return
 	}
 	s.log.Info("certificate issued", "identity", id.String(), "auth", method,

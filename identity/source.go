@@ -75,6 +75,8 @@ type Client struct {
 	// when renewing with a current certificate.
 	Token string
 	// TokenFile is a file holding the join token; used when Token is empty.
+	// A renewal that holds an unexpired certificate goes on without a token
+	// when the file cannot be read (say, removed after joining).
 	TokenFile string
 	// Timeout bounds one request. Zero means 10s; negative means none
 	// beyond the context's.
@@ -123,7 +125,12 @@ func (c *Client) Issue(ctx context.Context, req *Request) ([]*x509.Certificate, 
 	}
 	tok, err := c.token()
 	if err != nil {
-		return nil, fmt.Errorf("identity client: %w", err)
+		// A valid current certificate is credential enough (renewal): a
+		// token file removed or unreadable after joining must not stop it.
+		if req.Current == nil || req.Current.Leaf == nil || !time.Now().Before(req.Current.Leaf.NotAfter) {
+			return nil, fmt.Errorf("identity client: %w", err)
+		}
+		tok = ""
 	}
 	if tok == "" && req.Current == nil {
 		return nil, errors.New("identity client: no join token and no current certificate: set the token (meshproxy ca token) or token file")

@@ -12,8 +12,9 @@ import (
 const ALPN = "meshproxy/1"
 
 // ResumeMargin is how long before its client certificate expires a TLS
-// session is no longer resumed by ServerTLSConfig: the handshake is then
-// a full one, with the client's current certificate. It covers the time
+// session is no longer resumed by ServerTLSConfig, or before its server
+// certificate expires by ClientTLSConfig: the handshake is then a full
+// one, with the peer's current certificate. It covers the time
 // between the library's expiry check and VerifyConnection's, which can
 // be as long as a handshake.
 const ResumeMargin = 10 * time.Second
@@ -82,6 +83,13 @@ func (m *Manager) ClientTLSConfig(expectedServer *ID) *tls.Config {
 		want = &w
 	}
 	return &tls.Config{
+		// As in ServerTLSConfig, for the server's certificate: a cached
+		// session keeps the one of its first handshake (the server may
+		// have renewed since), which the library checks before resuming
+		// and VerifyConnection again, later, by the real clock. The
+		// library's clock ResumeMargin ahead makes a session whose
+		// server certificate is about to expire a full handshake.
+		Time:                        func() time.Time { return time.Now().Add(ResumeMargin) },
 		MinVersion:                  tls.VersionTLS13,
 		NextProtos:                  []string{ALPN},
 		DynamicRecordSizingDisabled: true, // as in ServerTLSConfig
