@@ -19,6 +19,9 @@ func TestInitCASurvivesCrash(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: mounts loop-backed ext4 file systems")
 	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skipf("needs loop devices: %v", err)
+	}
 	for _, tool := range []string{"mkfs.ext4", "mount", "umount"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s: %v", tool, err)
