@@ -97,9 +97,10 @@ func (h *Handle) Close() error {
 
 // Apply makes the namespace's interception state equal to what c wants.
 // Policy routing goes first, then the whole table is replaced in one
-// atomic nftables transaction. Applying twice equals applying once. If the
-// transaction fails, the policy routing this call added is removed again, so
-// no half-applied state remains.
+// atomic nftables transaction, then policy routing the new table does not
+// need is removed. Applying twice equals applying once. If the transaction
+// fails, the policy routing this call added is removed again and the earlier
+// state is left whole, so no half-applied state remains.
 func (h *Handle) Apply(c Config) error {
 	r, err := Build(c)
 	if err != nil {
@@ -124,16 +125,18 @@ func (h *Handle) Apply(c Config) error {
 			return errors.Join(fmt.Errorf("applying policy routing: %w", err), undo.run())
 		}
 	}
-	// Leftovers of an earlier apply with another mode or IPv6 setting.
+	if err := h.applyTable(r.Table); err != nil {
+		return errors.Join(err, undo.run())
+	}
+	// Leftovers of an earlier apply with another mode or IPv6 setting go
+	// only once the new table is in: if the table fails, the old table
+	// keeps the routing it needs.
 	for _, v6 := range []bool{false, true} {
 		if !wanted[v6] {
 			if err := h.removeRouting(v6, c.Mark, c.RouteTable); err != nil {
-				return errors.Join(fmt.Errorf("removing stale policy routing: %w", err), undo.run())
+				return fmt.Errorf("removing stale policy routing: %w", err)
 			}
 		}
-	}
-	if err := h.applyTable(r.Table); err != nil {
-		return errors.Join(err, undo.run())
 	}
 	return nil
 }
