@@ -128,9 +128,14 @@ func (h *Handle) Apply(c Config) error {
 	if err := h.applyTable(r.Table); err != nil {
 		return errors.Join(err, undo.run())
 	}
-	// Leftovers of an earlier apply with another mode or IPv6 setting go
-	// only once the new table is in: if the table fails, the old table
-	// keeps the routing it needs.
+	// Leftovers of an earlier apply with another mode or IPv6 setting, and
+	// stray rules for our mark and table, go only once the new table is
+	// in: if the table fails, the old table keeps the routing it needs.
+	for _, p := range r.Routing {
+		if err := h.pruneRules(p); err != nil {
+			return fmt.Errorf("removing stray policy rules: %w", err)
+		}
+	}
 	for _, v6 := range []bool{false, true} {
 		if !wanted[v6] {
 			if err := h.removeRouting(v6, c.Mark, c.RouteTable); err != nil {

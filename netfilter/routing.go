@@ -119,6 +119,26 @@ func (h *Handle) ensureRouting(p PolicyRoute) (routingUndo, error) {
 	return undo, nil
 }
 
+// pruneRules deletes the rules sending p's mark to p's table other than
+// the one ensureRouting keeps (at p.Priority, not inverted), which Check
+// reports as drift.
+func (h *Handle) pruneRules(p PolicyRoute) error {
+	rules, err := h.markRules(p.IPv6, p.Mark, p.Table)
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		if r.Priority == p.Priority && !r.Invert {
+			continue
+		}
+		r := r
+		if err := h.nl.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("deleting %s rule priority %d fwmark 0x%x lookup %d: %w", famName(p.IPv6), r.Priority, p.Mark, p.Table, err)
+		}
+	}
+	return nil
+}
+
 func (h *Handle) newRule(p PolicyRoute) *netlink.Rule {
 	r := netlink.NewRule()
 	r.Family = familyOf(p.IPv6)
