@@ -95,6 +95,10 @@ func (h *Handle) ensureRouting(p PolicyRoute) (routingUndo, error) {
 			Scope:     netlink.SCOPE_HOST,
 		}
 		if err := h.nl.RouteReplace(rt); err != nil {
+			if p.IPv6 && errors.Is(err, unix.EACCES) {
+				// The kernel's answer when lo has IPv6 disabled.
+				return undo, fmt.Errorf("adding IPv6 route local %s dev lo table %d: IPv6 is disabled in this namespace (net.ipv6.conf.lo.disable_ipv6=1): enable it, or turn IPv6 capture off (meshproxy init --ipv6=false): %w", rt.Dst, p.Table, err)
+			}
 			return undo, fmt.Errorf("adding %s route local %s dev lo table %d: %w", famName(p.IPv6), rt.Dst, p.Table, err)
 		}
 		undo = append(undo, func() error { return h.nl.RouteDel(rt) })
