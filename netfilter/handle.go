@@ -43,7 +43,9 @@ func Open(netnsPath string) (*Handle, error) {
 			return nil, fmt.Errorf("opening network namespace %q: %w", netnsPath, err)
 		}
 		var st unix.Statfs_t
-		if err := unix.Fstatfs(int(ns), &st); err != nil || st.Type != unix.NSFS_MAGIC {
+		// nsfs holds every namespace type: a mount or UTS namespace file
+		// passes the first test and only NS_GET_NSTYPE tells it apart.
+		if err := unix.Fstatfs(int(ns), &st); err != nil || st.Type != unix.NSFS_MAGIC || !isNetNS(int(ns)) {
 			ns.Close()
 			return nil, fmt.Errorf("%q is not a network namespace: pass a path like /run/netns/NAME or /proc/PID/ns/net", netnsPath)
 		}
@@ -69,6 +71,16 @@ func Open(netnsPath string) (*Handle, error) {
 	}
 	h.loIndex = lo.Attrs().Index
 	return h, nil
+}
+
+// isNetNS reports whether the nsfs file fd is a network namespace. A kernel
+// too old for NS_GET_NSTYPE (before 4.11) gets the benefit of the doubt.
+func isNetNS(fd int) bool {
+	t, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+	if err != nil {
+		return true
+	}
+	return t == unix.CLONE_NEWNET
 }
 
 // nftOptions selects the handle's namespace for an nftables connection;
