@@ -110,7 +110,8 @@ func (h *Handle) Close() error {
 // Apply makes the namespace's interception state equal to what c wants.
 // Policy routing goes first, then the whole table is replaced in one
 // atomic nftables transaction, then policy routing the new table does not
-// need is removed. Applying twice equals applying once. If the transaction
+// need is removed, including that of an earlier apply with another mark or
+// route table. Applying twice equals applying once. If the transaction
 // fails, the policy routing this call added is removed again and the earlier
 // state is left whole, so no half-applied state remains.
 func (h *Handle) Apply(c Config) error {
@@ -137,6 +138,12 @@ func (h *Handle) Apply(c Config) error {
 			return errors.Join(fmt.Errorf("applying policy routing: %w", err), undo.run())
 		}
 	}
+	// The routing the table in place uses, perhaps for another mark or
+	// route table: replaced below once the new table is in.
+	owned, err := h.ownedRouting()
+	if err != nil {
+		return errors.Join(fmt.Errorf("reading the live policy routing: %w", err), undo.run())
+	}
 	if err := h.applyTable(r.Table); err != nil {
 		return errors.Join(err, undo.run())
 	}
@@ -153,6 +160,20 @@ func (h *Handle) Apply(c Config) error {
 			if err := h.removeRouting(v6, c.Mark, c.RouteTable); err != nil {
 				return fmt.Errorf("removing stale policy routing: %w", err)
 			}
+		}
+	}
+	for _, o := range owned {
+		if wanted[o.v6] && o.mark == c.Mark && o.table == c.RouteTable {
+			continue
+		}
+		if err := h.removeRules(o.v6, o.mark, o.table); err != nil {
+			return fmt.Errorf("removing the earlier policy routing: %w", err)
+		}
+		if wanted[o.v6] && o.table == c.RouteTable {
+			continue // the table's route is the new routing's too
+		}
+		if err := h.removeRoutes(o.v6, o.table); err != nil {
+			return fmt.Errorf("removing the earlier policy routing: %w", err)
 		}
 	}
 	return nil
@@ -210,8 +231,10 @@ func (h *Handle) applyTable(t Table) error {
 }
 
 // Remove deletes the table and the policy routing for c's mark and route
-// table (IPv4 and IPv6, whatever c.Mode and c.IPv6 say). Absent or partial
-// state is fine: whatever is there is removed.
+// table (IPv4 and IPv6, whatever c.Mode and c.IPv6 say), and the policy
+// routing of the mark the live table diverts on, should it have been applied
+// with another mark or route table. Absent or partial state is fine:
+// whatever is there is removed.
 func (h *Handle) Remove(c Config) error {
 	if c.Mark == 0 {
 		c.Mark = DefaultMark
@@ -220,6 +243,11 @@ func (h *Handle) Remove(c Config) error {
 		c.RouteTable = DefaultRouteTable
 	}
 	var errs []error
+	// The live table may have been applied with another mark or table.
+	owned, err := h.ownedRouting()
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if exists, err := h.tableExists(TableName); err != nil {
 		errs = append(errs, err)
 	} else if exists {
@@ -229,6 +257,11 @@ func (h *Handle) Remove(c Config) error {
 	}
 	for _, v6 := range []bool{false, true} {
 		if err := h.removeRouting(v6, c.Mark, c.RouteTable); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, o := range owned {
+		if err := h.removeRouting(o.v6, o.mark, o.table); err != nil {
 			errs = append(errs, err)
 		}
 	}
