@@ -208,8 +208,20 @@ func (h *Handle) applyTable(t Table) error {
 	conn.AddTable(nt)
 	sets, ids := nfSets(nt, t.Sets)
 	for _, s := range sets {
-		if err := conn.AddSet(s.set, s.elems); err != nil {
+		// The element list of one message is one netlink attribute, whose
+		// length the library writes as 16 bits without a check: past 64
+		// KiB the kernel would get a truncated list. So the elements go in
+		// chunks, one message each, all in this one batch.
+		first, rest := splitElems(s.elems)
+		if err := conn.AddSet(s.set, first); err != nil {
 			return fmt.Errorf("encoding set %s: %w", s.set.Name, err)
+		}
+		for len(rest) > 0 {
+			var chunk []nftables.SetElement
+			chunk, rest = splitElems(rest)
+			if err := conn.SetAddElements(s.set, chunk); err != nil {
+				return fmt.Errorf("encoding set %s: %w", s.set.Name, err)
+			}
 		}
 	}
 	chains := map[string]*nftables.Chain{}
@@ -266,6 +278,19 @@ func (h *Handle) Remove(c Config) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// elemsPerMessage bounds the elements of one set element message: the
+// largest element (an IPv6 interval end) takes 36 bytes of attributes, so
+// 1024 of them stay well below the 64 KiB an attribute can hold.
+const elemsPerMessage = 1024
+
+// splitElems returns the first elemsPerMessage elements and the rest.
+func splitElems(es []nftables.SetElement) (head, rest []nftables.SetElement) {
+	if len(es) <= elemsPerMessage {
+		return es, nil
+	}
+	return es[:elemsPerMessage], es[elemsPerMessage:]
 }
 
 func (h *Handle) batchConn() (*nftables.Conn, error) {
