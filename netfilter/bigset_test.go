@@ -2,6 +2,7 @@ package netfilter
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -76,5 +77,27 @@ func TestLargeSetsInstalledWhole(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A ruleset too big for one netlink batch fails whole, with an error that
+// says what to do, and leaves the earlier state in place.
+func TestTooBigRulesetRefusedWhole(t *testing.T) {
+	h, _ := openNS(t)
+	if err := h.Apply(testConfig(ModeTProxy)); err != nil {
+		t.Fatal(err)
+	}
+	before := dump(t, h)
+	c := testConfig(ModeTProxy)
+	c.SubnetsToIgnore = spreadPrefixes(20000, false)
+	err := h.Apply(c)
+	if err == nil {
+		t.Fatal("Apply of 20000 ignored subnets succeeded; this test wants a ruleset too big for one batch")
+	}
+	if !strings.Contains(err.Error(), "too big") || !strings.Contains(err.Error(), "wider") {
+		t.Errorf("Apply error = %q; want it to say the ruleset is too big and to use fewer, wider ranges", err)
+	}
+	if after := dump(t, h); after != before {
+		t.Errorf("failed Apply changed the live state")
 	}
 }

@@ -237,6 +237,13 @@ func (h *Handle) applyTable(t Table) error {
 		h.beforeFlush(conn)
 	}
 	if err := conn.Flush(); err != nil {
+		if errors.Is(err, unix.EMSGSIZE) {
+			n := 0
+			for _, s := range sets {
+				n += len(s.elems)
+			}
+			return fmt.Errorf("installing nftables table inet %s: the ruleset (%d set elements) is too big for one netlink batch: merge the ignored subnets or ports into fewer, wider ranges: %w", t.Name, n, err)
+		}
 		return fmt.Errorf("installing nftables table inet %s: %w", t.Name, err)
 	}
 	return nil
