@@ -118,10 +118,16 @@ func (h *Handle) ensureRouting(p PolicyRoute) (routingUndo, error) {
 	}
 	if !found {
 		r := h.newRule(p)
-		if err := h.nl.RuleAdd(r); err != nil {
+		err := h.nl.RuleAdd(r)
+		switch {
+		case errors.Is(err, unix.EEXIST):
+			// Another init added it since the listing: present, and
+			// not ours to undo.
+		case err != nil:
 			return undo, fmt.Errorf("adding %s rule fwmark 0x%x lookup %d: %w", famName(p.IPv6), p.Mark, p.Table, err)
+		default:
+			undo = append(undo, func() error { return h.nl.RuleDel(r) })
 		}
-		undo = append(undo, func() error { return h.nl.RuleDel(r) })
 	}
 	return undo, nil
 }
