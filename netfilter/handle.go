@@ -144,7 +144,7 @@ func (h *Handle) Apply(c Config) error {
 	if err != nil {
 		return errors.Join(fmt.Errorf("reading the live policy routing: %w", err), undo.run())
 	}
-	if err := h.applyTable(r.Table); err != nil {
+	if err := h.applyTable(r.Table, c.Mode); err != nil {
 		return errors.Join(err, undo.run())
 	}
 	// Leftovers of an earlier apply with another mode or IPv6 setting, and
@@ -195,7 +195,7 @@ func (h *Handle) loUp() error {
 
 // applyTable replaces the table in one transaction: add (so the delete
 // cannot fail when it is absent), delete, then build it afresh.
-func (h *Handle) applyTable(t Table) error {
+func (h *Handle) applyTable(t Table, mode Mode) error {
 	// A fresh connection per batch: a Conn keeps a serialisation error
 	// forever, and must not carry messages of a failed batch.
 	conn, err := h.batchConn()
@@ -244,9 +244,21 @@ func (h *Handle) applyTable(t Table) error {
 			}
 			return fmt.Errorf("installing nftables table inet %s: the ruleset (%d set elements) is too big for one netlink batch: merge the ignored subnets or ports into fewer, wider ranges: %w", t.Name, n, err)
 		}
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP) {
+			// Our batch is self-contained, so "not found" means the
+			// kernel has no implementation of an expression or chain type.
+			return fmt.Errorf("installing nftables table inet %s: the kernel refused it, most likely for lack of a kernel module %s mode needs (%s): load it with modprobe or build it in: %w", t.Name, mode, modeModules[mode], err)
+		}
 		return fmt.Errorf("installing nftables table inet %s: %w", t.Name, err)
 	}
 	return nil
+}
+
+// modeModules names the kernel modules each mode's ruleset needs beyond
+// nf_tables itself, for the error when the kernel refuses the ruleset.
+var modeModules = map[Mode]string{
+	ModeRedirect: "nft_chain_nat, nft_redir, nf_nat, nf_conntrack",
+	ModeTProxy:   "nft_tproxy, nf_tproxy_ipv4, nf_tproxy_ipv6, nft_ct, nf_conntrack",
 }
 
 // Remove deletes the table and the policy routing for c's mark and route
