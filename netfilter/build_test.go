@@ -136,6 +136,9 @@ func TestValidate(t *testing.T) {
 		{"same ports", func(c *Config) { c.InboundPort, c.OutboundPort = 4140, 4140 }, "two different ports"},
 		{"reversed range", func(c *Config) { c.PortsToRedirect = []PortRange{{9, 3}} }, "invalid port range 9-3"},
 		{"reserved table", func(c *Config) { c.RouteTable = 254 }, "reserved"},
+		{"root proxy uid", func(c *Config) { c.ProxyUID = 0 }, "proxy UID 0 is root"},
+		{"root proxy gid", func(c *Config) { c.ProxyUID, c.ProxyGID = -1, 0 }, "proxy GID 0 is root"},
+		{"zero config", func(c *Config) { *c = Config{} }, "proxy UID 0 is root"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok

@@ -39,8 +39,8 @@ const (
 )
 
 // Config describes the interception wanted in one network namespace.
-// The zero value is not usable: ProxyUID/ProxyGID 0 means root, so set the
-// unused one to -1.
+// The zero value is not usable: ProxyUID/ProxyGID 0 means root, which
+// Validate refuses, so set the unused one to -1.
 type Config struct {
 	// Mode is ModeRedirect or ModeTProxy. Empty means ModeRedirect.
 	Mode Mode
@@ -49,9 +49,11 @@ type Config struct {
 	// InboundPort is the proxy's inbound listener port; zero means 4143.
 	InboundPort uint16
 	// ProxyUID is the UID the proxy runs as; its traffic is never captured.
-	// -1 means unset. At least one of ProxyUID and ProxyGID must be >= 0.
+	// -1 means unset; 0 (root) is refused. At least one of ProxyUID and
+	// ProxyGID must be set.
 	ProxyUID int
-	// ProxyGID is the GID the proxy runs as; -1 means unset.
+	// ProxyGID is the GID the proxy runs as; -1 means unset; 0 (root) is
+	// refused.
 	ProxyGID int
 	// InboundPortsToIgnore are destination ports of inbound connections
 	// that go straight to the application. Nil means none (the init
@@ -133,6 +135,14 @@ func (c Config) Validate() error {
 	}
 	if c.ProxyUID < 0 && c.ProxyGID < 0 {
 		return ErrNoProxyUser
+	}
+	// Exempting root would let every root process's connections bypass the
+	// proxy unseen, and the proxy need not run as root.
+	if c.ProxyUID == 0 {
+		return errors.New("proxy UID 0 is root: exempting it would let every root process bypass the proxy; run the proxy as its own user (such as 2102) and pass that UID")
+	}
+	if c.ProxyGID == 0 {
+		return errors.New("proxy GID 0 is root: exempting it would let every root-group process bypass the proxy; run the proxy with its own group and pass that GID")
 	}
 	if c.ProxyUID > math.MaxUint32-1 {
 		return fmt.Errorf("proxy UID %d out of range 0-%d", c.ProxyUID, uint32(math.MaxUint32-1))

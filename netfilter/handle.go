@@ -43,7 +43,9 @@ func Open(netnsPath string) (*Handle, error) {
 			return nil, fmt.Errorf("opening network namespace %q: %w", netnsPath, err)
 		}
 		var st unix.Statfs_t
-		if err := unix.Fstatfs(int(ns), &st); err != nil || st.Type != unix.NSFS_MAGIC {
+		// nsfs holds every namespace type: a mount or UTS namespace file
+		// passes the first test and only NS_GET_NSTYPE tells it apart.
+		if err := unix.Fstatfs(int(ns), &st); err != nil || st.Type != unix.NSFS_MAGIC || !isNetNS(int(ns)) {
 			ns.Close()
 			return nil, fmt.Errorf("%q is not a network namespace: pass a path like /run/netns/NAME or /proc/PID/ns/net", netnsPath)
 		}
@@ -69,6 +71,16 @@ func Open(netnsPath string) (*Handle, error) {
 	}
 	h.loIndex = lo.Attrs().Index
 	return h, nil
+}
+
+// isNetNS reports whether the nsfs file fd is a network namespace. A kernel
+// too old for NS_GET_NSTYPE (before 4.11) gets the benefit of the doubt.
+func isNetNS(fd int) bool {
+	t, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+	if err != nil {
+		return true
+	}
+	return t == unix.CLONE_NEWNET
 }
 
 // nftOptions selects the handle's namespace for an nftables connection;
@@ -97,9 +109,11 @@ func (h *Handle) Close() error {
 
 // Apply makes the namespace's interception state equal to what c wants.
 // Policy routing goes first, then the whole table is replaced in one
-// atomic nftables transaction. Applying twice equals applying once. If the
-// transaction fails, the policy routing this call added is removed again, so
-// no half-applied state remains.
+// atomic nftables transaction, then policy routing the new table does not
+// need is removed, including that of an earlier apply with another mark or
+// route table. Applying twice equals applying once. If the transaction
+// fails, the policy routing this call added is removed again and the earlier
+// state is left whole, so no half-applied state remains.
 func (h *Handle) Apply(c Config) error {
 	r, err := Build(c)
 	if err != nil {
@@ -124,16 +138,43 @@ func (h *Handle) Apply(c Config) error {
 			return errors.Join(fmt.Errorf("applying policy routing: %w", err), undo.run())
 		}
 	}
-	// Leftovers of an earlier apply with another mode or IPv6 setting.
+	// The routing the table in place uses, perhaps for another mark or
+	// route table: replaced below once the new table is in.
+	owned, err := h.ownedRouting()
+	if err != nil {
+		return errors.Join(fmt.Errorf("reading the live policy routing: %w", err), undo.run())
+	}
+	if err := h.applyTable(r.Table, c.Mode); err != nil {
+		return errors.Join(err, undo.run())
+	}
+	// Leftovers of an earlier apply with another mode or IPv6 setting, and
+	// stray rules for our mark and table, go only once the new table is
+	// in: if the table fails, the old table keeps the routing it needs.
+	for _, p := range r.Routing {
+		if err := h.pruneRules(p); err != nil {
+			return fmt.Errorf("removing stray policy rules: %w", err)
+		}
+	}
 	for _, v6 := range []bool{false, true} {
 		if !wanted[v6] {
 			if err := h.removeRouting(v6, c.Mark, c.RouteTable); err != nil {
-				return errors.Join(fmt.Errorf("removing stale policy routing: %w", err), undo.run())
+				return fmt.Errorf("removing stale policy routing: %w", err)
 			}
 		}
 	}
-	if err := h.applyTable(r.Table); err != nil {
-		return errors.Join(err, undo.run())
+	for _, o := range owned {
+		if wanted[o.v6] && o.mark == c.Mark && o.table == c.RouteTable {
+			continue
+		}
+		if err := h.removeRules(o.v6, o.mark, o.table); err != nil {
+			return fmt.Errorf("removing the earlier policy routing: %w", err)
+		}
+		if wanted[o.v6] && o.table == c.RouteTable {
+			continue // the table's route is the new routing's too
+		}
+		if err := h.removeRoutes(o.v6, o.table); err != nil {
+			return fmt.Errorf("removing the earlier policy routing: %w", err)
+		}
 	}
 	return nil
 }
@@ -154,7 +195,7 @@ func (h *Handle) loUp() error {
 
 // applyTable replaces the table in one transaction: add (so the delete
 // cannot fail when it is absent), delete, then build it afresh.
-func (h *Handle) applyTable(t Table) error {
+func (h *Handle) applyTable(t Table, mode Mode) error {
 	// A fresh connection per batch: a Conn keeps a serialisation error
 	// forever, and must not carry messages of a failed batch.
 	conn, err := h.batchConn()
@@ -167,8 +208,20 @@ func (h *Handle) applyTable(t Table) error {
 	conn.AddTable(nt)
 	sets, ids := nfSets(nt, t.Sets)
 	for _, s := range sets {
-		if err := conn.AddSet(s.set, s.elems); err != nil {
+		// The element list of one message is one netlink attribute, whose
+		// length the library writes as 16 bits without a check: past 64
+		// KiB the kernel would get a truncated list. So the elements go in
+		// chunks, one message each, all in this one batch.
+		first, rest := splitElems(s.elems)
+		if err := conn.AddSet(s.set, first); err != nil {
 			return fmt.Errorf("encoding set %s: %w", s.set.Name, err)
+		}
+		for len(rest) > 0 {
+			var chunk []nftables.SetElement
+			chunk, rest = splitElems(rest)
+			if err := conn.SetAddElements(s.set, chunk); err != nil {
+				return fmt.Errorf("encoding set %s: %w", s.set.Name, err)
+			}
 		}
 	}
 	chains := map[string]*nftables.Chain{}
@@ -184,14 +237,35 @@ func (h *Handle) applyTable(t Table) error {
 		h.beforeFlush(conn)
 	}
 	if err := conn.Flush(); err != nil {
+		if errors.Is(err, unix.EMSGSIZE) {
+			n := 0
+			for _, s := range sets {
+				n += len(s.elems)
+			}
+			return fmt.Errorf("installing nftables table inet %s: the ruleset (%d set elements) is too big for one netlink batch: merge the ignored subnets or ports into fewer, wider ranges: %w", t.Name, n, err)
+		}
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP) {
+			// Our batch is self-contained, so "not found" means the
+			// kernel has no implementation of an expression or chain type.
+			return fmt.Errorf("installing nftables table inet %s: the kernel refused it, most likely for lack of a kernel module %s mode needs (%s): load it with modprobe or build it in: %w", t.Name, mode, modeModules[mode], err)
+		}
 		return fmt.Errorf("installing nftables table inet %s: %w", t.Name, err)
 	}
 	return nil
 }
 
+// modeModules names the kernel modules each mode's ruleset needs beyond
+// nf_tables itself, for the error when the kernel refuses the ruleset.
+var modeModules = map[Mode]string{
+	ModeRedirect: "nft_chain_nat, nft_redir, nf_nat, nf_conntrack",
+	ModeTProxy:   "nft_tproxy, nf_tproxy_ipv4, nf_tproxy_ipv6, nft_ct, nf_conntrack",
+}
+
 // Remove deletes the table and the policy routing for c's mark and route
-// table (IPv4 and IPv6, whatever c.Mode and c.IPv6 say). Absent or partial
-// state is fine: whatever is there is removed.
+// table (IPv4 and IPv6, whatever c.Mode and c.IPv6 say), and the policy
+// routing of the mark the live table diverts on, should it have been applied
+// with another mark or route table. Absent or partial state is fine:
+// whatever is there is removed.
 func (h *Handle) Remove(c Config) error {
 	if c.Mark == 0 {
 		c.Mark = DefaultMark
@@ -200,6 +274,11 @@ func (h *Handle) Remove(c Config) error {
 		c.RouteTable = DefaultRouteTable
 	}
 	var errs []error
+	// The live table may have been applied with another mark or table.
+	owned, err := h.ownedRouting()
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if exists, err := h.tableExists(TableName); err != nil {
 		errs = append(errs, err)
 	} else if exists {
@@ -212,7 +291,25 @@ func (h *Handle) Remove(c Config) error {
 			errs = append(errs, err)
 		}
 	}
+	for _, o := range owned {
+		if err := h.removeRouting(o.v6, o.mark, o.table); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// elemsPerMessage bounds the elements of one set element message: the
+// largest element (an IPv6 interval end) takes 36 bytes of attributes, so
+// 1024 of them stay well below the 64 KiB an attribute can hold.
+const elemsPerMessage = 1024
+
+// splitElems returns the first elemsPerMessage elements and the rest.
+func splitElems(es []nftables.SetElement) (head, rest []nftables.SetElement) {
+	if len(es) <= elemsPerMessage {
+		return es, nil
+	}
+	return es[:elemsPerMessage], es[elemsPerMessage:]
 }
 
 func (h *Handle) batchConn() (*nftables.Conn, error) {

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -95,6 +98,10 @@ func (h *Handle) ensureRouting(p PolicyRoute) (routingUndo, error) {
 			Scope:     netlink.SCOPE_HOST,
 		}
 		if err := h.nl.RouteReplace(rt); err != nil {
+			if p.IPv6 && errors.Is(err, unix.EACCES) {
+				// The kernel's answer when lo has IPv6 disabled.
+				return undo, fmt.Errorf("adding IPv6 route local %s dev lo table %d: IPv6 is disabled in this namespace (net.ipv6.conf.lo.disable_ipv6=1): enable it, or turn IPv6 capture off (meshproxy init --ipv6=false): %w", rt.Dst, p.Table, err)
+			}
 			return undo, fmt.Errorf("adding %s route local %s dev lo table %d: %w", famName(p.IPv6), rt.Dst, p.Table, err)
 		}
 		undo = append(undo, func() error { return h.nl.RouteDel(rt) })
@@ -111,12 +118,38 @@ func (h *Handle) ensureRouting(p PolicyRoute) (routingUndo, error) {
 	}
 	if !found {
 		r := h.newRule(p)
-		if err := h.nl.RuleAdd(r); err != nil {
+		err := h.nl.RuleAdd(r)
+		switch {
+		case errors.Is(err, unix.EEXIST):
+			// Another init added it since the listing: present, and
+			// not ours to undo.
+		case err != nil:
 			return undo, fmt.Errorf("adding %s rule fwmark 0x%x lookup %d: %w", famName(p.IPv6), p.Mark, p.Table, err)
+		default:
+			undo = append(undo, func() error { return h.nl.RuleDel(r) })
 		}
-		undo = append(undo, func() error { return h.nl.RuleDel(r) })
 	}
 	return undo, nil
+}
+
+// pruneRules deletes the rules sending p's mark to p's table other than
+// the one ensureRouting keeps (at p.Priority, not inverted), which Check
+// reports as drift.
+func (h *Handle) pruneRules(p PolicyRoute) error {
+	rules, err := h.markRules(p.IPv6, p.Mark, p.Table)
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		if r.Priority == p.Priority && !r.Invert {
+			continue
+		}
+		r := r
+		if err := h.nl.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("deleting %s rule priority %d fwmark 0x%x lookup %d: %w", famName(p.IPv6), r.Priority, p.Mark, p.Table, err)
+		}
+	}
+	return nil
 }
 
 func (h *Handle) newRule(p PolicyRoute) *netlink.Rule {
@@ -131,6 +164,14 @@ func (h *Handle) newRule(p PolicyRoute) *netlink.Rule {
 // removeRouting deletes every rule sending mark to table and every route of
 // ours in table, for one family. Absent state is not an error.
 func (h *Handle) removeRouting(v6 bool, mark uint32, table int) error {
+	if err := h.removeRules(v6, mark, table); err != nil {
+		return err
+	}
+	return h.removeRoutes(v6, table)
+}
+
+// removeRules deletes every rule of the family sending mark to table.
+func (h *Handle) removeRules(v6 bool, mark uint32, table int) error {
 	rules, err := h.markRules(v6, mark, table)
 	if err != nil {
 		return err
@@ -141,6 +182,12 @@ func (h *Handle) removeRouting(v6 bool, mark uint32, table int) error {
 			return fmt.Errorf("deleting %s rule fwmark 0x%x lookup %d: %w", famName(v6), mark, table, err)
 		}
 	}
+	return nil
+}
+
+// removeRoutes deletes our routes (local, default, dev lo) of the family in
+// table.
+func (h *Handle) removeRoutes(v6 bool, table int) error {
 	routes, err := h.localRoutes(v6, table)
 	if err != nil {
 		return err
@@ -152,4 +199,60 @@ func (h *Handle) removeRouting(v6 bool, mark uint32, table int) error {
 		}
 	}
 	return nil
+}
+
+// ownedRoute is policy routing the live table uses: a rule at RulePriority
+// for the table's mark, and the table it looks up.
+type ownedRoute struct {
+	v6    bool
+	mark  uint32
+	table int
+}
+
+// ownedRouting lists the policy routing of the live table, whatever mark
+// and route table it was applied with (they may differ from the Config at
+// hand when init runs again with other --tproxy-mark or --tproxy-table).
+// It is empty when there is no live tproxy table.
+func (h *Handle) ownedRouting() ([]ownedRoute, error) {
+	mark, ok, err := h.liveMark()
+	if err != nil || !ok {
+		return nil, err
+	}
+	var out []ownedRoute
+	for _, v6 := range []bool{false, true} {
+		rules, err := h.nl.RuleListFiltered(familyOf(v6), &netlink.Rule{Mark: mark}, netlink.RT_FILTER_MARK)
+		if err != nil {
+			return nil, fmt.Errorf("listing %s policy rules: %w", famName(v6), err)
+		}
+		for _, r := range rules {
+			if r.Priority == RulePriority && !r.Invert {
+				out = append(out, ownedRoute{v6: v6, mark: mark, table: r.Table})
+			}
+		}
+	}
+	return out, nil
+}
+
+// liveMark reads the mark the live table's prerouting chain diverts on
+// (tproxy mode); ok is false without a table or such a rule.
+func (h *Handle) liveMark() (mark uint32, ok bool, err error) {
+	exists, err := h.tableExists(TableName)
+	if err != nil || !exists {
+		return 0, false, err
+	}
+	nt := nfTable(TableName)
+	rules, err := h.nft.GetRules(nt, &nftables.Chain{Name: ChainPrerouting, Table: nt})
+	if err != nil {
+		return 0, false, fmt.Errorf("listing rules of chain %s: %w", ChainPrerouting, err)
+	}
+	for _, r := range rules {
+		for i := 0; i+1 < len(r.Exprs); i++ {
+			m, isMeta := r.Exprs[i].(*expr.Meta)
+			c, isCmp := r.Exprs[i+1].(*expr.Cmp)
+			if isMeta && isCmp && m.Key == expr.MetaKeyMARK && c.Op == expr.CmpOpEq && len(c.Data) == 4 {
+				return binaryutil.NativeEndian.Uint32(c.Data), true, nil
+			}
+		}
+	}
+	return 0, false, nil
 }

@@ -31,6 +31,7 @@ func TestInitBadInput(t *testing.T) {
 		{"bad mode", []string{"--proxy-uid", "2102", "--mode", "tproxi"}, `--mode "tproxi" is not a mode: use redirect or tproxy`},
 		{"missing uid", nil, "init: --proxy-uid or --proxy-gid is required: without it the proxy's own connections would loop back into it"},
 		{"bad uid", []string{"--proxy-uid", "root"}, `--proxy-uid "root" is not a numeric ID`},
+		{"root uid", []string{"--proxy-uid", "0", "--dry-run"}, "init: proxy UID 0 is root"},
 		{"missing netns", []string{"--proxy-uid", "2102", "--netns", "/run/netns/meshproxy-does-not-exist"}, "no such network namespace"},
 		{"bad mark", []string{"--proxy-uid", "2102", "--tproxy-mark", "zero"}, "--tproxy-mark"},
 		{"two actions", []string{"--proxy-uid", "2102", "--check", "--remove"}, "exclude each other"},
