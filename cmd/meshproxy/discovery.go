@@ -9,6 +9,7 @@ import (
 
 	"meshproxy/balancer"
 	"meshproxy/identity"
+	"meshproxy/proxy"
 )
 
 // httpSettings are the HTTP-aware outbound settings of "meshproxy run".
@@ -90,4 +91,18 @@ func newBalancer(h *httpSettings, reg prometheus.Registerer, log *slog.Logger) (
 	}
 	b := balancer.New(d, balancer.BalancerConfig{Metrics: m, Service: balancer.ServiceConfig{Policy: policy}})
 	return b, m, func() { b.Close(); d.Close() }, nil
+}
+
+// retryBudget is the proxy's retry budget for the settings. A setting of
+// 0 means none (no share of the requests, no floor); proxy.RetryBudget
+// reads a zero field as its default, and a negative one as none.
+func (h *httpSettings) retryBudget() proxy.RetryBudget {
+	b := proxy.RetryBudget{Ratio: h.RetryBudgetRatio, MinPerSecond: h.RetryBudgetMinPerSecond}
+	if b.Ratio == 0 {
+		b.Ratio = -1
+	}
+	if b.MinPerSecond == 0 {
+		b.MinPerSecond = -1
+	}
+	return b
 }

@@ -415,7 +415,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 			IdleTimeout:             cfg.HTTP.PoolIdleTimeout,
 			MaxLifetime:             cfg.HTTP.PoolMaxLifetime,
 			Namespace:               cfg.HTTP.namespace(cfg.Mesh.Identity),
-			RetryBudget:             proxy.RetryBudget{Ratio: cfg.HTTP.RetryBudgetRatio, MinPerSecond: cfg.HTTP.RetryBudgetMinPerSecond},
+			RetryBudget:             cfg.HTTP.retryBudget(),
 			MaxConcurrentPerService: cfg.HTTP.MaxConcurrent,
 			MaxPendingPerService:    cfg.HTTP.MaxPending,
 			TraceSampleRate:         cfg.HTTP.TraceSampleRate,

@@ -1,0 +1,30 @@
+package main
+
+import (
+	"io"
+	"testing"
+)
+
+func noEnv(string) string { return "" }
+
+// TestRetryBudgetZero: retry-budget-ratio 0 and
+// retry-budget-min-per-second 0 mean no retries from that source; the
+// proxy package reads a zero RetryBudget field as "the default" (0.2, 10
+// a second), so the settings must not reach it as zeros.
+func TestRetryBudgetZero(t *testing.T) {
+	cfg, err := loadRunConfig([]string{"--retry-budget-ratio", "0", "--retry-budget-min-per-second", "0"}, io.Discard, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cfg.HTTP.retryBudget()
+	if b.Ratio >= 0 || b.MinPerSecond >= 0 {
+		t.Errorf("settings 0 and 0 give proxy.RetryBudget %+v; want negative fields (none), not zeros (the defaults 0.2 and 10/s)", b)
+	}
+	cfg, err = loadRunConfig([]string{"--retry-budget-ratio", "0.5", "--retry-budget-min-per-second", "3"}, io.Discard, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := cfg.HTTP.retryBudget(); b.Ratio != 0.5 || b.MinPerSecond != 3 {
+		t.Errorf("settings 0.5 and 3 give %+v", b)
+	}
+}
