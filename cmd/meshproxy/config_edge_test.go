@@ -2,6 +2,8 @@ package main
 
 import (
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -26,5 +28,38 @@ func TestRetryBudgetZero(t *testing.T) {
 	}
 	if b := cfg.HTTP.retryBudget(); b.Ratio != 0.5 || b.MinPerSecond != 3 {
 		t.Errorf("settings 0.5 and 3 give %+v", b)
+	}
+}
+
+// TestOpaquePortsEmpty: an empty opaque-ports list (flag, file or
+// environment) means no opaque ports. proxy.Config reads a nil list as
+// DefaultOpaquePorts, so the setting must reach it as an empty, non-nil
+// list.
+func TestOpaquePortsEmpty(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte("opaque-ports: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		getenv func(string) string
+	}{
+		{"flag", []string{"--opaque-ports", ""}, noEnv},
+		{"file", []string{"--config", file}, noEnv},
+		{"environment", nil, func(k string) string {
+			if k == "MESHPROXY_OPAQUE_PORTS" {
+				return ","
+			}
+			return ""
+		}},
+	} {
+		cfg, err := loadRunConfig(tc.args, io.Discard, tc.getenv)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if cfg.OpaquePorts == nil || len(cfg.OpaquePorts) != 0 {
+			t.Errorf("%s: empty opaque-ports gives %#v; want an empty non-nil list (nil is the proxy's default list)", tc.name, cfg.OpaquePorts)
+		}
 	}
 }

@@ -98,7 +98,7 @@ func (p portsValue) String() string {
 }
 
 func (p portsValue) Set(s string) error {
-	var out []uint16
+	out := []uint16{} // empty, not nil: proxy.Config reads nil as its defaults
 	for _, f := range strings.Split(s, ",") {
 		if f = strings.TrimSpace(f); f == "" {
 			continue
