@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -61,5 +62,30 @@ func TestOpaquePortsEmpty(t *testing.T) {
 		if cfg.OpaquePorts == nil || len(cfg.OpaquePorts) != 0 {
 			t.Errorf("%s: empty opaque-ports gives %#v; want an empty non-nil list (nil is the proxy's default list)", tc.name, cfg.OpaquePorts)
 		}
+	}
+}
+
+// TestRunConfigNoSilentDefault: values the proxy package would silently
+// replace (a zero duration it reads as its default) or cannot use (NaN,
+// infinities) are refused with an error naming the setting.
+func TestRunConfigNoSilentDefault(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--idle-timeout", "0"}, "idle-timeout"},
+		{[]string{"--response-timeout", "0s"}, "response-timeout"},
+		{[]string{"--trace-sample-rate", "NaN"}, "trace-sample-rate"},
+		{[]string{"--retry-budget-ratio", "NaN"}, "retry-budget-ratio"},
+		{[]string{"--retry-budget-ratio", "+Inf"}, "retry-budget-ratio"},
+	} {
+		_, err := loadRunConfig(tc.args, io.Discard, noEnv)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v; want one naming %s", tc.args, err, tc.want)
+		}
+	}
+	// Negative durations keep their meaning: never, no limit.
+	if _, err := loadRunConfig([]string{"--idle-timeout", "-1s", "--response-timeout", "-1s"}, io.Discard, noEnv); err != nil {
+		t.Errorf("negative idle-timeout and response-timeout: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,8 +53,14 @@ func (h *httpSettings) validate() error {
 	if h.Routes != "" && !h.Enabled {
 		return fmt.Errorf("routes need the HTTP-aware outbound: set http to true")
 	}
-	if h.TraceSampleRate < 0 || h.TraceSampleRate > 1 {
+	if !(h.TraceSampleRate >= 0 && h.TraceSampleRate <= 1) { // NaN too
 		return fmt.Errorf("trace-sample-rate %v is not between 0 and 1", h.TraceSampleRate)
+	}
+	if math.IsNaN(h.RetryBudgetRatio) || math.IsInf(h.RetryBudgetRatio, 0) {
+		return fmt.Errorf("retry-budget-ratio %v is not a number: give a share of requests such as 0.2 (0: none)", h.RetryBudgetRatio)
+	}
+	if h.ResponseTimeout == 0 {
+		return fmt.Errorf("response-timeout is 0: give a duration such as 30s, or a negative one (-1s) for no limit")
 	}
 	if h.RetryBudgetRatio < 0 || h.RetryBudgetMinPerSecond < 0 || h.MaxConcurrent < 0 || h.MaxPending < -1 {
 		return fmt.Errorf("retry-budget-*, max-concurrent-per-service must not be negative; max-pending-per-service is -1 or more")

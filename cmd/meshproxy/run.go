@@ -199,7 +199,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.BoolVar(&h.Enabled, "http", h.Enabled, "HTTP-aware outbound: read each request's authority, discover its endpoints in DNS and balance over them (off: HTTP is forwarded as opaque TCP)")
 	fs.StringVar(&h.ResolvConf, "resolv-conf", h.ResolvConf, "resolv.conf whose nameservers, search domains and ndots discovery uses")
 	fs.StringVar(&h.LBPolicy, "lb-policy", h.LBPolicy, "endpoint choice: p2c (power of two choices over peak-EWMA latency) or round-robin")
-	fs.DurationVar(&h.ResponseTimeout, "response-timeout", h.ResponseTimeout, "how long to wait for an upstream's response headers before 504 (the app's too, on the server side, even with --http off)")
+	fs.DurationVar(&h.ResponseTimeout, "response-timeout", h.ResponseTimeout, "how long to wait for an upstream's response headers before 504 (the app's too, on the server side, even with --http off; negative: no limit)")
 	fs.DurationVar(&h.PoolIdleTimeout, "pool-idle-timeout", h.PoolIdleTimeout, "close pooled HTTP connections (to upstreams, and to the app on the inbound side) idle this long")
 	fs.DurationVar(&h.PoolMaxLifetime, "pool-max-lifetime", h.PoolMaxLifetime, "stop reusing an upstream HTTP connection after this long, so load spreads again")
 	fs.StringVar(&h.Routes, "routes", "", "file or directory of Gateway API HTTPRoute documents (timeouts, retries, splits, header matches); reloaded on change and on SIGHUP")
@@ -263,6 +263,9 @@ func (c *runConfig) validate() error {
 	}
 	if c.DetectTimeout <= 0 || c.ConnectTimeout <= 0 || c.HeaderTimeout <= 0 {
 		return errors.New("detect-timeout, connect-timeout and header-timeout must be positive")
+	}
+	if c.IdleTimeout == 0 {
+		return errors.New("idle-timeout is 0: give a duration such as 1h, or a negative one (-1s) to never close idle connections")
 	}
 	if c.ShutdownGrace < 0 {
 		return errors.New("shutdown-grace must not be negative")
