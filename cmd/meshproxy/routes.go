@@ -207,6 +207,9 @@ func parseRouteFile(file string) ([]*parsedRoute, []error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var routes []*parsedRoute
 	var errs []error
+	// Anchors live on across documents: the expansion budget is the
+	// file's, and the counts of anchored nodes are shared.
+	expanded, memo := 0, map[*yaml.Node]int{}
 	for doc := 1; ; doc++ {
 		var n yaml.Node
 		err := dec.Decode(&n)
@@ -217,6 +220,12 @@ func parseRouteFile(file string) ([]*parsedRoute, []error) {
 			// The decoder cannot resynchronise after a syntax error.
 			errs = append(errs, &routeError{File: file, Doc: doc, Msg: err.Error()})
 			break
+		}
+		expanded += expandedNodes(&n, memo, maxRouteFileNodes-expanded)
+		if expanded > maxRouteFileNodes {
+			errs = append(errs, &routeError{File: file, Doc: doc, Msg: fmt.Sprintf(
+				"aliases expand the file past %d YAML nodes (or make a cycle); write the routes out with fewer aliases, or split the file", maxRouteFileNodes)})
+			return nil, errs // the whole file is refused
 		}
 		root := &n
 		if root.Kind == yaml.DocumentNode {
@@ -237,6 +246,47 @@ func parseRouteFile(file string) ([]*parsedRoute, []error) {
 		routes = append(routes, r)
 	}
 	return routes, errs
+}
+
+// maxRouteFileNodes bounds the YAML nodes of one routes file counted with
+// every alias expanded, as loading walks them: aliases may share a block,
+// not multiply the work of a small file (a "billion laughs").
+const maxRouteFileNodes = 1 << 20
+
+// expandedNodes counts the nodes of n with aliases expanded, stopping soon
+// after the count passes limit (it then returns more than limit). memo
+// keeps the counts of anchored nodes, the only ones aliases name; a node
+// met again while it is being counted is a cycle, an endless expansion.
+func expandedNodes(n *yaml.Node, memo map[*yaml.Node]int, limit int) int {
+	if n == nil {
+		return 0
+	}
+	total := 1
+	if n.Kind == yaml.AliasNode {
+		if n.Alias == nil {
+			return total
+		}
+		return total + expandedNodes(n.Alias, memo, limit-total)
+	}
+	if c, ok := memo[n]; ok {
+		if c < 0 { // still being counted: a cycle
+			return limit + 1
+		}
+		return c
+	}
+	if n.Anchor != "" {
+		memo[n] = -1
+	}
+	for _, c := range n.Content {
+		total += expandedNodes(c, memo, limit-total)
+		if total > limit {
+			break
+		}
+	}
+	if n.Anchor != "" {
+		memo[n] = total
+	}
+	return total
 }
 
 // checkDuplicateRoutes refuses two documents with one namespace/name.
@@ -443,7 +493,10 @@ func (p *docParser) integer(n *yaml.Node, field string, lo, hi int64) (int64, bo
 	return v, true
 }
 
-// list returns the items of a sequence of at most max entries.
+// list returns the items of a sequence of at most max entries. A longer
+// one is an error and returns no items: its entries are not looked at,
+// so aliases cannot make a small file expand into unbounded work (each
+// list level multiplies what the aliases of the next one can repeat).
 func (p *docParser) list(n *yaml.Node, field string, max int) []*yaml.Node {
 	n = deref(n)
 	if n.Kind != yaml.SequenceNode {
@@ -452,6 +505,7 @@ func (p *docParser) list(n *yaml.Node, field string, max int) []*yaml.Node {
 	}
 	if len(n.Content) > max {
 		p.errorf(n, field, "at most %d entries, got %d", max, len(n.Content))
+		return nil
 	}
 	items := make([]*yaml.Node, len(n.Content))
 	for i, it := range n.Content {
