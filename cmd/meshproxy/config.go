@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -45,14 +46,16 @@ func layerConfig(fs *flag.FlagSet, path string, getenv func(string) string, skip
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			if fs.Lookup(k) == nil || skipped[k] {
-				return fmt.Errorf("config %s: unknown setting %q (known: %s)", path, k, strings.Join(settingNames(fs, skipped), ", "))
+			v := values[k]
+			f := fs.Lookup(k)
+			if f == nil || skipped[k] {
+				return fmt.Errorf("config %s: line %d: unknown setting %q (known: %s)", path, v.line, k, strings.Join(settingNames(fs, skipped), ", "))
 			}
 			if fromFlags[k] {
 				continue
 			}
-			if err := fs.Set(k, values[k]); err != nil {
-				return fmt.Errorf("config %s: setting %q: %w", path, k, err)
+			if err := fs.Set(k, v.value); err != nil {
+				return fmt.Errorf("config %s: line %d: setting %q: %w", path, v.line, k, valueError(f, v.value, err))
 			}
 		}
 	}
@@ -67,16 +70,48 @@ func layerConfig(fs *flag.FlagSet, path string, getenv func(string) string, skip
 			return
 		}
 		if err := fs.Set(f.Name, v); err != nil {
-			errs = append(errs, fmt.Errorf("environment %s: %w", envName(f.Name), err))
+			errs = append(errs, fmt.Errorf("environment %s: %w", envName(f.Name), valueError(f, v, err)))
 		}
 	})
 	return errors.Join(errs...)
 }
 
+// valueError explains a value that setting f refused: the value, and the
+// form f's type takes (the flag package says only "parse error" for its
+// own types; the custom ones explain themselves).
+func valueError(f *flag.Flag, value string, err error) error {
+	hint := ""
+	if g, ok := f.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case time.Duration:
+			hint = "a duration such as 10s, 500ms or 1m30s"
+		case bool:
+			hint = "true or false"
+		case int, int64:
+			hint = "a whole number"
+		case uint, uint64:
+			hint = "a whole number, 0 or more"
+		case float64:
+			hint = "a number such as 0.5"
+		}
+	}
+	if hint == "" {
+		return fmt.Errorf("value %q: %w", value, err)
+	}
+	return fmt.Errorf("value %q: want %s (%w)", value, hint, err)
+}
+
+// configValue is one setting of the config file: its value as the string
+// a flag would take, and its line.
+type configValue struct {
+	value string
+	line  int
+}
+
 // readConfigFile reads a YAML mapping of setting names to scalars or lists
 // of scalars, and returns each value as the string a flag would take
 // (lists joined with commas).
-func readConfigFile(path string) (map[string]string, error) {
+func readConfigFile(path string) (map[string]configValue, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -86,15 +121,15 @@ func readConfigFile(path string) (map[string]string, error) {
 	dec := yaml.NewDecoder(f)
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			return map[string]string{}, nil
+			return map[string]configValue{}, nil
 		}
 		return nil, fmt.Errorf("config %s: not a YAML mapping of settings: %w", path, err)
 	}
-	out := make(map[string]string, len(doc))
+	out := make(map[string]configValue, len(doc))
 	for k, n := range doc {
 		switch n.Kind {
 		case yaml.ScalarNode:
-			out[k] = n.Value
+			out[k] = configValue{n.Value, n.Line}
 		case yaml.SequenceNode:
 			parts := make([]string, 0, len(n.Content))
 			for _, item := range n.Content {
@@ -103,7 +138,7 @@ func readConfigFile(path string) (map[string]string, error) {
 				}
 				parts = append(parts, item.Value)
 			}
-			out[k] = strings.Join(parts, ",")
+			out[k] = configValue{strings.Join(parts, ","), n.Line}
 		default:
 			return nil, fmt.Errorf("config %s: line %d: setting %q: want a value or a list of values", path, n.Line, k)
 		}

@@ -89,3 +89,51 @@ func TestRunConfigNoSilentDefault(t *testing.T) {
 		t.Errorf("negative idle-timeout and response-timeout: %v", err)
 	}
 }
+
+// TestRunConfigValueErrors: a value of the wrong type names the file (or
+// environment variable), the line, the setting, the value and the form
+// it should take, not only the flag package's "parse error".
+func TestRunConfigValueErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	env := func(name, value string) func(string) string {
+		return func(k string) string {
+			if k == name {
+				return value
+			}
+			return ""
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		getenv func(string) string
+		want   []string
+	}{
+		{"duration without unit", []string{"--config", write("a.yaml", "mode: redirect\ndetect-timeout: 5\n")}, noEnv,
+			[]string{"a.yaml", "line 2", `"detect-timeout"`, `"5"`, "duration", "10s"}},
+		{"yes for a bool", []string{"--config", write("b.yaml", "http: yes\n")}, noEnv,
+			[]string{"b.yaml", "line 1", `"http"`, `"yes"`, "true or false"}},
+		{"word for a number", []string{"--config", write("c.yaml", "\n\nmax-concurrent-per-service: lots\n")}, noEnv,
+			[]string{"c.yaml", "line 3", `"max-concurrent-per-service"`, `"lots"`, "whole number"}},
+		{"port out of range", []string{"--config", write("d.yaml", "mesh-port: -1\n")}, noEnv,
+			[]string{"d.yaml", "line 1", `"mesh-port"`, `"-1"`, "whole number"}},
+		{"environment", nil, env("MESHPROXY_CONNECT_TIMEOUT", "3"),
+			[]string{"MESHPROXY_CONNECT_TIMEOUT", `"3"`, "duration"}},
+		{"flag", []string{"--idle-timeout", "forever"}, noEnv,
+			[]string{"idle-timeout", "forever"}},
+	} {
+		_, err := loadRunConfig(tc.args, io.Discard, tc.getenv)
+		for _, w := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %v; want it to say %s", tc.name, err, w)
+			}
+		}
+	}
+}
