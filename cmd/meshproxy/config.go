@@ -49,7 +49,11 @@ func layerConfig(fs *flag.FlagSet, path string, getenv func(string) string, skip
 			v := values[k]
 			f := fs.Lookup(k)
 			if f == nil || skipped[k] {
-				return fmt.Errorf("config %s: line %d: unknown setting %q (known: %s)", path, v.line, k, strings.Join(settingNames(fs, skipped), ", "))
+				names := settingNames(fs, skipped)
+				if m := closestName(k, names); m != "" {
+					return fmt.Errorf("config %s: line %d: unknown setting %q: did you mean %s?", path, v.line, k, m)
+				}
+				return fmt.Errorf("config %s: line %d: unknown setting %q (known: %s)", path, v.line, k, strings.Join(names, ", "))
 			}
 			if fromFlags[k] {
 				continue
@@ -125,6 +129,15 @@ func readConfigFile(path string) (map[string]configValue, error) {
 		}
 		return nil, fmt.Errorf("config %s: not a YAML mapping of settings: %w", path, err)
 	}
+	// Settings after a "---" would be silently dropped: refuse them.
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return nil, fmt.Errorf("config %s: after the settings: %w", path, err)
+	case len(extra.Content) > 0 && !(extra.Content[0].Kind == yaml.ScalarNode && extra.Content[0].Tag == "!!null"):
+		return nil, fmt.Errorf("config %s: line %d: a second YAML document: the settings must be one mapping (remove the --- before it)", path, extra.Line)
+	}
 	out := make(map[string]configValue, len(doc))
 	for k, n := range doc {
 		switch n.Kind {
@@ -144,6 +157,43 @@ func readConfigFile(path string) (map[string]configValue, error) {
 		}
 	}
 	return out, nil
+}
+
+// closestName returns the name of names that key most likely misspells
+// (another case, '_' for '-', up to two letters wrong), or "".
+func closestName(key string, names []string) string {
+	norm := strings.ReplaceAll(strings.ToLower(key), "_", "-")
+	best, bestDist := "", 3
+	for _, n := range names {
+		if n == norm {
+			return n
+		}
+		if d := editDistance(norm, n); d < bestDist {
+			best, bestDist = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func settingNames(fs *flag.FlagSet, skipped map[string]bool) []string {

@@ -137,3 +137,44 @@ func TestRunConfigValueErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigFileOneDocument: settings after a "---" are not silently
+// dropped: a second YAML document in the config file is an error.
+func TestConfigFileOneDocument(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte("mode: redirect\n---\nmode: tproxy\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadRunConfig([]string{"--config", file}, io.Discard, noEnv)
+	if err == nil || !strings.Contains(err.Error(), "line 2") || !strings.Contains(err.Error(), "document") {
+		t.Errorf("two documents: mode %s, error %v; want an error naming the second document's line", cfg.Mode, err)
+	}
+	// A document separator at the start, or a trailing empty document,
+	// is fine.
+	if err := os.WriteFile(file, []byte("---\nmode: tproxy\n---\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := loadRunConfig([]string{"--config", file}, io.Discard, noEnv); err != nil || cfg.Mode != "tproxy" {
+		t.Errorf("one document between separators: mode %s, error %v", cfg.Mode, err)
+	}
+}
+
+// TestConfigFileMisspeltKey: an unknown setting that is a known one
+// misspelt (underscores, case, a typo) names the one meant.
+func TestConfigFileMisspeltKey(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	for key, want := range map[string]string{
+		"detect_timeout": "detect-timeout",
+		"Log-Level":      "log-level",
+		"idle-timout":    "idle-timeout",
+		"opaque-port":    "opaque-ports",
+	} {
+		if err := os.WriteFile(file, []byte(key+": x\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadRunConfig([]string{"--config", file}, io.Discard, noEnv)
+		if err == nil || !strings.Contains(err.Error(), "did you mean "+want+"?") {
+			t.Errorf("%s: error %v; want it to suggest %s", key, err, want)
+		}
+	}
+}
