@@ -178,3 +178,30 @@ func TestConfigFileMisspeltKey(t *testing.T) {
 		}
 	}
 }
+
+// TestReferenceEnvironment: every environment variable docs/reference.md
+// lists for meshproxy run is one the settings are really read from.
+func TestReferenceEnvironment(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "reference.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := map[string]bool{}
+	if _, err := loadRunConfig(nil, io.Discard, func(k string) string { asked[k] = true; return "" }); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(doc), "\n") {
+		cells := strings.Split(line, " | ")
+		if len(cells) < 4 || !strings.HasPrefix(cells[1], "`MESHPROXY_") {
+			continue
+		}
+		n++
+		if env := strings.Trim(cells[1], "`"); !asked[env] {
+			t.Errorf("docs/reference.md lists %s for %s, but meshproxy run never reads it", env, cells[0])
+		}
+	}
+	if n < 30 {
+		t.Fatalf("found %d environment variables in docs/reference.md; the table's format changed?", n)
+	}
+}
