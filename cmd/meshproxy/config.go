@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -116,13 +117,12 @@ type configValue struct {
 // of scalars, and returns each value as the string a flag would take
 // (lists joined with commas).
 func readConfigFile(path string) (map[string]configValue, error) {
-	f, err := os.Open(path)
+	data, err := readFileLimited(path, maxConfigFileBytes)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	defer f.Close()
 	var doc map[string]yaml.Node
-	dec := yaml.NewDecoder(f)
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
 			return map[string]configValue{}, nil
@@ -235,4 +235,27 @@ func printEffective(w io.Writer, settings map[string]string) error {
 		return fmt.Errorf("printing the effective config: %w", err)
 	}
 	return enc.Close()
+}
+
+// maxConfigFileBytes bounds a config or routes file (a Kubernetes
+// ConfigMap holds at most 1 MiB): parsing YAML holds every node in
+// memory, several times the file's size.
+const maxConfigFileBytes = 1 << 20
+
+// readFileLimited reads a file of at most max bytes; a larger one is an
+// error naming it (read through a limit: a pipe or device has no size).
+func readFileLimited(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes, the limit of a config or routes file (routes may be split into files of a directory)", path, max)
+	}
+	return data, nil
 }

@@ -205,3 +205,26 @@ func TestReferenceEnvironment(t *testing.T) {
 		t.Fatalf("found %d environment variables in docs/reference.md; the table's format changed?", n)
 	}
 }
+
+// TestHugeFiles: a config or routes file past its size limit is refused
+// before it is parsed (a YAML parse holds every node in memory, several
+// times the file's size), with an error naming the file and the limit.
+func TestHugeFiles(t *testing.T) {
+	dir := t.TempDir()
+	// Valid YAML throughout: comments, then one setting or route.
+	big := strings.Repeat("# "+strings.Repeat("x", 98)+"\n", (maxConfigFileBytes/100)+100)
+	cfgFile := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(cfgFile, []byte(big+"mode: tproxy\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadRunConfig([]string{"--config", cfgFile}, io.Discard, noEnv); err == nil || !strings.Contains(err.Error(), "big.yaml") || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("huge config file: error %v; want it refused as too large", err)
+	}
+	routesFile := filepath.Join(dir, "routes.yaml")
+	if err := os.WriteFile(routesFile, []byte(big+routeHead+"metadata: {name: web}\nspec:\n  parentRefs: [{kind: Service, name: web}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadRoutes(routesFile, ""); err == nil || !strings.Contains(err.Error(), "routes.yaml") || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("huge routes file: error %v; want it refused as too large", err)
+	}
+}

@@ -200,7 +200,7 @@ type routeParent struct {
 
 // parseRouteFile parses every document of one file.
 func parseRouteFile(file string) ([]*parsedRoute, []error) {
-	data, err := os.ReadFile(file)
+	data, err := readFileLimited(file, maxConfigFileBytes)
 	if err != nil {
 		return nil, []error{fmt.Errorf("routes: %w", err)}
 	}
