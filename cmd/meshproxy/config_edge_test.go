@@ -228,3 +228,36 @@ func TestHugeFiles(t *testing.T) {
 		t.Errorf("huge routes file: error %v; want it refused as too large", err)
 	}
 }
+
+// TestListenConflicts: two listeners that cannot both bind (one address
+// and port twice, or an address beside its family's wildcard on one port)
+// and listener lists that bind nothing are configuration errors, found by
+// --check-config, not a failed start.
+func TestListenConflicts(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string // "" for no error
+	}{
+		{[]string{"--outbound-listen", "127.0.0.1:4140", "--inbound-listen", "127.0.0.1:4140"}, []string{"outbound-listen", "inbound-listen", "127.0.0.1:4140"}},
+		{[]string{"--outbound-listen", "127.0.0.1:4140,127.0.0.1:4140"}, []string{"outbound-listen", "127.0.0.1:4140"}},
+		{[]string{"--inbound-listen", "0.0.0.0:4143", "--admin-listen", "127.0.0.1:4143"}, []string{"admin-listen", "inbound-listen", "0.0.0.0:4143"}},
+		{[]string{"--inbound-listen", "[::]:4191"}, []string{"admin-listen", "inbound-listen", "[::]:4191"}}, // admin 0.0.0.0 is dual-stack
+		{[]string{"--ipv6=false", "--outbound-listen", "[::1]:4140", "--inbound-listen", "[::]:4143"}, []string{"ipv6"}},
+		{nil, nil}, // the defaults: 0.0.0.0 and [::] on one port are apart (IPv6-only)
+		{[]string{"--outbound-listen", "127.0.0.1:0", "--inbound-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, nil},
+		{[]string{"--ipv6=false", "--inbound-listen", "[::]:4191"}, nil}, // not bound at all
+	} {
+		_, err := loadRunConfig(tc.args, io.Discard, noEnv)
+		if tc.want == nil {
+			if err != nil {
+				t.Errorf("%v: %v", tc.args, err)
+			}
+			continue
+		}
+		for _, w := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: error %v; want it to name %s", tc.args, err, w)
+			}
+		}
+	}
+}

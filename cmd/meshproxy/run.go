@@ -261,6 +261,9 @@ func (c *runConfig) validate() error {
 			return fmt.Errorf("listen address %q: want IP:port (for example 127.0.0.1:4140 or [::1]:4140)", a)
 		}
 	}
+	if err := c.checkListeners(); err != nil {
+		return err
+	}
 	if c.DetectTimeout <= 0 || c.ConnectTimeout <= 0 || c.HeaderTimeout <= 0 {
 		return errors.New("detect-timeout, connect-timeout and header-timeout must be positive")
 	}
@@ -274,6 +277,64 @@ func (c *runConfig) validate() error {
 		return err
 	}
 	return c.Mesh.validate()
+}
+
+// checkListeners finds listeners that could not all bind: one address and
+// port twice, or an address beside the wildcard of its family on one port
+// (Linux refuses it). The outbound and inbound listeners are of one
+// family each (IPv6 ones IPv6-only); the admin listener on a wildcard
+// address takes both, as Go listens dual-stack there. It also refuses
+// listener lists that bind nothing once ipv6 is off.
+func (c *runConfig) checkListeners() error {
+	type bound struct {
+		setting string
+		text    string
+		addr    netip.Addr
+		port    uint16
+		fams    int // 1: IPv4, 2: IPv6
+	}
+	var all []bound
+	proxied := 0
+	for _, l := range []struct {
+		setting string
+		addrs   []string
+	}{{"outbound-listen", c.OutboundListen}, {"inbound-listen", c.InboundListen}} {
+		for _, a := range l.addrs {
+			ap := netip.MustParseAddrPort(a) // validated
+			b := bound{setting: l.setting, text: a, addr: ap.Addr().Unmap(), port: ap.Port(), fams: 1}
+			if b.addr.Is6() {
+				if !c.IPv6 {
+					continue // not bound
+				}
+				b.fams = 2
+			}
+			all = append(all, b)
+			proxied++
+		}
+	}
+	if proxied == 0 {
+		return errors.New("no listener: with ipv6 false, outbound-listen and inbound-listen have no IPv4 address to bind")
+	}
+	ap := netip.MustParseAddrPort(c.AdminListen)
+	admin := bound{setting: "admin-listen", text: c.AdminListen, addr: ap.Addr().Unmap(), port: ap.Port(), fams: 1}
+	switch {
+	case admin.addr.IsUnspecified():
+		admin.fams = 3
+	case admin.addr.Is6():
+		admin.fams = 2
+	}
+	all = append(all, admin)
+	for i, a := range all {
+		for _, b := range all[:i] {
+			if a.port == 0 || a.port != b.port || a.fams&b.fams == 0 {
+				continue
+			}
+			if a.addr == b.addr || a.addr.IsUnspecified() || b.addr.IsUnspecified() {
+				return fmt.Errorf("%s %s and %s %s cannot both listen (one port, overlapping addresses): give them different ports", b.setting, b.text, a.setting, a.text)
+			}
+		}
+	}
+	return nil
 }
 
 func parseLevel(s string) (slog.Level, error) {
