@@ -43,6 +43,9 @@ const (
 	defaultRetryBackoff  = 25 * time.Millisecond
 	// routeReloadDebounce gathers the burst of events one save makes.
 	routeReloadDebounce = 150 * time.Millisecond
+	// routeRewatchInterval is how often the watcher tries to watch its
+	// directory again after it was removed or moved away.
+	routeRewatchInterval = 500 * time.Millisecond
 )
 
 // defaultRetryCodes are retried when a retry block has no codes: the
@@ -1219,11 +1222,16 @@ func (w *routeWatcher) Reload() error {
 
 // Run follows changes until ctx ends, then releases the watch. Bursts of
 // events (one save is several) are gathered for routeReloadDebounce
-// before a reload.
+// before a reload. When the watched directory itself is removed or moved
+// away (the kernel drops the watch then), Run tries every
+// routeRewatchInterval to watch it again, and reloads once it can.
 func (w *routeWatcher) Run(ctx context.Context) {
 	defer w.fsw.Close()
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
+	rewatch := time.NewTicker(routeRewatchInterval)
+	rewatch.Stop()
+	defer rewatch.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -1231,6 +1239,12 @@ func (w *routeWatcher) Run(ctx context.Context) {
 		case ev, ok := <-w.fsw.Events:
 			if !ok {
 				return
+			}
+			if filepath.Clean(ev.Name) == filepath.Clean(w.watchDir) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				w.log.Warn("routes: the watched directory is gone; the routes in force stay, and it is watched again once it is back", "dir", w.watchDir)
+				rewatch.Reset(routeRewatchInterval)
+				debounce.Reset(routeReloadDebounce) // counts the failed load
+				continue
 			}
 			if w.watched(ev.Name) {
 				w.log.Debug("routes: change seen", "file", ev.Name, "op", ev.Op.String())
@@ -1243,6 +1257,12 @@ func (w *routeWatcher) Run(ctx context.Context) {
 			// Overflow loses events: reload to be sure.
 			w.log.Warn("routes: watching for changes", "err", err)
 			debounce.Reset(routeReloadDebounce)
+		case <-rewatch.C:
+			if err := w.fsw.Add(w.watchDir); err == nil {
+				rewatch.Stop()
+				w.log.Info("routes: watching the directory again", "dir", w.watchDir)
+				debounce.Reset(routeReloadDebounce) // files may have come with it
+			}
 		case <-debounce.C:
 			_ = w.Reload() // logged and counted by Reload
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -86,5 +87,34 @@ func TestLoadRoutesAliasCycle(t *testing.T) {
 	writeFile(t, file, routeHead+"metadata: {name: cycle}\nspec: &s\n  parentRefs: [{kind: Service, name: web}]\n  rules: [*s]\n")
 	if _, err := loadRoutes(file, ""); err == nil || !strings.Contains(err.Error(), "cycle") {
 		t.Errorf("error %v; want the cycle refused", err)
+	}
+}
+
+// TestRouteWatcherDirectoryReplaced: a routes directory removed (the
+// routes in force stay, the failed reload is counted) and created again
+// is watched again: its new routes load without a SIGHUP.
+func TestRouteWatcherDirectoryReplaced(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "routes.d")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "web.yaml"), splitRoute(90, 10))
+	h := newWatchHarness(t, dir, true)
+
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	h.waitErrors(t, 1)
+	h.noApply(t)
+	if got := weights(t, h.w.Table()); got != [2]int{90, 10} {
+		t.Errorf("weights in force with the directory gone = %v; want [90 10]", got)
+	}
+
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "web.yaml"), splitRoute(10, 90))
+	if got := weights(t, h.next(t)); got != [2]int{10, 90} {
+		t.Errorf("weights after the directory came back = %v; want [10 90]", got)
 	}
 }
