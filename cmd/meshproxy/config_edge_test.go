@@ -261,3 +261,25 @@ func TestListenConflicts(t *testing.T) {
 		}
 	}
 }
+
+// TestMeshSettingsNeedMTLS: settings that only mean something with mTLS
+// (an allow-list of client identities, refusing plaintext upstreams,
+// destinations that must be mTLS) are refused when the mesh is off,
+// instead of being ignored while every connection goes in plaintext.
+func TestMeshSettingsNeedMTLS(t *testing.T) {
+	for _, args := range [][]string{
+		{"--inbound-authz", "*=spiffe://cluster.local/ns/default/sa/web"},
+		{"--outbound-require-tls"},
+		{"--meshed-cidrs", "198.18.0.0/24"},
+	} {
+		_, err := loadRunConfig(args, io.Discard, noEnv)
+		setting := strings.TrimPrefix(args[0], "--")
+		if err == nil || !strings.Contains(err.Error(), setting) || !strings.Contains(err.Error(), "identity-dir or identity-addr") {
+			t.Errorf("%v without mTLS: error %v; want one naming %s and the fix", args, err, setting)
+		}
+	}
+	// unmeshed-cidrs asks for plaintext: fine without the mesh.
+	if _, err := loadRunConfig([]string{"--unmeshed-cidrs", "198.18.0.0/24"}, io.Discard, noEnv); err != nil {
+		t.Errorf("unmeshed-cidrs without mTLS: %v", err)
+	}
+}
