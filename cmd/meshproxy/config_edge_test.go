@@ -283,3 +283,17 @@ func TestMeshSettingsNeedMTLS(t *testing.T) {
 		t.Errorf("unmeshed-cidrs without mTLS: %v", err)
 	}
 }
+
+// TestNamespaceSetting: namespace expands short service names in route
+// lookups; a value no Kubernetes namespace can have (capitals, dots)
+// would make every short name miss its routes, so it is refused.
+func TestNamespaceSetting(t *testing.T) {
+	for _, ns := range []string{"Demo", "demo.svc", "-x"} {
+		if _, err := loadRunConfig([]string{"--namespace", ns}, io.Discard, noEnv); err == nil || !strings.Contains(err.Error(), "namespace") {
+			t.Errorf("namespace %q: error %v; want it refused", ns, err)
+		}
+	}
+	if _, err := loadRunConfig([]string{"--namespace", "demo-1"}, io.Discard, noEnv); err != nil {
+		t.Errorf("namespace demo-1: %v", err)
+	}
+}

@@ -50,6 +50,9 @@ func (h *httpSettings) validate() error {
 	if h.LBPolicy != "p2c" && h.LBPolicy != "round-robin" {
 		return fmt.Errorf("lb-policy %q is neither p2c nor round-robin", h.LBPolicy)
 	}
+	if h.Namespace != "" && (len(h.Namespace) > 63 || !dns1123Label.MatchString(h.Namespace)) {
+		return fmt.Errorf("namespace %q is not a Kubernetes namespace name (lower-case letters, digits and '-', at most 63 characters)", h.Namespace)
+	}
 	if h.Routes != "" && !h.Enabled {
 		return fmt.Errorf("routes need the HTTP-aware outbound: set http to true")
 	}

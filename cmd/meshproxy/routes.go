@@ -94,7 +94,8 @@ var defaultRetryCodes = []int{502, 503, 504}
 //   - Backends in other namespaces are allowed (there is no
 //     ReferenceGrant check).
 func loadRoutes(path, clusterDomain string) (*proxy.RouteTable, error) {
-	clusterDomain = strings.TrimSuffix(clusterDomain, ".")
+	// Lookups are in lower case (DNS names are case-insensitive).
+	clusterDomain = strings.ToLower(strings.TrimSuffix(clusterDomain, "."))
 	if clusterDomain == "" {
 		clusterDomain = defaultRouteClusterDomain
 	}

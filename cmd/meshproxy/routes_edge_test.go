@@ -118,3 +118,26 @@ func TestRouteWatcherDirectoryReplaced(t *testing.T) {
 		t.Errorf("weights after the directory came back = %v; want [10 90]", got)
 	}
 }
+
+// TestRoutesClusterDomainCase: DNS names are case-insensitive and the
+// proxy looks routes up in lower case, so a cluster-domain written with
+// capitals (or a trailing dot) still keys the routes it finds.
+func TestRoutesClusterDomainCase(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "routes.yaml")
+	writeFile(t, file, splitRoute(90, 10))
+	table, err := loadRoutes(file, "Cluster.Local.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if table.Services["web.demo.svc.cluster.local:80"] == nil {
+		t.Errorf("services %v; want web.demo.svc.cluster.local:80, the lower-case name lookups use", keys(table.Services))
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
