@@ -259,3 +259,36 @@ func readFileLimited(path string, max int64) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// unknownEnvironment returns a warning for each MESHPROXY_ variable of
+// environ ("NAME=value" entries) that names no setting of fs: a misspelt
+// one would otherwise be silently ignored. Kubernetes' service links for
+// a Service named meshproxy (MESHPROXY_SERVICE_HOST, MESHPROXY_PORT_...)
+// are not settings and pass. Warnings, not errors: such a variable may
+// be meant for another program.
+func unknownEnvironment(environ []string, fs *flag.FlagSet) []string {
+	known := map[string]string{} // environment name -> setting
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "check-config" {
+			return // a flag only: MESHPROXY_CHECK_CONFIG is not read
+		}
+		known[envName(f.Name)] = f.Name
+		names = append(names, f.Name)
+	})
+	var warnings []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "MESHPROXY_") || known[name] != "" ||
+			strings.HasPrefix(name, "MESHPROXY_SERVICE_") || name == "MESHPROXY_PORT" || strings.HasPrefix(name, "MESHPROXY_PORT_") {
+			continue
+		}
+		w := fmt.Sprintf("environment %s is not a setting and is ignored", name)
+		if m := closestName(strings.TrimPrefix(name, "MESHPROXY_"), names); m != "" {
+			w += fmt.Sprintf(": did you mean %s?", envName(m))
+		}
+		warnings = append(warnings, w)
+	}
+	sort.Strings(warnings)
+	return warnings
+}

@@ -297,3 +297,29 @@ func TestNamespaceSetting(t *testing.T) {
 		t.Errorf("namespace demo-1: %v", err)
 	}
 }
+
+// TestUnknownEnvironment: a MESHPROXY_ variable that names no setting (a
+// misspelt one) is reported, not silently ignored; Kubernetes' service
+// links for a Service named meshproxy are not settings and pass quietly.
+func TestUnknownEnvironment(t *testing.T) {
+	t.Setenv("MESHPROXY_IDLE_TIMOUT", "5m")
+	t.Setenv("MESHPROXY_SERVICE_HOST", "198.18.0.1")
+	t.Setenv("MESHPROXY_PORT_4191_TCP", "tcp://198.18.0.1:4191")
+	t.Setenv("MESHPROXY_LOG_LEVEL", "info")
+	t.Setenv("MESHPROXY_CHECK_CONFIG", "true") // a flag only
+	var out, errb strings.Builder
+	if code := runRun([]string{"--check-config"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(errb.String(), "MESHPROXY_IDLE_TIMOUT") || !strings.Contains(errb.String(), "did you mean MESHPROXY_IDLE_TIMEOUT?") {
+		t.Errorf("stderr %q; want a warning naming MESHPROXY_IDLE_TIMOUT and MESHPROXY_IDLE_TIMEOUT", errb.String())
+	}
+	if !strings.Contains(errb.String(), "MESHPROXY_CHECK_CONFIG is not a setting") {
+		t.Errorf("stderr %q; want a warning that MESHPROXY_CHECK_CONFIG is not read", errb.String())
+	}
+	for _, quiet := range []string{"MESHPROXY_SERVICE_HOST", "MESHPROXY_PORT_4191_TCP", "MESHPROXY_LOG_LEVEL"} {
+		if strings.Contains(errb.String(), quiet) {
+			t.Errorf("stderr %q names %s", errb.String(), quiet)
+		}
+	}
+}

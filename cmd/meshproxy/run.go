@@ -362,6 +362,11 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 2
 	}
+	var names runConfig
+	fs, _ := runFlags(&names, io.Discard)
+	for _, w := range unknownEnvironment(os.Environ(), fs) {
+		fmt.Fprintf(stderr, "run: warning: %s\n", w)
+	}
 	if cfg.checkOnly {
 		if cfg.HTTP.Routes != "" {
 			if _, err := loadRoutes(cfg.HTTP.Routes, cfg.HTTP.ClusterDomain); err != nil {
