@@ -83,6 +83,10 @@ func (m *RouteMatch) accepts(r *http.Request) bool {
 	}
 	for _, h := range m.Headers {
 		vs := r.Header.Values(h.Name)
+		if strings.EqualFold(h.Name, "Host") {
+			// net/http moves the Host header into Request.Host.
+			vs = []string{r.Host}
+		}
 		ok := false
 		for _, v := range vs {
 			if v == h.Value {

@@ -60,6 +60,20 @@ func (m *meshSettings) validate() error {
 		if m.InboundPolicy == string(proxy.Strict) {
 			return errors.New("inbound-policy strict needs mTLS: set identity-dir or identity-addr")
 		}
+		// Without the mesh these would be ignored while every connection
+		// goes in plaintext: an allow-list that allows everyone.
+		for _, s := range []struct {
+			name string
+			set  bool
+		}{
+			{"inbound-authz", len(m.InboundAuthz) > 0},
+			{"outbound-require-tls", m.RequireTLS},
+			{"meshed-cidrs", len(m.MeshedCIDRs) > 0},
+		} {
+			if s.set {
+				return fmt.Errorf("%s needs mTLS, which is off: set identity-dir or identity-addr (without them every connection is plaintext and %s would be ignored)", s.name, s.name)
+			}
+		}
 		return nil
 	}
 	if m.Identity == "" {

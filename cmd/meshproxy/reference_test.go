@@ -42,7 +42,14 @@ func referenceDoc() string {
 		if slices.Contains(fileOnlySettings, f.Name) {
 			file = " (flag only)"
 		}
-		fmt.Fprintf(&b, "| `%s`%s | `%s` | %s | %s |\n", f.Name, file, envName(f.Name), def, escapeCell(f.Usage))
+		env := "`" + envName(f.Name) + "`"
+		if f.Name == "check-config" {
+			// A flag only: an environment variable would make every
+			// start a check (loadRunConfig reads MESHPROXY_CONFIG, not
+			// this).
+			env = "—"
+		}
+		fmt.Fprintf(&b, "| `%s`%s | %s | %s | %s |\n", f.Name, file, env, def, escapeCell(f.Usage))
 	})
 
 	b.WriteString("\n## `meshproxy init`\n\n")

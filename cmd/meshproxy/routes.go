@@ -43,6 +43,9 @@ const (
 	defaultRetryBackoff  = 25 * time.Millisecond
 	// routeReloadDebounce gathers the burst of events one save makes.
 	routeReloadDebounce = 150 * time.Millisecond
+	// routeRewatchInterval is how often the watcher tries to watch its
+	// directory again after it was removed or moved away.
+	routeRewatchInterval = 500 * time.Millisecond
 )
 
 // defaultRetryCodes are retried when a retry block has no codes: the
@@ -91,7 +94,8 @@ var defaultRetryCodes = []int{502, 503, 504}
 //   - Backends in other namespaces are allowed (there is no
 //     ReferenceGrant check).
 func loadRoutes(path, clusterDomain string) (*proxy.RouteTable, error) {
-	clusterDomain = strings.TrimSuffix(clusterDomain, ".")
+	// Lookups are in lower case (DNS names are case-insensitive).
+	clusterDomain = strings.ToLower(strings.TrimSuffix(clusterDomain, "."))
 	if clusterDomain == "" {
 		clusterDomain = defaultRouteClusterDomain
 	}
@@ -200,13 +204,16 @@ type routeParent struct {
 
 // parseRouteFile parses every document of one file.
 func parseRouteFile(file string) ([]*parsedRoute, []error) {
-	data, err := os.ReadFile(file)
+	data, err := readFileLimited(file, maxConfigFileBytes)
 	if err != nil {
 		return nil, []error{fmt.Errorf("routes: %w", err)}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var routes []*parsedRoute
 	var errs []error
+	// Anchors live on across documents: the expansion budget is the
+	// file's, and the counts of anchored nodes are shared.
+	expanded, memo := 0, map[*yaml.Node]int{}
 	for doc := 1; ; doc++ {
 		var n yaml.Node
 		err := dec.Decode(&n)
@@ -217,6 +224,12 @@ func parseRouteFile(file string) ([]*parsedRoute, []error) {
 			// The decoder cannot resynchronise after a syntax error.
 			errs = append(errs, &routeError{File: file, Doc: doc, Msg: err.Error()})
 			break
+		}
+		expanded += expandedNodes(&n, memo, maxRouteFileNodes-expanded)
+		if expanded > maxRouteFileNodes {
+			errs = append(errs, &routeError{File: file, Doc: doc, Msg: fmt.Sprintf(
+				"aliases expand the file past %d YAML nodes (or make a cycle); write the routes out with fewer aliases, or split the file", maxRouteFileNodes)})
+			return nil, errs // the whole file is refused
 		}
 		root := &n
 		if root.Kind == yaml.DocumentNode {
@@ -237,6 +250,47 @@ func parseRouteFile(file string) ([]*parsedRoute, []error) {
 		routes = append(routes, r)
 	}
 	return routes, errs
+}
+
+// maxRouteFileNodes bounds the YAML nodes of one routes file counted with
+// every alias expanded, as loading walks them: aliases may share a block,
+// not multiply the work of a small file (a "billion laughs").
+const maxRouteFileNodes = 1 << 20
+
+// expandedNodes counts the nodes of n with aliases expanded, stopping soon
+// after the count passes limit (it then returns more than limit). memo
+// keeps the counts of anchored nodes, the only ones aliases name; a node
+// met again while it is being counted is a cycle, an endless expansion.
+func expandedNodes(n *yaml.Node, memo map[*yaml.Node]int, limit int) int {
+	if n == nil {
+		return 0
+	}
+	total := 1
+	if n.Kind == yaml.AliasNode {
+		if n.Alias == nil {
+			return total
+		}
+		return total + expandedNodes(n.Alias, memo, limit-total)
+	}
+	if c, ok := memo[n]; ok {
+		if c < 0 { // still being counted: a cycle
+			return limit + 1
+		}
+		return c
+	}
+	if n.Anchor != "" {
+		memo[n] = -1
+	}
+	for _, c := range n.Content {
+		total += expandedNodes(c, memo, limit-total)
+		if total > limit {
+			break
+		}
+	}
+	if n.Anchor != "" {
+		memo[n] = total
+	}
+	return total
 }
 
 // checkDuplicateRoutes refuses two documents with one namespace/name.
@@ -443,7 +497,10 @@ func (p *docParser) integer(n *yaml.Node, field string, lo, hi int64) (int64, bo
 	return v, true
 }
 
-// list returns the items of a sequence of at most max entries.
+// list returns the items of a sequence of at most max entries. A longer
+// one is an error and returns no items: its entries are not looked at,
+// so aliases cannot make a small file expand into unbounded work (each
+// list level multiplies what the aliases of the next one can repeat).
 func (p *docParser) list(n *yaml.Node, field string, max int) []*yaml.Node {
 	n = deref(n)
 	if n.Kind != yaml.SequenceNode {
@@ -452,6 +509,7 @@ func (p *docParser) list(n *yaml.Node, field string, max int) []*yaml.Node {
 	}
 	if len(n.Content) > max {
 		p.errorf(n, field, "at most %d entries, got %d", max, len(n.Content))
+		return nil
 	}
 	items := make([]*yaml.Node, len(n.Content))
 	for i, it := range n.Content {
@@ -1165,11 +1223,16 @@ func (w *routeWatcher) Reload() error {
 
 // Run follows changes until ctx ends, then releases the watch. Bursts of
 // events (one save is several) are gathered for routeReloadDebounce
-// before a reload.
+// before a reload. When the watched directory itself is removed or moved
+// away (the kernel drops the watch then), Run tries every
+// routeRewatchInterval to watch it again, and reloads once it can.
 func (w *routeWatcher) Run(ctx context.Context) {
 	defer w.fsw.Close()
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
+	rewatch := time.NewTicker(routeRewatchInterval)
+	rewatch.Stop()
+	defer rewatch.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -1177,6 +1240,12 @@ func (w *routeWatcher) Run(ctx context.Context) {
 		case ev, ok := <-w.fsw.Events:
 			if !ok {
 				return
+			}
+			if filepath.Clean(ev.Name) == filepath.Clean(w.watchDir) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				w.log.Warn("routes: the watched directory is gone; the routes in force stay, and it is watched again once it is back", "dir", w.watchDir)
+				rewatch.Reset(routeRewatchInterval)
+				debounce.Reset(routeReloadDebounce) // counts the failed load
+				continue
 			}
 			if w.watched(ev.Name) {
 				w.log.Debug("routes: change seen", "file", ev.Name, "op", ev.Op.String())
@@ -1189,6 +1258,12 @@ func (w *routeWatcher) Run(ctx context.Context) {
 			// Overflow loses events: reload to be sure.
 			w.log.Warn("routes: watching for changes", "err", err)
 			debounce.Reset(routeReloadDebounce)
+		case <-rewatch.C:
+			if err := w.fsw.Add(w.watchDir); err == nil {
+				rewatch.Stop()
+				w.log.Info("routes: watching the directory again", "dir", w.watchDir)
+				debounce.Reset(routeReloadDebounce) // files may have come with it
+			}
 		case <-debounce.C:
 			_ = w.Reload() // logged and counted by Reload
 		}

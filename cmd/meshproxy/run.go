@@ -98,7 +98,7 @@ func (p portsValue) String() string {
 }
 
 func (p portsValue) Set(s string) error {
-	var out []uint16
+	out := []uint16{} // empty, not nil: proxy.Config reads nil as its defaults
 	for _, f := range strings.Split(s, ",") {
 		if f = strings.TrimSpace(f); f == "" {
 			continue
@@ -199,7 +199,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.BoolVar(&h.Enabled, "http", h.Enabled, "HTTP-aware outbound: read each request's authority, discover its endpoints in DNS and balance over them (off: HTTP is forwarded as opaque TCP)")
 	fs.StringVar(&h.ResolvConf, "resolv-conf", h.ResolvConf, "resolv.conf whose nameservers, search domains and ndots discovery uses")
 	fs.StringVar(&h.LBPolicy, "lb-policy", h.LBPolicy, "endpoint choice: p2c (power of two choices over peak-EWMA latency) or round-robin")
-	fs.DurationVar(&h.ResponseTimeout, "response-timeout", h.ResponseTimeout, "how long to wait for an upstream's response headers before 504 (the app's too, on the server side, even with --http off)")
+	fs.DurationVar(&h.ResponseTimeout, "response-timeout", h.ResponseTimeout, "how long to wait for an upstream's response headers before 504 (the app's too, on the server side, even with --http off; negative: no limit)")
 	fs.DurationVar(&h.PoolIdleTimeout, "pool-idle-timeout", h.PoolIdleTimeout, "close pooled HTTP connections (to upstreams, and to the app on the inbound side) idle this long")
 	fs.DurationVar(&h.PoolMaxLifetime, "pool-max-lifetime", h.PoolMaxLifetime, "stop reusing an upstream HTTP connection after this long, so load spreads again")
 	fs.StringVar(&h.Routes, "routes", "", "file or directory of Gateway API HTTPRoute documents (timeouts, retries, splits, header matches); reloaded on change and on SIGHUP")
@@ -261,8 +261,14 @@ func (c *runConfig) validate() error {
 			return fmt.Errorf("listen address %q: want IP:port (for example 127.0.0.1:4140 or [::1]:4140)", a)
 		}
 	}
+	if err := c.checkListeners(); err != nil {
+		return err
+	}
 	if c.DetectTimeout <= 0 || c.ConnectTimeout <= 0 || c.HeaderTimeout <= 0 {
 		return errors.New("detect-timeout, connect-timeout and header-timeout must be positive")
+	}
+	if c.IdleTimeout == 0 {
+		return errors.New("idle-timeout is 0: give a duration such as 1h, or a negative one (-1s) to never close idle connections")
 	}
 	if c.ShutdownGrace < 0 {
 		return errors.New("shutdown-grace must not be negative")
@@ -271,6 +277,64 @@ func (c *runConfig) validate() error {
 		return err
 	}
 	return c.Mesh.validate()
+}
+
+// checkListeners finds listeners that could not all bind: one address and
+// port twice, or an address beside the wildcard of its family on one port
+// (Linux refuses it). The outbound and inbound listeners are of one
+// family each (IPv6 ones IPv6-only); the admin listener on a wildcard
+// address takes both, as Go listens dual-stack there. It also refuses
+// listener lists that bind nothing once ipv6 is off.
+func (c *runConfig) checkListeners() error {
+	type bound struct {
+		setting string
+		text    string
+		addr    netip.Addr
+		port    uint16
+		fams    int // 1: IPv4, 2: IPv6
+	}
+	var all []bound
+	proxied := 0
+	for _, l := range []struct {
+		setting string
+		addrs   []string
+	}{{"outbound-listen", c.OutboundListen}, {"inbound-listen", c.InboundListen}} {
+		for _, a := range l.addrs {
+			ap := netip.MustParseAddrPort(a) // validated
+			b := bound{setting: l.setting, text: a, addr: ap.Addr().Unmap(), port: ap.Port(), fams: 1}
+			if b.addr.Is6() {
+				if !c.IPv6 {
+					continue // not bound
+				}
+				b.fams = 2
+			}
+			all = append(all, b)
+			proxied++
+		}
+	}
+	if proxied == 0 {
+		return errors.New("no listener: with ipv6 false, outbound-listen and inbound-listen have no IPv4 address to bind")
+	}
+	ap := netip.MustParseAddrPort(c.AdminListen)
+	admin := bound{setting: "admin-listen", text: c.AdminListen, addr: ap.Addr().Unmap(), port: ap.Port(), fams: 1}
+	switch {
+	case admin.addr.IsUnspecified():
+		admin.fams = 3
+	case admin.addr.Is6():
+		admin.fams = 2
+	}
+	all = append(all, admin)
+	for i, a := range all {
+		for _, b := range all[:i] {
+			if a.port == 0 || a.port != b.port || a.fams&b.fams == 0 {
+				continue
+			}
+			if a.addr == b.addr || a.addr.IsUnspecified() || b.addr.IsUnspecified() {
+				return fmt.Errorf("%s %s and %s %s cannot both listen (one port, overlapping addresses): give them different ports", b.setting, b.text, a.setting, a.text)
+			}
+		}
+	}
+	return nil
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -297,6 +361,11 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 2
+	}
+	var names runConfig
+	fs, _ := runFlags(&names, io.Discard)
+	for _, w := range unknownEnvironment(os.Environ(), fs) {
+		fmt.Fprintf(stderr, "run: warning: %s\n", w)
 	}
 	if cfg.checkOnly {
 		if cfg.HTTP.Routes != "" {
@@ -415,7 +484,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 			IdleTimeout:             cfg.HTTP.PoolIdleTimeout,
 			MaxLifetime:             cfg.HTTP.PoolMaxLifetime,
 			Namespace:               cfg.HTTP.namespace(cfg.Mesh.Identity),
-			RetryBudget:             proxy.RetryBudget{Ratio: cfg.HTTP.RetryBudgetRatio, MinPerSecond: cfg.HTTP.RetryBudgetMinPerSecond},
+			RetryBudget:             cfg.HTTP.retryBudget(),
 			MaxConcurrentPerService: cfg.HTTP.MaxConcurrent,
 			MaxPendingPerService:    cfg.HTTP.MaxPending,
 			TraceSampleRate:         cfg.HTTP.TraceSampleRate,
