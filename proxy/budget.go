@@ -16,7 +16,8 @@ const (
 	// DefaultRetryTTL is the window requests and retries are counted over.
 	DefaultRetryTTL = 10 * time.Second
 	// DefaultRetryBackoff is the base delay between attempts of a rule
-	// that gives none.
+	// that gives none (the routes loader fills it in; a RetryPolicy's
+	// zero Backoff means no delay).
 	DefaultRetryBackoff = 25 * time.Millisecond
 	// MaxRetryBody is the largest request body buffered for retries;
 	// requests with larger bodies, or bodies of unknown length, are never
@@ -139,10 +140,11 @@ func (bs *budgets) get(svc string) *budget {
 }
 
 // backoff is the delay before retry n (1 for the first retry): full
-// jitter, uniform in [0, base*2^(n-1)), the exponent capped at 2^5.
+// jitter, uniform in [0, base*2^(n-1)), the exponent capped at 2^5; none
+// when base is zero (a route's "backoff: 0s").
 func backoff(base time.Duration, n int) time.Duration {
 	if base <= 0 {
-		base = DefaultRetryBackoff
+		return 0
 	}
 	shift := min(max(n-1, 0), 5)
 	return rand.N(base << shift)

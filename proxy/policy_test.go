@@ -225,6 +225,12 @@ func TestBackoffJitter(t *testing.T) {
 			}
 		}
 	}
+	// A route's "backoff: 0s" retries at once, not after the default.
+	for n := 1; n <= 3; n++ {
+		if d := backoff(0, n); d != 0 {
+			t.Fatalf("backoff(0, %d) = %v; want 0", n, d)
+		}
+	}
 }
 
 // failing answers 503 to the GETs its fail function picks, and counts

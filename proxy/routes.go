@@ -124,7 +124,8 @@ type RetryPolicy struct {
 	// Codes are response status codes that are retried (e.g. 502, 503,
 	// 504); connect errors and reset streams are always retryable.
 	Codes []int
-	// Backoff is the base delay between attempts (with jitter).
+	// Backoff is the base delay between attempts (with jitter); zero
+	// retries at once.
 	Backoff time.Duration
 	// NonIdempotent allows retrying requests whose method is not
 	// idempotent (POST, PATCH), when the route says so.

@@ -40,7 +40,6 @@ const (
 	// Defaults of a retry block that leaves a field out (the Gateway API
 	// says they are the implementation's to choose).
 	defaultRetryAttempts = 1
-	defaultRetryBackoff  = 25 * time.Millisecond
 	// routeReloadDebounce gathers the burst of events one save makes.
 	routeReloadDebounce = 150 * time.Millisecond
 	// routeRewatchInterval is how often the watcher tries to watch its
@@ -1060,7 +1059,7 @@ func (p *docParser) retry(n *yaml.Node, field string, nonIdempotent bool) *proxy
 	if f == nil {
 		return nil
 	}
-	rp := &proxy.RetryPolicy{Attempts: defaultRetryAttempts, Backoff: defaultRetryBackoff, NonIdempotent: nonIdempotent}
+	rp := &proxy.RetryPolicy{Attempts: defaultRetryAttempts, Backoff: proxy.DefaultRetryBackoff, NonIdempotent: nonIdempotent}
 	if v := f["attempts"]; v != nil {
 		a, _ := p.integer(v, field+".attempts", 0, maxRetryAttempts)
 		rp.Attempts = int(a)

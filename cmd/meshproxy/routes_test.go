@@ -665,3 +665,31 @@ func TestRouteWatcherCountsOnceInForce(t *testing.T) {
 		t.Errorf("reloads = %v after the reload; want 1", got)
 	}
 }
+
+// TestRetryBackoffZero: a retry block's "backoff: 0s" reaches the proxy as
+// zero (retry at once), and one without a backoff gets the default.
+func TestRetryBackoffZero(t *testing.T) {
+	doc := func(backoff string) string {
+		return "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: demo}\n" +
+			"spec:\n  parentRefs: [{kind: Service, name: web, port: 8080}]\n  rules:\n  - backendRefs: [{name: web, port: 8080}]\n" +
+			"    retry: {attempts: 2" + backoff + "}\n"
+	}
+	for _, c := range []struct {
+		backoff string
+		want    time.Duration
+	}{{", backoff: 0s", 0}, {", backoff: 40ms", 40 * time.Millisecond}, {"", proxy.DefaultRetryBackoff}} {
+		path := filepath.Join(t.TempDir(), "routes.yaml")
+		writeFile(t, path, doc(c.backoff))
+		tab, err := loadRoutes(path, "")
+		if err != nil {
+			t.Fatalf("%q: %v", c.backoff, err)
+		}
+		sr := tab.Services["web.demo.svc.cluster.local:8080"]
+		if sr == nil || len(sr.Rules) != 1 || sr.Rules[0].Retry == nil {
+			t.Fatalf("%q: table %s", c.backoff, routesJSON(tab))
+		}
+		if got := sr.Rules[0].Retry.Backoff; got != c.want {
+			t.Errorf("retry {attempts: 2%s}: backoff %v, want %v", c.backoff, got, c.want)
+		}
+	}
+}
