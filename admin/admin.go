@@ -31,6 +31,13 @@ import (
 // requests are small (PUT /log-level takes 64 bytes at most).
 const adminReadTimeout = 10 * time.Second
 
+// adminWriteTimeout bounds writing one response: a caller that sends
+// requests and never reads the answers would otherwise hold its
+// connection, and a goroutine, for ever once the socket's buffers fill.
+// A CPU profile or trace must be shorter (pprof refuses longer ones,
+// saying so).
+const adminWriteTimeout = 5 * time.Minute
+
 // Server is the admin HTTP server. The zero value is not usable; call New.
 // Its methods are safe for concurrent use.
 type Server struct {
@@ -144,9 +151,10 @@ func NewWithOptions(gatherer prometheus.Gatherer, opts Options) *Server {
 		// sends it would otherwise hold its connection for ever (the
 		// server reads what a handler left of a body before the next
 		// request).
-		ReadTimeout: adminReadTimeout,
-		IdleTimeout: 60 * time.Second,
-		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ReadTimeout:  adminReadTimeout,
+		WriteTimeout: adminWriteTimeout,
+		IdleTimeout:  60 * time.Second,
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return s
 }

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,4 +46,60 @@ func TestStalledBodyDropped(t *testing.T) {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("connection still open after %v with a stalled body; want it dropped", limit)
 	}
+}
+
+// TestNonReadingClientDropped: a caller that sends requests and never
+// reads the answers does not hold its connection for ever once the
+// socket's buffers are full: the server gives up the write after its
+// write timeout (shortened here from adminWriteTimeout) and closes.
+func TestNonReadingClientDropped(t *testing.T) {
+	t.Parallel()
+	s := New(prometheus.NewRegistry(), nil)
+	if s.srv.WriteTimeout != adminWriteTimeout {
+		t.Fatalf("admin server WriteTimeout %v, want %v", s.srv.WriteTimeout, adminWriteTimeout)
+	}
+	const wt = time.Second
+	s.srv.WriteTimeout = wt
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	// A small receive buffer, set before connecting, so the server's
+	// writes stall soon.
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	c, err := d.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Pipelined requests whose answers (/ready's text) far exceed both
+	// sockets' buffers; sent from a goroutine, as the server stops
+	// reading them once its writes stall.
+	req := []byte(strings.Repeat("GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 20000))
+	sent := make(chan error, 1)
+	go func() {
+		c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		_, err := c.Write(req)
+		sent <- err
+	}()
+	// Give the server time to fill the buffers and time out, then read:
+	// a server still holding the connection answers every request and
+	// then waits for more (idle timeout 60 s, past the deadline below);
+	// one that gave up closes after what it had written.
+	time.Sleep(3 * wt)
+	limit := 20 * time.Second
+	c.SetReadDeadline(time.Now().Add(limit))
+	n, err := io.Copy(io.Discard, c)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection still open %v after a stalled write (read %d bytes); want it closed after the write timeout", limit, n)
+	}
+	<-sent
 }
