@@ -1,11 +1,15 @@
 package proxy
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Request framing at the edges: the smuggling shapes of the net/http
@@ -44,4 +48,63 @@ func TestHTTPRejectsTransferEncodingInHTTP10(t *testing.T) {
 	if len(seen) != 0 {
 		t.Errorf("the upstream got %q; want nothing", seen)
 	}
+}
+
+// TestInboundHTTPRejectsSmugglingShapes: the server side's net/http path
+// (plaintext HTTP/1 from outside the mesh in permissive mode, and what
+// the mesh fast path hands off) refuses the framing shapes the client
+// side refuses, with 400 and the connection's end: net/http let
+// Transfer-Encoding win over Content-Length and kept the connection, so
+// the bytes a front end framing by Content-Length took for one body
+// reached the app as a second request.
+func TestInboundHTTPRejectsSmugglingShapes(t *testing.T) {
+	e := newMeshEnv(t, meshOpts{})
+	app := newHTTPApp(t)
+	orig := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.9"), app.addr.Port())
+	smuggled := "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+	body := "0\r\n\r\n" + smuggled
+	for name, req := range map[string]string{
+		"CL and TE": "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: " + fmt.Sprint(len(body)) +
+			"\r\nTransfer-Encoding: chunked\r\n\r\n" + body,
+		"TE and CL": "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: " +
+			fmt.Sprint(len(body)) + "\r\n\r\n" + body,
+		"TE in HTTP/1.0": "POST /a HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggled,
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := handleOne(t, e.in, orig)
+			h.client.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(h.client, req); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(h.client)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("reading the response: %v", err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(headerProxyError) != "bad-request" {
+				t.Errorf("status = %d %q; want 400 bad-request", resp.StatusCode, resp.Header.Get(headerProxyError))
+			}
+			// Then the end of the connection, nothing more.
+			rest, _ := io.ReadAll(br)
+			if len(rest) != 0 {
+				t.Errorf("after the first response: %q; want the connection's end", firstLine(rest))
+			}
+			var got []string
+			for len(app.reqs) > 0 {
+				r := <-app.reqs
+				got = append(got, r.Method+" "+r.URL.Path)
+			}
+			if len(got) != 0 {
+				t.Errorf("the app got %q; want nothing", got)
+			}
+		})
+	}
+}
+
+// firstLine is b's first line, for messages.
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(string(b), "\r\n")
+	return s
 }

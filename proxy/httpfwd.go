@@ -19,7 +19,8 @@ const headerXFCC = "X-Forwarded-Client-Cert"
 // serveHTTP1 proxies HTTP/1 requests read from client (after the peeked
 // bytes) to target, through net/http's server and httputil.ReverseProxy:
 // every request loses any x-forwarded-client-cert it came with and, when
-// xfcc is not empty, gets ours. Keep-alive, chunked bodies, trailers and
+// xfcc is not empty, gets ours. Ambiguous framings get 400, as on the
+// client side (rejectAmbiguous). Keep-alive, chunked bodies, trailers and
 // upgrades (WebSocket) are handled by the library; Host and the
 // X-Forwarded-* headers pass unchanged, none is added. The first request
 // uses up, the connection dialed during detection (the caller tracks
@@ -28,7 +29,12 @@ const headerXFCC = "X-Forwarded-Client-Cert"
 // client connection is done.
 func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, target netip.AddrPort, xfcc string) error {
 	client.SetDeadline(time.Time{})
-	hc := &httpConn{Conn: client, peek: peek, k: k, closed: make(chan struct{})}
+	// The framing checks of the client side (rejectAmbiguous): a front
+	// end framing by Content-Length must not see one request where
+	// net/http reads two.
+	hc := &httpConn{Conn: client, peek: peek, k: k, closed: make(chan struct{}),
+		frames: newFrameChecker(http.DefaultMaxHeaderBytes + 4096)}
+	info := &reqInfo{k: k, appProto: "http/1.1", frames: hc.frames}
 	l := &oneConnListener{c: hc, done: make(chan struct{})}
 
 	var upOnce, trackApps sync.Once
@@ -75,7 +81,10 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 		// side's requests it hands over (upgrades, HTTP/1.0...) and
 		// plaintext HTTP/1 to an app port were missing from
 		// requests_total and responses_total.
-		Handler:                      s.instrument(rp),
+		Handler: s.instrument(rejectAmbiguous(rp)),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, reqInfoKey{}, info)
+		},
 		IdleTimeout:                  idle,
 		ReadHeaderTimeout:            s.cfg.headerTimeout(),
 		DisableGeneralOptionsHandler: true,
