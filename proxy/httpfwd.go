@@ -16,10 +16,47 @@ import (
 // is (Envoy/Istio format).
 const headerXFCC = "X-Forwarded-Client-Cert"
 
+// isXFCCName reports a field name an app may take for
+// x-forwarded-client-cert: any case, and underscores for dashes, since
+// CGI-style servers (WSGI, Rack, PHP's FastCGI) give X_Forwarded_Client_Cert
+// and X-Forwarded-Client-Cert the same variable
+// (HTTP_X_FORWARDED_CLIENT_CERT). A client's copy in any of them is
+// removed, or it could forge an identity.
+func isXFCCName[T []byte | string](name T) bool {
+	if len(name) != len(headerXFCC) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c, w := name[i], headerXFCC[i]
+		if c == '_' {
+			c = '-'
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'A' <= w && w <= 'Z' {
+			w += 'a' - 'A'
+		}
+		if c != w {
+			return false
+		}
+	}
+	return true
+}
+
+// delXFCC removes every field of h that isXFCCName.
+func delXFCC(h http.Header) {
+	for k := range h {
+		if isXFCCName(k) {
+			delete(h, k)
+		}
+	}
+}
+
 // serveHTTP1 proxies HTTP/1 requests read from client (after the peeked
 // bytes) to target, through net/http's server and httputil.ReverseProxy:
-// every request loses any x-forwarded-client-cert it came with and, when
-// xfcc is not empty, gets ours. Ambiguous framings get 400, as on the
+// every request loses any x-forwarded-client-cert it came with (in any
+// spelling, isXFCCName) and, when xfcc is not empty, gets ours. Ambiguous framings get 400, as on the
 // client side (rejectAmbiguous). Keep-alive, chunked bodies, trailers and
 // upgrades (WebSocket) are handled by the library; Host and the
 // X-Forwarded-* headers pass unchanged, none is added. The first request
@@ -64,7 +101,7 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = target.String()
 			keepForwarded(pr)
-			pr.Out.Header.Del(headerXFCC)
+			delXFCC(pr.Out.Header)
 			if xfcc != "" {
 				pr.Out.Header.Set(headerXFCC, xfcc)
 			}

@@ -123,7 +123,7 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 			pr.Out.Trailer = pr.In.Trailer
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = target.String()
-			pr.Out.Header.Del(headerXFCC)
+			delXFCC(pr.Out.Header)
 			if xfcc != "" {
 				pr.Out.Header.Set(headerXFCC, xfcc)
 			}
