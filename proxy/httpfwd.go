@@ -111,6 +111,8 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 		BufferPool:    bytePool{},
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler:  s.appErrorHandler(k, target),
+		// The app's answer may not pass for the proxy's own.
+		ModifyResponse: dropAppUnreachable,
 	}
 	idle := s.cfg.idleTimeout()
 	srv := &http.Server{

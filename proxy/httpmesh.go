@@ -133,6 +133,8 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 		BufferPool:    bytePool{},
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler:  s.appErrorHandler(k, target),
+		// The app's answer may not pass for the proxy's own.
+		ModifyResponse: dropAppUnreachable,
 	}
 	s.in.h2.ServeConn(tc, &http2.ServeConnOpts{Context: k.ctx, BaseConfig: s.in.base, Handler: s.instrument(rp)})
 	tc.Close()
