@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -78,4 +79,26 @@ func (s *Server) appErrorHandler(k *conn, target netip.AddrPort) func(http.Respo
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(status)
 	}
+}
+
+// dropAppUnreachable removes meshproxy-error app-unreachable from an
+// app's response (a ReverseProxy ModifyResponse of the server side's
+// deliveries): only the server proxy may say that its app was not
+// reached, which lets the client proxy send the request again, a POST
+// included. An app that relays such an answer (a gateway, from its own
+// proxy) has handled the request.
+func dropAppUnreachable(resp *http.Response) error {
+	for _, v := range resp.Header.Values(headerProxyError) {
+		if strings.EqualFold(strings.TrimSpace(v), reasonAppUnreachable) {
+			resp.Header.Del(headerProxyError)
+			break
+		}
+	}
+	return nil
+}
+
+// isAppUnreachable is dropAppUnreachable's test for the fast path: the
+// field is meshproxy-error app-unreachable.
+func isAppUnreachable(f h1Field) bool {
+	return asciiEqualFold(f.name, headerProxyError) && asciiEqualFold(f.value, reasonAppUnreachable)
 }

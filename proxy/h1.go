@@ -1076,7 +1076,8 @@ func (c *h1Conn) readResponse(up net.Conn) (n int, got bool, err error) {
 }
 
 // responseHead builds in c.b.out the head to relay for the response
-// head parsed into c.b.resp: HTTP/1.1, its fields less hop-by-hop ones,
+// head parsed into c.b.resp: HTTP/1.1, its fields less hop-by-hop ones
+// (and, from an app, meshproxy-error app-unreachable: dropAppUnreachable),
 // and "Connection: close" when closing.
 func (c *h1Conn) responseHead(head []byte, closing bool) []byte {
 	m := &c.b.resp
@@ -1086,7 +1087,7 @@ func (c *h1Conn) responseHead(head []byte, closing bool) []byte {
 	out = append(out, line[8:]...)
 	out = append(out, "\r\n"...)
 	for _, f := range m.fields {
-		if m.hopByHop(f.name) {
+		if m.hopByHop(f.name) || m.proxyErr != nil && c.h == nil && isAppUnreachable(f) {
 			continue
 		}
 		out = appendField(out, f)

@@ -15,9 +15,9 @@ import (
 
 // serveH1Inbound serves the mesh connection tc (protocol http/1) on the
 // fast path: every request loses any x-forwarded-client-cert it came
-// with and, when xfcc is not empty, gets ours; it goes to target over
-// one app connection, dialed at the first request and again when it
-// closed. A failed dial is answered 502 with meshproxy-error
+// with (in any spelling, isXFCCName) and, when xfcc is not empty, gets
+// ours; it goes to target over one app connection, dialed at the first
+// request and again when it closed. A failed dial is answered 502 with meshproxy-error
 // app-unreachable. What the fast path does not do (upgrades...) goes to
 // serveHTTP1 with the bytes read so far.
 func (s *Server) serveH1Inbound(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc string) error {
@@ -127,7 +127,7 @@ func (s *Server) inboundResponseTimeout() time.Duration {
 // exchangeIn serves one request of the mesh connection (see exchange).
 func (c *h1Conn) exchangeIn(n int, authority string, start time.Time, res *h1Result) bool {
 	m := &c.b.req
-	c.buildRequestHead(func(name []byte) bool { return asciiEqualFold(name, headerXFCC) }, func(out []byte) []byte {
+	c.buildRequestHead(func(name []byte) bool { return isXFCCName(name) }, func(out []byte) []byte {
 		if c.xfcc == "" {
 			return out
 		}

@@ -139,10 +139,13 @@ func (c *h1Conn) exchangeOut(n int, authority string, start time.Time, res *h1Re
 		var up balancer.PooledConn[net.Conn]
 		var hn int
 		up, hn, touched, err = c.attemptOut(dst, host, n, replay, t0)
-		if err == nil && c.b.resp.status == http.StatusBadGateway && string(c.b.resp.proxyErr) == reasonAppUnreachable && !touched {
+		if err == nil && c.b.resp.status == http.StatusBadGateway && string(c.b.resp.proxyErr) == reasonAppUnreachable && !touched &&
+			isMeshConn(up.Conn) {
 			// The endpoint's proxy could not reach its app: the app
 			// saw nothing, so this is a connect failure of the
 			// endpoint (failure accrual, another pick), not an answer.
+			// (Only a mesh peer says so: from a plaintext upstream it
+			// is the app's own answer.)
 			c.dropResponse(up, hn)
 			err = &connectError{err: errAppUnreachable}
 		}
@@ -376,4 +379,11 @@ func traceH1(m *h1Msg, rate float64) (string, bool) {
 	}
 	tc, fresh := continueTrace(string(v), count, rate)
 	return tc.String(), fresh
+}
+
+// isMeshConn reports an upstream connection to a mesh peer (a server
+// proxy), not to an app.
+func isMeshConn(c net.Conn) bool {
+	_, ok := c.(*tls.Conn)
+	return ok
 }

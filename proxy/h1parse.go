@@ -447,7 +447,10 @@ func parseResponseHead(head []byte, m *h1Msg) bool {
 }
 
 // hopByHop reports a header a proxy does not pass on (as
-// httputil.ReverseProxy), or one the message's Connection header names.
+// httputil.ReverseProxy), or one the message's Connection header names
+// (but never the framing fields or Host, which net/http keeps outside
+// the header map ReverseProxy drops them from: a request without its
+// Host would get a 400 from the upstream).
 func (m *h1Msg) hopByHop(name []byte) bool {
 	switch len(name) {
 	case 2:
@@ -473,7 +476,7 @@ func (m *h1Msg) hopByHop(name []byte) bool {
 	}
 	for _, t := range m.connToks {
 		if len(t) == len(name) && asciiEqualFold(name, string(t)) && !asciiEqualFold(t, "Transfer-Encoding") &&
-			!asciiEqualFold(t, "Content-Length") {
+			!asciiEqualFold(t, "Content-Length") && !asciiEqualFold(t, "Host") {
 			return true
 		}
 	}

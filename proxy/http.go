@@ -642,10 +642,12 @@ func (h *httpRuntime) RoundTrip(req *http.Request) (*http.Response, error) {
 		var resp *http.Response
 		resp, err = h.attempt(req, dst, host, info.appProto, attemptOpts{tryTimeout: tryTimeout, body: body, p: p})
 		if err == nil && resp.StatusCode == http.StatusBadGateway && resp.Header.Get(headerProxyError) == reasonAppUnreachable &&
-			(canReplay || req.Body == nil || req.Body == http.NoBody) {
+			(canReplay || req.Body == nil || req.Body == http.NoBody) && resp.TLS != nil {
 			// The endpoint's proxy could not reach its app: the app
 			// saw nothing, so this is a connect failure of the
 			// endpoint (failure accrual, another pick), not an answer.
+			// (Only a mesh peer, over mutual TLS, says so: from a
+			// plaintext upstream it is the app's own answer.)
 			resp.Body.Close()
 			err = &connectError{err: errAppUnreachable}
 		}

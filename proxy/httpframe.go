@@ -153,6 +153,11 @@ func (f *frameChecker) endHead() {
 		verdict = "Content-Length together with Transfer-Encoding"
 	case len(cls) > 1 && !allEqual(cls):
 		verdict = "differing Content-Length headers"
+	case len(te) > 0 && strings.HasSuffix(reqLine, " HTTP/1.0"):
+		// net/http ignores it (no body), so a peer that honours it
+		// would send its body as what net/http reads as the next
+		// request; RFC 9112 section 6.1: faulty framing.
+		verdict = "Transfer-Encoding in an HTTP/1.0 request"
 	}
 	f.verdicts = append(f.verdicts, verdict)
 	switch {

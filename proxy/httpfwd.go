@@ -16,10 +16,48 @@ import (
 // is (Envoy/Istio format).
 const headerXFCC = "X-Forwarded-Client-Cert"
 
+// isXFCCName reports a field name an app may take for
+// x-forwarded-client-cert: any case, and underscores for dashes, since
+// CGI-style servers (WSGI, Rack, PHP's FastCGI) give X_Forwarded_Client_Cert
+// and X-Forwarded-Client-Cert the same variable
+// (HTTP_X_FORWARDED_CLIENT_CERT). A client's copy in any of them is
+// removed, or it could forge an identity.
+func isXFCCName[T []byte | string](name T) bool {
+	if len(name) != len(headerXFCC) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c, w := name[i], headerXFCC[i]
+		if c == '_' {
+			c = '-'
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'A' <= w && w <= 'Z' {
+			w += 'a' - 'A'
+		}
+		if c != w {
+			return false
+		}
+	}
+	return true
+}
+
+// delXFCC removes every field of h that isXFCCName.
+func delXFCC(h http.Header) {
+	for k := range h {
+		if isXFCCName(k) {
+			delete(h, k)
+		}
+	}
+}
+
 // serveHTTP1 proxies HTTP/1 requests read from client (after the peeked
 // bytes) to target, through net/http's server and httputil.ReverseProxy:
-// every request loses any x-forwarded-client-cert it came with and, when
-// xfcc is not empty, gets ours. Keep-alive, chunked bodies, trailers and
+// every request loses any x-forwarded-client-cert it came with (in any
+// spelling, isXFCCName) and, when xfcc is not empty, gets ours. Ambiguous framings get 400, as on the
+// client side (rejectAmbiguous). Keep-alive, chunked bodies, trailers and
 // upgrades (WebSocket) are handled by the library; Host and the
 // X-Forwarded-* headers pass unchanged, none is added. The first request
 // uses up, the connection dialed during detection (the caller tracks
@@ -28,7 +66,12 @@ const headerXFCC = "X-Forwarded-Client-Cert"
 // client connection is done.
 func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, target netip.AddrPort, xfcc string) error {
 	client.SetDeadline(time.Time{})
-	hc := &httpConn{Conn: client, peek: peek, k: k, closed: make(chan struct{})}
+	// The framing checks of the client side (rejectAmbiguous): a front
+	// end framing by Content-Length must not see one request where
+	// net/http reads two.
+	hc := &httpConn{Conn: client, peek: peek, k: k, closed: make(chan struct{}),
+		frames: newFrameChecker(http.DefaultMaxHeaderBytes + 4096)}
+	info := &reqInfo{k: k, appProto: "http/1.1", frames: hc.frames}
 	l := &oneConnListener{c: hc, done: make(chan struct{})}
 
 	var upOnce, trackApps sync.Once
@@ -58,7 +101,7 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = target.String()
 			keepForwarded(pr)
-			pr.Out.Header.Del(headerXFCC)
+			delXFCC(pr.Out.Header)
 			if xfcc != "" {
 				pr.Out.Header.Set(headerXFCC, xfcc)
 			}
@@ -68,6 +111,8 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 		BufferPool:    bytePool{},
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler:  s.appErrorHandler(k, target),
+		// The app's answer may not pass for the proxy's own.
+		ModifyResponse: dropAppUnreachable,
 	}
 	idle := s.cfg.idleTimeout()
 	srv := &http.Server{
@@ -75,7 +120,10 @@ func (s *Server) serveHTTP1(k *conn, client net.Conn, peek []byte, up net.Conn, 
 		// side's requests it hands over (upgrades, HTTP/1.0...) and
 		// plaintext HTTP/1 to an app port were missing from
 		// requests_total and responses_total.
-		Handler:                      s.instrument(rp),
+		Handler: s.instrument(rejectAmbiguous(rp)),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, reqInfoKey{}, info)
+		},
 		IdleTimeout:                  idle,
 		ReadHeaderTimeout:            s.cfg.headerTimeout(),
 		DisableGeneralOptionsHandler: true,

@@ -123,7 +123,7 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 			pr.Out.Trailer = pr.In.Trailer
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = target.String()
-			pr.Out.Header.Del(headerXFCC)
+			delXFCC(pr.Out.Header)
 			if xfcc != "" {
 				pr.Out.Header.Set(headerXFCC, xfcc)
 			}
@@ -133,6 +133,8 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 		BufferPool:    bytePool{},
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler:  s.appErrorHandler(k, target),
+		// The app's answer may not pass for the proxy's own.
+		ModifyResponse: dropAppUnreachable,
 	}
 	s.in.h2.ServeConn(tc, &http2.ServeConnOpts{Context: k.ctx, BaseConfig: s.in.base, Handler: s.instrument(rp)})
 	tc.Close()
