@@ -104,6 +104,13 @@ func classify(b []byte) Protocol {
 		return ProtocolTLS
 	case isHTTP1(b):
 		return ProtocolHTTP1
+	case len(b) >= detectBufSize && undecided(b) && bytes.IndexByte(b, ' ') > 0:
+		// A whole detection buffer of "TOKEN SP ..." that has not
+		// ended is a request line with a long target (and a method not
+		// in http1Methods): as bytes, it would take the client's own
+		// x-forwarded-client-cert to the app. (A buffer of token bytes
+		// without a space stays opaque: bulk data such as hex looks so.)
+		return ProtocolHTTP1
 	default:
 		return ProtocolOpaque
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -36,7 +37,8 @@ func rawHeadApp(t *testing.T) (netip.AddrPort, chan []byte) {
 
 // TestXFCCRequestLineVariants: a request whose line an HTTP/1 server
 // takes but detection did not (a version other than 1.0/1.1, empty lines
-// before it, spaces after the version) went to the app as opaque bytes,
+// before it, spaces after the version, a line longer than the detection
+// buffer with a method it does not know) went to the app as opaque bytes,
 // with the client's x-forwarded-client-cert: in permissive mode from any
 // plaintext client, and through the mesh from any meshed one (and then
 // without ours). Such a request must be read as HTTP/1: the forged header
@@ -48,6 +50,9 @@ func TestXFCCRequestLineVariants(t *testing.T) {
 		"\r\nGET /x HTTP/1.1\r\n",
 		"\n\r\n\r\nGET /x HTTP/1.1\r\n",
 		"GET /x HTTP/1.1 \r\n",
+		// Longer than the detection buffer, with a method detection
+		// does not know (net/http takes any token).
+		"FOO /" + strings.Repeat("a", detectBufSize) + " HTTP/1.1\r\n",
 	}
 	e := newMeshEnv(t, meshOpts{})
 	app, heads := rawHeadApp(t)
@@ -60,7 +65,7 @@ func TestXFCCRequestLineVariants(t *testing.T) {
 		{"through the mesh", e.out, app},
 	} {
 		for _, line := range lines {
-			t.Run(path.name+"/"+strconv.Quote(line), func(t *testing.T) {
+			t.Run(path.name+"/"+strconv.Quote(line[:min(len(line), 24)]), func(t *testing.T) {
 				h := handleOne(t, path.srv, path.orig)
 				req := line + "Host: a\r\nX-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/kube-system/" + forged + "\r\n\r\n"
 				got := doHTTP(t, h.client, bufio.NewReader(h.client), req)
