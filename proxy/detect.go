@@ -104,6 +104,13 @@ func classify(b []byte) Protocol {
 		return ProtocolTLS
 	case isHTTP1(b):
 		return ProtocolHTTP1
+	case len(b) >= detectBufSize && undecided(b) && bytes.IndexByte(b, ' ') > 0:
+		// A whole detection buffer of "TOKEN SP ..." that has not
+		// ended is a request line with a long target (and a method not
+		// in http1Methods): as bytes, it would take the client's own
+		// x-forwarded-client-cert to the app. (A buffer of token bytes
+		// without a space stays opaque: bulk data such as hex looks so.)
+		return ProtocolHTTP1
 	default:
 		return ProtocolOpaque
 	}
@@ -134,8 +141,15 @@ var http1Methods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "
 
 // isHTTP1 reports whether b starts with an HTTP/1.x request line
 // "METHOD SP target SP HTTP/1.x CRLF". When the line is incomplete, a
-// well-known method followed by a space is enough.
+// well-known method followed by a space is enough. It is as lenient as
+// the servers behind the proxy, which take what it lets through as bytes:
+// empty lines before the line are skipped (RFC 9112 section 2.2), and any
+// "HTTP/" version, with spaces after it, counts (net/http serves
+// HTTP/1.2, nginx allows trailing spaces); the proxy's HTTP path then
+// serves or refuses the request, so a forged x-forwarded-client-cert
+// never reaches the app.
 func isHTTP1(b []byte) bool {
+	b = bytes.TrimLeft(b, "\r\n")
 	sp := bytes.IndexByte(b, ' ')
 	if sp <= 0 || !isToken(b[:sp]) {
 		return false
@@ -150,8 +164,8 @@ func isHTTP1(b []byte) bool {
 		}
 		return false
 	}
-	line := bytes.TrimSuffix(b[:eol], []byte("\r"))
-	return bytes.HasSuffix(line, []byte(" HTTP/1.1")) || bytes.HasSuffix(line, []byte(" HTTP/1.0"))
+	line := bytes.TrimRight(b[:eol], " \t\r")
+	return bytes.HasPrefix(line[bytes.LastIndexByte(line, ' ')+1:], []byte("HTTP/"))
 }
 
 // isToken reports whether b is an RFC 9110 token (a method name).
@@ -170,15 +184,21 @@ func isToken(b []byte) bool {
 // undecided reports whether b, the client's first bytes so far, is too
 // short to classify: more bytes could still change what classify says. It
 // holds for a proper beginning of the h2 preface, of a TLS record header up
-// to the handshake type, and of a request line ("TOKEN", "TOKEN SP ...")
-// before its line ends, unless the method is a well-known one followed by
-// a space (classify takes that for HTTP/1 at once).
+// to the handshake type, and of a request line ("TOKEN", "TOKEN SP ...",
+// after any empty lines) before its line ends, unless the method is a
+// well-known one followed by a space (classify takes that for HTTP/1 at
+// once).
 func undecided(b []byte) bool {
 	if len(b) < len(h2Preface) && bytes.HasPrefix(h2Preface, b) {
 		return true
 	}
 	if b[0] == 0x16 {
 		return len(b) < 6 && (len(b) < 2 || b[1] == 0x03) && (len(b) < 3 || b[2] <= 0x04)
+	}
+	// Empty lines before a request line are skipped (see isHTTP1).
+	b = bytes.TrimLeft(b, "\r\n")
+	if len(b) == 0 {
+		return true
 	}
 	if bytes.IndexByte(b, '\n') >= 0 {
 		return false

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -114,6 +115,16 @@ func TestClassify(t *testing.T) {
 		{"FOO bar", ProtocolOpaque},
 		{"SSH-2.0-OpenSSH_9.6\r\n", ProtocolOpaque},
 		{" GET / HTTP/1.1\r\n", ProtocolOpaque},
+		// As lenient as the servers behind the proxy (see isHTTP1).
+		{"GET / HTTP/1.2\r\n", ProtocolHTTP1},
+		{"GET / HTTP/1.1 \r\n", ProtocolHTTP1},
+		{"\r\n\nGET / HTTP/1.1\r\n", ProtocolHTTP1},
+		{"\r\nFOO / HTTP/1.1\r\n", ProtocolHTTP1},
+		{"\r\nPING\r\n", ProtocolOpaque},
+		{"GET / SPDY/3 \r\n", ProtocolOpaque},
+		{"FOO /" + strings.Repeat("a", detectBufSize-5), ProtocolHTTP1},
+		{"FOO /" + strings.Repeat("a", detectBufSize-6), ProtocolOpaque}, // not full: the timeout cut it
+		{strings.Repeat("B", detectBufSize), ProtocolOpaque},
 	} {
 		if got := classify([]byte(tc.in)); got != tc.want {
 			t.Errorf("classify(%q) = %q; want %q", tc.in, got, tc.want)

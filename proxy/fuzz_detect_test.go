@@ -94,8 +94,10 @@ func checkClassify(t *testing.T, b []byte) Protocol {
 		t.Fatalf("classify(%q) = %q; TLS ClientHello match is %v", b, got, isTLS)
 	}
 	if got == ProtocolHTTP1 {
-		sp := bytes.IndexByte(b, ' ')
-		if sp <= 0 || !isToken(b[:sp]) {
+		// After any empty lines (which servers skip).
+		rl := bytes.TrimLeft(b, "\r\n")
+		sp := bytes.IndexByte(rl, ' ')
+		if sp <= 0 || !isToken(rl[:sp]) {
 			t.Fatalf("classify(%q) = http/1 without a method token and a space", b)
 		}
 	}
@@ -114,6 +116,8 @@ func FuzzDetect(f *testing.F) {
 		"POST /x HTTP/1.0\n",
 		"DELETE /very/long/pa",
 		"M-SEARCH * HTTP/1.1\r\n",
+		"\r\nGET / HTTP/1.1\r\n",
+		"GET / HTTP/1.2 \r\n",
 		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00",
 		"PRI * HTTP/1.1\r\n",
 		"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
@@ -135,10 +139,11 @@ func FuzzDetect(f *testing.F) {
 		// Every beginning classifies without breaking an invariant (that
 		// is what a short first read sees), and a beginning that decides
 		// decides as the whole input does, except a well-known method's
-		// request line cut short before its version.
+		// request line (after any empty lines) cut short before its
+		// version.
 		for i := range min(len(in), 64) {
 			p := checkClassify(t, in[:i])
-			cutShort := p == ProtocolHTTP1 && bytes.IndexByte(in[:i], '\n') < 0
+			cutShort := p == ProtocolHTTP1 && bytes.IndexByte(bytes.TrimLeft(in[:i], "\r\n"), '\n') < 0
 			if !undecided(in[:i]) && !cutShort && p != whole {
 				t.Fatalf("classify(%q) = %q, said decided; the whole %q is %q", in[:i], p, in, whole)
 			}
@@ -188,7 +193,7 @@ func FuzzDetect(f *testing.F) {
 			// depend on how the client's writes were split), except a
 			// well-known method's request line cut short, taken for
 			// HTTP/1 before its version is seen.
-			cutShort := proto == ProtocolHTTP1 && bytes.IndexByte(buf[:n], '\n') < 0
+			cutShort := proto == ProtocolHTTP1 && bytes.IndexByte(bytes.TrimLeft(buf[:n], "\r\n"), '\n') < 0
 			if whole := classify(in); whole != proto && !cutShort {
 				t.Fatalf("Detect of %q split at %d = %q from %q; the whole input is %q", in, k, proto, buf[:n], whole)
 			}

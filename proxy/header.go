@@ -44,8 +44,8 @@ type Header struct {
 	// ProtocolHTTP1 or ProtocolH2, or ProtocolMeshH2 when the client
 	// proxy itself speaks HTTP/2 on the connection (HTTP-aware outbound).
 	// The server proxy treats http/1 as HTTP (and adds
-	// x-forwarded-client-cert), mesh-h2 as HTTP/2 streams to deliver one
-	// by one, and anything else as bytes.
+	// x-forwarded-client-cert), mesh-h2 and h2 as HTTP/2 streams to
+	// deliver one by one (h2 always as h2c), and anything else as bytes.
 	Protocol Protocol
 	// Name is the service the client addressed, when known ("" if not).
 	Name string

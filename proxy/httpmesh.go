@@ -102,10 +102,21 @@ func (in *inboundHTTP) closeIdle(s *Server) {
 // x-forwarded-client-cert set to xfcc. Trailers pass both ways. It
 // returns when the connection ends.
 func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc string) error {
+	return s.serveH2(k, tc, target, xfcc, false)
+}
+
+// serveH2 serves c, an inbound connection on which the client speaks
+// HTTP/2, as serveMeshH2 describes; appH2 says the client is the
+// application itself (h2 prior knowledge: plaintext on an app port, or
+// over the mesh with transport header protocol h2), whose requests all go
+// to target as h2c whatever meshproxy-app-protocol they carry. Either
+// way the app sees x-forwarded-client-cert as xfcc only (none when xfcc
+// is empty), never a copy the client sent.
+func (s *Server) serveH2(k *conn, c net.Conn, target netip.AddrPort, xfcc string, appH2 bool) error {
 	s.in.init(s)
 	h2c := headerTimeoutRT(s.in.h2c, s.inboundResponseTimeout())
 	tr := roundTripperFunc(func(r *http.Request) (*http.Response, error) {
-		if r.Header.Get(headerAppProtocol) == "h2" {
+		if appH2 || r.Header.Get(headerAppProtocol) == "h2" {
 			r.Header.Del(headerAppProtocol)
 			return h2c.RoundTrip(r)
 		}
@@ -136,8 +147,8 @@ func (s *Server) serveMeshH2(k *conn, tc *tls.Conn, target netip.AddrPort, xfcc 
 		// The app's answer may not pass for the proxy's own.
 		ModifyResponse: dropAppUnreachable,
 	}
-	s.in.h2.ServeConn(tc, &http2.ServeConnOpts{Context: k.ctx, BaseConfig: s.in.base, Handler: s.instrument(rp)})
-	tc.Close()
+	s.in.h2.ServeConn(c, &http2.ServeConnOpts{Context: k.ctx, BaseConfig: s.in.base, Handler: s.instrument(rp)})
+	c.Close()
 	return k.ctx.Err()
 }
 

@@ -77,10 +77,14 @@ func (s *Server) handleMeshInbound(k *conn) error {
 	if s.mesh.localID != "" {
 		xfcc = "By=" + s.mesh.localID + ";" + xfcc
 	}
-	if hdr.Protocol == ProtocolMeshH2 {
+	if hdr.Protocol == ProtocolMeshH2 || hdr.Protocol == ProtocolH2 {
+		// h2 (the client app's own prior knowledge, through a client
+		// proxy without HTTP-aware outbound) is served as HTTP/2 too,
+		// not copied as bytes: the app must see our
+		// x-forwarded-client-cert, never one the client sent.
 		s.log.Debug("connection opened", "src", k.src, "dst", k.orig.String(), "target", target.String(),
 			"protocol", string(hdr.Protocol), "tls", TLSTrue, "client_id", client)
-		return s.serveMeshH2(k, tc, target, xfcc)
+		return s.serveH2(k, tc, target, xfcc, hdr.Protocol == ProtocolH2)
 	}
 	if hdr.Protocol == ProtocolHTTP1 {
 		s.log.Debug("connection opened", "src", k.src, "dst", k.orig.String(), "target", target.String(),

@@ -222,8 +222,8 @@ type meshRuntime struct {
 
 func newMeshRuntime(m Mesh) *meshRuntime {
 	r := &meshRuntime{cfg: m, port: m.Port, cache: m.Cache, policy: m.InboundPolicy, hsTimeout: m.HandshakeTimeout}
-	r.cfg.Meshed = slices.Clone(m.Meshed)
-	r.cfg.Unmeshed = slices.Clone(m.Unmeshed)
+	r.cfg.Meshed = unmapPrefixes(m.Meshed)
+	r.cfg.Unmeshed = unmapPrefixes(m.Unmeshed)
 	r.cfg.Authz = slices.Clone(m.Authz)
 	if r.port == 0 {
 		r.port = DefaultMeshPort
@@ -256,6 +256,20 @@ func newMeshRuntime(m Mesh) *meshRuntime {
 		r.serverTLS = wrapServerTLS(m.ServerTLS)
 	}
 	return r
+}
+
+// unmapPrefixes copies ps with every IPv4-mapped IPv6 prefix
+// (::ffff:a.b.c.d/n, n >= 96) written as the IPv4 prefix it is:
+// meshState matches unmapped destinations, which a mapped prefix never
+// contains (a meshed CIDR so written was probed, and could go plaintext).
+func unmapPrefixes(ps []netip.Prefix) []netip.Prefix {
+	out := slices.Clone(ps)
+	for i, p := range out {
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			out[i] = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96).Masked()
+		}
+	}
+	return out
 }
 
 // wrapServerTLS clones cfg (once per Server, so session tickets still

@@ -472,8 +472,8 @@ func (k *conn) finish(ctx context.Context) {
 // handlePlain forwards the connection in plaintext to s.target(orig):
 // detection runs while dialing (unless the port is opaque), then bytes are
 // spliced. tlsLabel is the tls label (TLSOpaque replaces it when the
-// client starts TLS itself). Inbound with the mesh on, HTTP/1 goes through
-// the HTTP path so x-forwarded-client-cert from outside is removed.
+// client starts TLS itself). Inbound with the mesh on, HTTP/1 and h2c go
+// through the HTTP paths so x-forwarded-client-cert from outside is removed.
 func (s *Server) handlePlain(k *conn, tlsLabel string) error {
 	target := s.target(k.orig)
 	var (
@@ -509,6 +509,13 @@ func (s *Server) handlePlain(k *conn, tlsLabel string) error {
 		"protocol", string(proto), "server_first", len(banner) > 0, "tls", tlsLabel)
 	if s.mesh != nil && s.dir == Inbound && proto == ProtocolHTTP1 && len(banner) == 0 {
 		return s.serveHTTP1(k, k.c, peek, up, target, "")
+	}
+	if s.mesh != nil && s.dir == Inbound && proto == ProtocolH2 && len(banner) == 0 {
+		// h2c prior knowledge likewise (as bytes, a forged
+		// x-forwarded-client-cert reached the app): served as HTTP/2,
+		// delivered as h2c over the inbound pool, so up goes unused.
+		up.Close()
+		return s.serveH2(k, &httpConn{Conn: k.c, peek: peek, k: k}, target, "", true)
 	}
 	return s.forward(k, up, peek, banner)
 }
