@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -619,11 +620,18 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 	adm.SetNotReady("draining")
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancel()
+	// Both directions at once: each Shutdown first closes its listeners,
+	// and one after the other the second direction would go on accepting
+	// while the first drained.
+	var drains sync.WaitGroup
 	for dir, srv := range servers {
-		if err := srv.Shutdown(drainCtx); err != nil {
-			log.Warn("closing connections that did not drain in time", "direction", string(dir), "open", srv.OpenConnections())
-		}
+		drains.Go(func() {
+			if err := srv.Shutdown(drainCtx); err != nil {
+				log.Warn("closing connections that did not drain in time", "direction", string(dir), "open", srv.OpenConnections())
+			}
+		})
 	}
+	drains.Wait()
 	closeAll()
 	shutCtx, cancel2 := context.WithTimeout(context.Background(), time.Second)
 	defer cancel2()

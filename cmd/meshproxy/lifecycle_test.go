@@ -1,0 +1,123 @@
+package main
+
+// Tests of the run's lifecycle seen from outside, as an operator and
+// systemd see it: signals during start-up and during the drain, and the
+// notifications sent to systemd.
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+
+	"meshproxy/internal/netnstest"
+)
+
+// echoConn is an open connection through a proxy to an echo server.
+type echoConn struct {
+	t *testing.T
+	c net.Conn
+}
+
+// dialEcho connects from pod p to addr and checks that one message comes
+// back, so the connection is known to be proxied end to end.
+func dialEcho(t *testing.T, p *netnstest.Pod, addr string) *echoConn {
+	t.Helper()
+	c, err := p.Dial("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, p.Name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	e := &echoConn{t: t, c: c}
+	if err := e.echo("hello"); err != nil {
+		t.Fatalf("echo through %s to %s: %v", p.Name, addr, err)
+	}
+	return e
+}
+
+// echo sends msg (lower case, so it is never taken for HTTP) and reads it
+// back.
+func (e *echoConn) echo(msg string) error {
+	e.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(e.c, msg); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(e.c, buf); err != nil {
+		return err
+	}
+	if string(buf) != msg {
+		return errors.New("echo came back as " + string(buf))
+	}
+	return nil
+}
+
+// expectNotProxied fails the test when a new connection from p to addr
+// still reaches the echo server.
+func expectNotProxied(t *testing.T, p *netnstest.Pod, addr, what string) {
+	t.Helper()
+	c, err := p.Dial("tcp", addr, 2*time.Second)
+	if err != nil {
+		return // refused: not accepted
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	io.WriteString(c, "late")
+	if n, _ := c.Read(make([]byte, 4)); n > 0 {
+		t.Errorf("%s: a new connection was proxied after SIGTERM (/ready was already 503)", what)
+	}
+}
+
+// waitNotReady waits until the proxy's /ready answers 503.
+func waitNotReady(t *testing.T, p *labProxy) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, _, err := p.admin("/ready")
+		if err == nil && code == http.StatusServiceUnavailable {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/ready = %d, %v after SIGTERM; want 503 while draining\n%s", code, err, p.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func echoHandler(c net.Conn) { io.Copy(c, c) }
+
+// TestShutdownStopsAcceptingBothWays: once SIGTERM has turned /ready to
+// 503, neither the outbound nor the inbound listener takes new connections,
+// even while connections of both directions are still draining. (The
+// directions used to drain one after the other, the second still accepting
+// while the first drained.)
+func TestShutdownStopsAcceptingBothWays(t *testing.T) {
+	l := newLab(t, labOptions{mode: "redirect", runArgs: []string{"--shutdown-grace", "5m"}})
+	serveTCP(t, l.server, "0.0.0.0:9000", echoHandler)
+	serveTCP(t, l.client, "0.0.0.0:9001", echoHandler)
+	out := dialEcho(t, l.client, hostPort(serverV4, 9000)) // outbound of the client proxy
+	in := dialEcho(t, l.server, hostPort(clientV4, 9001))  // inbound of the client proxy
+	p := l.clientProxy
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitNotReady(t, p)
+	expectNotProxied(t, l.client, hostPort(serverV4, 9000), "outbound")
+	expectNotProxied(t, l.server, hostPort(clientV4, 9001), "inbound")
+	// The open ones still work, and once they close the proxy exits 0.
+	for _, c := range []*echoConn{out, in} {
+		if err := c.echo("draining"); err != nil {
+			t.Errorf("open connection during the drain: %v", err)
+		}
+		c.c.Close()
+	}
+	select {
+	case <-p.done:
+		if p.waitErr != nil {
+			t.Errorf("proxy exit = %v; want 0", p.waitErr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("proxy did not exit once its connections closed\n%s", p.logs.String())
+	}
+}
