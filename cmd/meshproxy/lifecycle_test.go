@@ -121,3 +121,32 @@ func TestShutdownStopsAcceptingBothWays(t *testing.T) {
 		t.Fatalf("proxy did not exit once its connections closed\n%s", p.logs.String())
 	}
 }
+
+// TestHangupWhileDraining: SIGHUP (a reload, a log rotation script) that
+// arrives while the proxy drains neither kills it nor its connections.
+func TestHangupWhileDraining(t *testing.T) {
+	l := newLab(t, labOptions{mode: "redirect", runArgs: []string{"--shutdown-grace", "5m"}})
+	serveTCP(t, l.server, "0.0.0.0:9000", echoHandler)
+	held := dialEcho(t, l.client, hostPort(serverV4, 9000))
+	p := l.clientProxy
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitNotReady(t, p)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	if err := held.echo("after SIGHUP"); err != nil {
+		t.Fatalf("open connection after SIGHUP during the drain: %v", err)
+	}
+	select {
+	case <-p.done:
+		t.Fatalf("proxy exited on SIGHUP during the drain: %v\n%s", p.waitErr, p.logs.String())
+	default:
+	}
+	held.c.Close()
+	select {
+	case <-p.done:
+		if p.waitErr != nil {
+			t.Errorf("proxy exit = %v; want 0", p.waitErr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("proxy did not exit once its connection closed\n%s", p.logs.String())
+	}
+}

@@ -381,28 +381,32 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
+	// SIGHUP is caught from here until the process exits, so that it never
+	// takes its default action (death, every connection cut) while the
+	// proxy starts or drains; handleHangups answers it while it runs.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := serve(ctx, cfg, stderr); err != nil {
+	if err := serve(ctx, hups, cfg, stderr); err != nil {
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-// handleHangups answers SIGHUP (systemctl reload) until ctx ends: it
-// reloads the routes (a bad file is refused and the old routes keep
-// running; the watcher logs and counts it). Other settings change with a
-// restart. Without this handler SIGHUP would kill the proxy.
-func handleHangups(ctx context.Context, routes *routeWatcher, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// handleHangups answers SIGHUP (systemctl reload), received on hups, until
+// ctx ends: it reloads the routes (a bad file is refused and the old routes
+// keep running; the watcher logs and counts it). Other settings change with
+// a restart. hups stays registered after ctx ends (runRun), so a SIGHUP
+// during the drain is ignored rather than fatal.
+func handleHangups(ctx context.Context, hups <-chan os.Signal, routes *routeWatcher, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-hup:
+		case <-hups:
 			if err := notifyReloading(); err != nil {
 				log.Warn("telling systemd we reload", "err", err)
 			}
@@ -419,7 +423,8 @@ func handleHangups(ctx context.Context, routes *routeWatcher, log *slog.Logger) 
 }
 
 // serve runs the proxy until ctx is cancelled, then drains and returns nil.
-func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
+// SIGHUPs arrive on hups.
+func serve(ctx context.Context, hups <-chan os.Signal, cfg runConfig, logw io.Writer) error {
 	level := new(slog.LevelVar)
 	lvl, _ := parseLevel(cfg.LogLevel)
 	level.Set(lvl)
@@ -601,7 +606,7 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		}, log)
 	}
 	go runWatchdog(ctx, log)
-	go handleHangups(ctx, routes, log)
+	go handleHangups(ctx, hups, routes, log)
 
 	var runErr error
 	select {
