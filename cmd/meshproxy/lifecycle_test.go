@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -120,6 +121,35 @@ func TestShutdownStopsAcceptingBothWays(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("proxy did not exit once its connections closed\n%s", p.logs.String())
 	}
+}
+
+// TestSecondSignalEndsDrain: a second SIGTERM during the drain (an operator
+// pressing Ctrl-C again) closes the open connections at once and exits 0,
+// instead of being swallowed while the drain runs its full grace.
+func TestSecondSignalEndsDrain(t *testing.T) {
+	l := newLab(t, labOptions{mode: "redirect", runArgs: []string{"--shutdown-grace", "5m"}})
+	serveTCP(t, l.server, "0.0.0.0:9000", echoHandler)
+	held := dialEcho(t, l.client, hostPort(serverV4, 9000))
+	p := l.clientProxy
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitNotReady(t, p)
+	if err := held.echo("draining"); err != nil {
+		t.Fatalf("open connection during the drain: %v", err)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		if p.waitErr != nil {
+			t.Errorf("proxy exit = %v; want 0", p.waitErr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("proxy still draining 20s after a second SIGTERM (grace 5m)\n%s", p.logs.String())
+	}
+	held.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := held.c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("held connection after the proxy exited: read %d, %v; want it closed", n, err)
+	}
+	p.waitLog(t, "second signal")
 }
 
 // TestHangupWhileDraining: SIGHUP (a reload, a log rotation script) that

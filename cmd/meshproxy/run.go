@@ -387,9 +387,26 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	hups := make(chan os.Signal, 1)
 	signal.Notify(hups, syscall.SIGHUP)
 	defer signal.Stop(hups)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	// The first SIGTERM or SIGINT starts the drain (ctx); a second one, an
+	// operator pressing Ctrl-C again, ends it at once (now).
+	stops := make(chan os.Signal, 1)
+	signal.Notify(stops, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(stops)
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	if err := serve(ctx, hups, cfg, stderr); err != nil {
+	now, stopNow := context.WithCancel(context.Background())
+	defer stopNow()
+	go func() {
+		for _, cancel := range []context.CancelFunc{stop, stopNow} {
+			select {
+			case <-stops:
+				cancel()
+			case <-now.Done(): // serve returned
+				return
+			}
+		}
+	}()
+	if err := serve(ctx, now, hups, cfg, stderr); err != nil {
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 1
 	}
@@ -423,8 +440,9 @@ func handleHangups(ctx context.Context, hups <-chan os.Signal, routes *routeWatc
 }
 
 // serve runs the proxy until ctx is cancelled, then drains and returns nil.
-// SIGHUPs arrive on hups.
-func serve(ctx context.Context, hups <-chan os.Signal, cfg runConfig, logw io.Writer) error {
+// The drain lasts at most the shutdown grace, and ends at once when now is
+// cancelled. SIGHUPs arrive on hups.
+func serve(ctx, now context.Context, hups <-chan os.Signal, cfg runConfig, logw io.Writer) error {
 	level := new(slog.LevelVar)
 	lvl, _ := parseLevel(cfg.LogLevel)
 	level.Set(lvl)
@@ -611,7 +629,7 @@ func serve(ctx context.Context, hups <-chan os.Signal, cfg runConfig, logw io.Wr
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down: draining open connections", "grace", cfg.ShutdownGrace.String())
+		log.Info("shutting down: draining open connections (signal again to close them at once)", "grace", cfg.ShutdownGrace.String())
 	case runErr = <-errc:
 		log.Error("a listener failed; shutting down", "err", runErr)
 	}
@@ -623,7 +641,7 @@ func serve(ctx context.Context, hups <-chan os.Signal, cfg runConfig, logw io.Wr
 	}
 
 	adm.SetNotReady("draining")
-	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	drainCtx, cancel := context.WithTimeout(now, cfg.ShutdownGrace)
 	defer cancel()
 	// Both directions at once: each Shutdown first closes its listeners,
 	// and one after the other the second direction would go on accepting
@@ -632,7 +650,11 @@ func serve(ctx context.Context, hups <-chan os.Signal, cfg runConfig, logw io.Wr
 	for dir, srv := range servers {
 		drains.Go(func() {
 			if err := srv.Shutdown(drainCtx); err != nil {
-				log.Warn("closing connections that did not drain in time", "direction", string(dir), "open", srv.OpenConnections())
+				msg := "closing connections that did not drain in time"
+				if now.Err() != nil {
+					msg = "second signal: closing open connections now"
+				}
+				log.Warn(msg, "direction", string(dir), "open", srv.OpenConnections())
 			}
 		})
 	}
