@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -178,5 +180,66 @@ func TestHangupWhileDraining(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("proxy did not exit once its connection closed\n%s", p.logs.String())
+	}
+}
+
+// TestHangupBeforeReady: a SIGHUP while the proxy still waits for its first
+// certificate must not tell systemd READY=1: that would end the start-up
+// (units ordered after the proxy start, TimeoutStartSec stops counting)
+// while /ready is still 503.
+func TestHangupBeforeReady(t *testing.T) {
+	netnstest.RequireRoot(t)
+	pod := netnstest.NewPod(t, "hup")
+	caDir := newCADir(t, "cluster.local")
+	// A socket the proxy's UID may write to, as systemd's is.
+	dir, err := os.MkdirTemp("", "mp-notify-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	sock := filepath.Join(dir, "notify")
+	nc := listenNotify(t, sock)
+	os.Chmod(sock, 0o666)
+
+	// The identity service is unreachable (no route in the pod): the proxy
+	// runs, not ready, waiting for a certificate.
+	p := startProxyNotReady(t, pod, "redirect", "--identity", "spiffe://cluster.local/ns/default/sa/web",
+		"--identity-addr", "198.18.0.1:8080", "--trust-anchors", filepath.Join(caDir, "anchor.pem"))
+	if got := readNotify(t, nc); !strings.HasPrefix(got, "STATUS=waiting for a certificate") {
+		t.Fatalf("first notification = %q; want STATUS=waiting for a certificate", got)
+	}
+	if code, body, err := p.admin("/ready"); err != nil || code != http.StatusServiceUnavailable {
+		t.Fatalf("/ready = %d %q, %v; want 503 while waiting for a certificate", code, body, err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, "SIGHUP")
+	// SIGTERM before the proxy was ever ready: a clean stop all the same.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		if p.waitErr != nil || !strings.Contains(p.logs.String(), "meshproxy stopped") {
+			t.Errorf("SIGTERM while waiting for a certificate: exit %v; want 0 and a clean stop\n%s", p.waitErr, p.logs.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("proxy did not exit after SIGTERM\n%s", p.logs.String())
+	}
+	// Everything it sent is queued on the socket now.
+	var got []string
+	buf := make([]byte, 4096)
+	for {
+		nc.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := nc.Read(buf)
+		if err != nil {
+			break
+		}
+		got = append(got, string(buf[:n]))
+	}
+	all := strings.Join(got, "|")
+	if strings.Contains(all, "READY=1") {
+		t.Errorf("notifications %q: READY=1 sent though the proxy never became ready", got)
+	}
+	if !strings.Contains(all, "STOPPING=1") {
+		t.Errorf("notifications %q: no STOPPING=1", got)
 	}
 }

@@ -413,27 +413,87 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// lifecycle orders the changes of /ready and what systemd is told, under
+// one lock: READY=1 ends systemd's start-up only when the proxy is ready,
+// a reload is announced (RELOADING=1, then READY=1) only after that, and
+// once the drain has begun (STOPPING=1) nothing marks the proxy ready
+// again, whichever goroutine tries.
+type lifecycle struct {
+	mu       sync.Mutex
+	started  bool // READY=1 sent
+	draining bool
+}
+
+// start runs f, which marks the proxy ready and sends READY=1, unless the
+// drain has begun.
+func (l *lifecycle) start(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.draining {
+		f()
+		l.started = true
+	}
+}
+
+// update runs f, a change of readiness after the start, unless the drain
+// has begun.
+func (l *lifecycle) update(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.draining {
+		f()
+	}
+}
+
+// running runs f and reports true if the start is over and the drain has
+// not begun.
+func (l *lifecycle) running(f func()) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.started || l.draining {
+		return false
+	}
+	f()
+	return true
+}
+
+// drain marks the drain begun, then runs f (STOPPING=1, /ready false).
+func (l *lifecycle) drain(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.draining = true
+	f()
+}
+
 // handleHangups answers SIGHUP (systemctl reload), received on hups, until
 // ctx ends: it reloads the routes (a bad file is refused and the old routes
 // keep running; the watcher logs and counts it). Other settings change with
 // a restart. hups stays registered after ctx ends (runRun), so a SIGHUP
-// during the drain is ignored rather than fatal.
-func handleHangups(ctx context.Context, hups <-chan os.Signal, routes *routeWatcher, log *slog.Logger) {
+// during the drain is ignored rather than fatal. systemd hears of the
+// reload only once the start is over: a READY=1 before that would end the
+// start-up while the proxy is not ready.
+func handleHangups(ctx context.Context, hups <-chan os.Signal, routes *routeWatcher, lc *lifecycle, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hups:
-			if err := notifyReloading(); err != nil {
-				log.Warn("telling systemd we reload", "err", err)
-			}
+			told := lc.running(func() {
+				if err := notifyReloading(); err != nil {
+					log.Warn("telling systemd we reload", "err", err)
+				}
+			})
 			if routes == nil {
 				log.Info("SIGHUP: no routes to reload; other settings change with a restart")
 			} else if err := routes.Reload(); err == nil {
 				log.Info("SIGHUP: routes reloaded; other settings change with a restart")
 			}
-			if err := notifyReady(); err != nil {
-				log.Warn("telling systemd we are ready", "err", err)
+			if told {
+				lc.running(func() {
+					if err := notifyReady(); err != nil {
+						log.Warn("telling systemd we are ready", "err", err)
+					}
+				})
 			}
 		}
 	}
@@ -600,13 +660,16 @@ func serve(ctx, now context.Context, hups <-chan os.Signal, cfg runConfig, logw 
 		srv := servers[b.dir]
 		go func() { errc <- srv.Serve(b.l) }()
 	}
+	lc := new(lifecycle)
 	markReady := func() {
-		adm.SetReady()
-		log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String(), "mtls", mgr != nil,
-			"startup", time.Since(started).Round(time.Millisecond).String())
-		if err := notifyReady(); err != nil {
-			log.Warn("telling systemd we are ready", "err", err)
-		}
+		lc.start(func() {
+			adm.SetReady()
+			log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String(), "mtls", mgr != nil,
+				"startup", time.Since(started).Round(time.Millisecond).String())
+			if err := notifyReady(); err != nil {
+				log.Warn("telling systemd we are ready", "err", err)
+			}
+		})
 	}
 	if mgr == nil {
 		markReady()
@@ -616,15 +679,17 @@ func serve(ctx, now context.Context, hups <-chan os.Signal, cfg runConfig, logw 
 			log.Warn("telling systemd our status", "err", err)
 		}
 		go watchIdentity(ctx, mgr, markReady, func(ok bool, reason string) {
-			if ok {
-				adm.SetReady()
-			} else {
-				adm.SetNotReady(reason)
-			}
+			lc.update(func() {
+				if ok {
+					adm.SetReady()
+				} else {
+					adm.SetNotReady(reason)
+				}
+			})
 		}, log)
 	}
 	go runWatchdog(ctx, log)
-	go handleHangups(ctx, hups, routes, log)
+	go handleHangups(ctx, hups, routes, lc, log)
 
 	var runErr error
 	select {
@@ -633,14 +698,15 @@ func serve(ctx, now context.Context, hups <-chan os.Signal, cfg runConfig, logw 
 	case runErr = <-errc:
 		log.Error("a listener failed; shutting down", "err", runErr)
 	}
-	// From here on nothing may mark the proxy ready again (the identity
-	// watcher stops with ctx), whichever way the run ended.
+	// From here on nothing may mark the proxy ready again (lc; the
+	// identity watcher also stops with ctx), whichever way the run ended.
 	stopRun()
-	if err := notifyStopping(); err != nil {
-		log.Warn("telling systemd we are stopping", "err", err)
-	}
-
-	adm.SetNotReady("draining")
+	lc.drain(func() {
+		if err := notifyStopping(); err != nil {
+			log.Warn("telling systemd we are stopping", "err", err)
+		}
+		adm.SetNotReady("draining")
+	})
 	drainCtx, cancel := context.WithTimeout(now, cfg.ShutdownGrace)
 	defer cancel()
 	// Both directions at once: each Shutdown first closes its listeners,
