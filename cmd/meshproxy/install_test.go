@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -52,5 +54,39 @@ func TestMakeInstallWithoutGo(t *testing.T) {
 	}
 	if !bytes.Equal(built, installed) {
 		t.Error("the installed binary is not the one make built")
+	}
+}
+
+// caFileRef is a CA file named in the install docs: "the CA's anchor.pem"
+// or a path ".../ca/anchor.pem".
+var caFileRef = regexp.MustCompile(`(?:CA's |ca/)([A-Za-z0-9_.-]+\.pem)`)
+
+// TestInstallDocsNameCAFiles: every CA file the install docs (README.md,
+// scripts/systemd) tell a user to pick up is one "meshproxy ca init" makes.
+func TestInstallDocsNameCAFiles(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	var errb bytes.Buffer
+	if code := dispatch([]string{"ca", "init", "--dir", dir}, io.Discard, &errb); code != 0 {
+		t.Fatalf("ca init: exit %d: %s", code, errb.String())
+	}
+	docs, err := filepath.Glob(filepath.Join(systemdSrc, "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := 0
+	for _, doc := range append(docs, filepath.Join(repoRoot, "README.md")) {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range caFileRef.FindAllStringSubmatch(string(b), -1) {
+			refs++
+			if _, err := os.Stat(filepath.Join(dir, m[1])); err != nil {
+				t.Errorf("%s names the CA's %s, which ca init does not make", filepath.Base(doc), m[1])
+			}
+		}
+	}
+	if refs == 0 {
+		t.Error("no CA file named in the install docs: the pattern no longer matches them")
 	}
 }
