@@ -243,3 +243,31 @@ func TestHangupBeforeReady(t *testing.T) {
 		t.Errorf("notifications %q: no STOPPING=1", got)
 	}
 }
+
+// TestDrainCutAfterGrace: a connection still open when the shutdown grace
+// ends is closed by the proxy, which then exits 0 and says so in its log.
+func TestDrainCutAfterGrace(t *testing.T) {
+	l := newLab(t, labOptions{mode: "redirect", runArgs: []string{"--shutdown-grace", "2s"}})
+	serveTCP(t, l.server, "0.0.0.0:9000", echoHandler)
+	held := dialEcho(t, l.client, hostPort(serverV4, 9000))
+	p := l.clientProxy
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitNotReady(t, p)
+	if err := held.echo("draining"); err != nil {
+		t.Fatalf("open connection during the drain: %v", err)
+	}
+	// Not a speed check: the proxy gets ten times its grace.
+	held.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if n, err := held.c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("held connection after the grace: read %d, %v; want it closed by the proxy", n, err)
+	}
+	select {
+	case <-p.done:
+		if p.waitErr != nil {
+			t.Errorf("proxy exit = %v; want 0", p.waitErr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("proxy did not exit after its grace\n%s", p.logs.String())
+	}
+	p.waitLog(t, "did not drain in time", "direction=outbound", "open=1")
+}
