@@ -271,3 +271,60 @@ func TestDrainCutAfterGrace(t *testing.T) {
 	}
 	p.waitLog(t, "did not drain in time", "direction=outbound", "open=1")
 }
+
+// TestStatusAfterReady: the status line systemd shows ("systemctl status",
+// from STATUS=) follows the proxy: once it is ready, it no longer says it
+// waits for a certificate.
+func TestStatusAfterReady(t *testing.T) {
+	netnstest.RequireRoot(t)
+	pod := netnstest.NewPod(t, "status")
+	caDir := newCADir(t, "cluster.local")
+	dir, err := os.MkdirTemp("", "mp-notify-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	sock := filepath.Join(dir, "notify")
+	nc := listenNotify(t, sock)
+	os.Chmod(sock, 0o666)
+
+	p := startProxy(t, pod, "redirect", meshArgs(caDir, "spiffe://cluster.local/ns/default/sa/web")...)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("proxy did not exit after SIGTERM\n%s", p.logs.String())
+	}
+	var got []string
+	buf := make([]byte, 4096)
+	for {
+		nc.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := nc.Read(buf)
+		if err != nil {
+			break
+		}
+		got = append(got, string(buf[:n]))
+	}
+	// The status in force when the proxy ran ready, just before it stopped.
+	status, ready := "", false
+	for _, msg := range got {
+		for _, line := range strings.Split(msg, "\n") {
+			switch {
+			case line == "READY=1":
+				ready = true
+			case line == "STOPPING=1":
+				if !ready {
+					t.Fatalf("notifications %q: STOPPING=1 before READY=1", got)
+				}
+				if strings.Contains(status, "waiting for a certificate") {
+					t.Errorf("notifications %q: status while ready = %q; want it to say ready", got, status)
+				}
+				return
+			case strings.HasPrefix(line, "STATUS="):
+				status = strings.TrimPrefix(line, "STATUS=")
+			}
+		}
+	}
+	t.Errorf("notifications %q: no STOPPING=1", got)
+}

@@ -660,6 +660,13 @@ func serve(ctx, now context.Context, hups <-chan os.Signal, cfg runConfig, logw 
 		srv := servers[b.dir]
 		go func() { errc <- srv.Serve(b.l) }()
 	}
+	// status sets the line "systemctl status" shows; it stays until the
+	// next one, so every change of readiness sets it.
+	status := func(s string) {
+		if err := notifyStatus(s); err != nil {
+			log.Warn("telling systemd our status", "err", err)
+		}
+	}
 	lc := new(lifecycle)
 	markReady := func() {
 		lc.start(func() {
@@ -669,21 +676,22 @@ func serve(ctx, now context.Context, hups <-chan os.Signal, cfg runConfig, logw 
 			if err := notifyReady(); err != nil {
 				log.Warn("telling systemd we are ready", "err", err)
 			}
+			status("ready")
 		})
 	}
 	if mgr == nil {
 		markReady()
 	} else {
 		adm.SetNotReady("no certificate yet")
-		if err := notifyStatus("waiting for a certificate"); err != nil {
-			log.Warn("telling systemd our status", "err", err)
-		}
+		status("waiting for a certificate")
 		go watchIdentity(ctx, mgr, markReady, func(ok bool, reason string) {
 			lc.update(func() {
 				if ok {
 					adm.SetReady()
+					status("ready")
 				} else {
 					adm.SetNotReady(reason)
+					status("not ready: " + reason)
 				}
 			})
 		}, log)
@@ -706,6 +714,7 @@ func serve(ctx, now context.Context, hups <-chan os.Signal, cfg runConfig, logw 
 			log.Warn("telling systemd we are stopping", "err", err)
 		}
 		adm.SetNotReady("draining")
+		status("draining open connections")
 	})
 	drainCtx, cancel := context.WithTimeout(now, cfg.ShutdownGrace)
 	defer cancel()
