@@ -66,7 +66,12 @@ TMPFILESDIR ?= $(SYSCONFDIR)/tmpfiles.d
 DOCDIR      ?= $(PREFIX)/share/doc/meshproxy
 SYSTEMD_SRC := scripts/systemd
 
-install: build
+# "sudo make install" often runs with a PATH without Go (sudo's
+# secure_path): then it installs the binary "make" built before.
+HAVE_GO = $(shell command -v $(GO) 2>/dev/null)
+
+install: $(if $(HAVE_GO),build)
+	@[ -x $(BIN)/meshproxy ] || { echo "install: $(BIN)/meshproxy is not built and $(GO) is not on PATH: run make first (as a user with Go), then sudo make install" >&2; exit 1; }
 	install -D -m 0755 $(BIN)/meshproxy $(DESTDIR)$(PREFIX)/bin/meshproxy
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
 	for u in meshproxy.service meshproxy-init.service; do \

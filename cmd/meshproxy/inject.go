@@ -532,14 +532,21 @@ func injectPod(p podRef, cfg injectConfig, warn func(string)) (bool, error) {
 	}
 
 	// Remove what an earlier injection added, so injecting again (perhaps
-	// with other flags) converges on the same result.
-	p.Spec.InitContainers = withoutContainers(p.Spec.InitContainers)
-	p.Spec.Containers = withoutContainers(p.Spec.Containers)
-	var vols []k8sCoreVolume
-	for _, v := range p.Spec.Volumes {
-		if v.Name != anchorsVolume && v.Name != tokenVolume {
-			vols = append(vols, v)
+	// with other flags) converges on the same result. Only an injected pod
+	// has such parts: in any other, those names are the application's own
+	// containers and volumes, which removing would lose.
+	vols := p.Spec.Volumes
+	if _, injected := p.Meta.Annotations[annInjected]; injected {
+		p.Spec.InitContainers = withoutContainers(p.Spec.InitContainers)
+		p.Spec.Containers = withoutContainers(p.Spec.Containers)
+		vols = nil
+		for _, v := range p.Spec.Volumes {
+			if v.Name != anchorsVolume && v.Name != tokenVolume {
+				vols = append(vols, v)
+			}
 		}
+	} else if err := checkNameClashes(p.Spec); err != nil {
+		return false, err
 	}
 	if err := checkPortClashes(p.Spec); err != nil {
 		return false, err
@@ -572,6 +579,25 @@ func withoutContainers(cs []k8sCoreContainer) []k8sCoreContainer {
 		}
 	}
 	return out
+}
+
+// checkNameClashes fails when a pod that was never injected has a
+// container or volume of its own under a name injection adds: injecting
+// would replace it.
+func checkNameClashes(spec *k8sCorePodSpec) error {
+	for _, cs := range [][]k8sCoreContainer{spec.InitContainers, spec.Containers} {
+		for _, c := range cs {
+			if c.Name == injectInitName || c.Name == injectProxyName {
+				return fmt.Errorf("container %q has the name of a container injection adds (%s, %s): rename it, or opt out with %s: disabled", c.Name, injectInitName, injectProxyName, annInject)
+			}
+		}
+	}
+	for _, v := range spec.Volumes {
+		if v.Name == anchorsVolume || v.Name == tokenVolume {
+			return fmt.Errorf("volume %q has the name of a volume injection adds (%s, %s): rename it, or opt out with %s: disabled", v.Name, anchorsVolume, tokenVolume, annInject)
+		}
+	}
+	return nil
 }
 
 // checkPortClashes fails when an application container declares a port

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -380,45 +381,128 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	// SIGHUP is caught from here until the process exits, so that it never
+	// takes its default action (death, every connection cut) while the
+	// proxy starts or drains; handleHangups answers it while it runs.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
+	// The first SIGTERM or SIGINT starts the drain (ctx); a second one, an
+	// operator pressing Ctrl-C again, ends it at once (now).
+	stops := make(chan os.Signal, 1)
+	signal.Notify(stops, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(stops)
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	if err := serve(ctx, cfg, stderr); err != nil {
+	now, stopNow := context.WithCancel(context.Background())
+	defer stopNow()
+	go func() {
+		for _, cancel := range []context.CancelFunc{stop, stopNow} {
+			select {
+			case <-stops:
+				cancel()
+			case <-now.Done(): // serve returned
+				return
+			}
+		}
+	}()
+	if err := serve(ctx, now, hups, cfg, stderr); err != nil {
 		fmt.Fprintf(stderr, "run: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-// handleHangups answers SIGHUP (systemctl reload) until ctx ends: it
-// reloads the routes (a bad file is refused and the old routes keep
-// running; the watcher logs and counts it). Other settings change with a
-// restart. Without this handler SIGHUP would kill the proxy.
-func handleHangups(ctx context.Context, routes *routeWatcher, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// lifecycle orders the changes of /ready and what systemd is told, under
+// one lock: READY=1 ends systemd's start-up only when the proxy is ready,
+// a reload is announced (RELOADING=1, then READY=1) only after that, and
+// once the drain has begun (STOPPING=1) nothing marks the proxy ready
+// again, whichever goroutine tries.
+type lifecycle struct {
+	mu       sync.Mutex
+	started  bool // READY=1 sent
+	draining bool
+}
+
+// start runs f, which marks the proxy ready and sends READY=1, unless the
+// drain has begun.
+func (l *lifecycle) start(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.draining {
+		f()
+		l.started = true
+	}
+}
+
+// update runs f, a change of readiness after the start, unless the drain
+// has begun.
+func (l *lifecycle) update(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.draining {
+		f()
+	}
+}
+
+// running runs f and reports true if the start is over and the drain has
+// not begun.
+func (l *lifecycle) running(f func()) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.started || l.draining {
+		return false
+	}
+	f()
+	return true
+}
+
+// drain marks the drain begun, then runs f (STOPPING=1, /ready false).
+func (l *lifecycle) drain(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.draining = true
+	f()
+}
+
+// handleHangups answers SIGHUP (systemctl reload), received on hups, until
+// ctx ends: it reloads the routes (a bad file is refused and the old routes
+// keep running; the watcher logs and counts it). Other settings change with
+// a restart. hups stays registered after ctx ends (runRun), so a SIGHUP
+// during the drain is ignored rather than fatal. systemd hears of the
+// reload only once the start is over: a READY=1 before that would end the
+// start-up while the proxy is not ready.
+func handleHangups(ctx context.Context, hups <-chan os.Signal, routes *routeWatcher, lc *lifecycle, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-hup:
-			if err := notifyReloading(); err != nil {
-				log.Warn("telling systemd we reload", "err", err)
-			}
+		case <-hups:
+			told := lc.running(func() {
+				if err := notifyReloading(); err != nil {
+					log.Warn("telling systemd we reload", "err", err)
+				}
+			})
 			if routes == nil {
 				log.Info("SIGHUP: no routes to reload; other settings change with a restart")
 			} else if err := routes.Reload(); err == nil {
 				log.Info("SIGHUP: routes reloaded; other settings change with a restart")
 			}
-			if err := notifyReady(); err != nil {
-				log.Warn("telling systemd we are ready", "err", err)
+			if told {
+				lc.running(func() {
+					if err := notifyReady(); err != nil {
+						log.Warn("telling systemd we are ready", "err", err)
+					}
+				})
 			}
 		}
 	}
 }
 
 // serve runs the proxy until ctx is cancelled, then drains and returns nil.
-func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
+// The drain lasts at most the shutdown grace, and ends at once when now is
+// cancelled. SIGHUPs arrive on hups.
+func serve(ctx, now context.Context, hups <-chan os.Signal, cfg runConfig, logw io.Writer) error {
 	level := new(slog.LevelVar)
 	lvl, _ := parseLevel(cfg.LogLevel)
 	level.Set(lvl)
@@ -576,54 +660,80 @@ func serve(ctx context.Context, cfg runConfig, logw io.Writer) error {
 		srv := servers[b.dir]
 		go func() { errc <- srv.Serve(b.l) }()
 	}
-	markReady := func() {
-		adm.SetReady()
-		log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String(), "mtls", mgr != nil,
-			"startup", time.Since(started).Round(time.Millisecond).String())
-		if err := notifyReady(); err != nil {
-			log.Warn("telling systemd we are ready", "err", err)
+	// status sets the line "systemctl status" shows; it stays until the
+	// next one, so every change of readiness sets it.
+	status := func(s string) {
+		if err := notifyStatus(s); err != nil {
+			log.Warn("telling systemd our status", "err", err)
 		}
+	}
+	lc := new(lifecycle)
+	markReady := func() {
+		lc.start(func() {
+			adm.SetReady()
+			log.Info("meshproxy ready", "version", version, "admin", adminL.Addr().String(), "mtls", mgr != nil,
+				"startup", time.Since(started).Round(time.Millisecond).String())
+			if err := notifyReady(); err != nil {
+				log.Warn("telling systemd we are ready", "err", err)
+			}
+			status("ready")
+		})
 	}
 	if mgr == nil {
 		markReady()
 	} else {
 		adm.SetNotReady("no certificate yet")
-		if err := notifyStatus("waiting for a certificate"); err != nil {
-			log.Warn("telling systemd our status", "err", err)
-		}
+		status("waiting for a certificate")
 		go watchIdentity(ctx, mgr, markReady, func(ok bool, reason string) {
-			if ok {
-				adm.SetReady()
-			} else {
-				adm.SetNotReady(reason)
-			}
+			lc.update(func() {
+				if ok {
+					adm.SetReady()
+					status("ready")
+				} else {
+					adm.SetNotReady(reason)
+					status("not ready: " + reason)
+				}
+			})
 		}, log)
 	}
 	go runWatchdog(ctx, log)
-	go handleHangups(ctx, routes, log)
+	go handleHangups(ctx, hups, routes, lc, log)
 
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down: draining open connections", "grace", cfg.ShutdownGrace.String())
+		log.Info("shutting down: draining open connections (signal again to close them at once)", "grace", cfg.ShutdownGrace.String())
 	case runErr = <-errc:
 		log.Error("a listener failed; shutting down", "err", runErr)
 	}
-	// From here on nothing may mark the proxy ready again (the identity
-	// watcher stops with ctx), whichever way the run ended.
+	// From here on nothing may mark the proxy ready again (lc; the
+	// identity watcher also stops with ctx), whichever way the run ended.
 	stopRun()
-	if err := notifyStopping(); err != nil {
-		log.Warn("telling systemd we are stopping", "err", err)
-	}
-
-	adm.SetNotReady("draining")
-	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
-	defer cancel()
-	for dir, srv := range servers {
-		if err := srv.Shutdown(drainCtx); err != nil {
-			log.Warn("closing connections that did not drain in time", "direction", string(dir), "open", srv.OpenConnections())
+	lc.drain(func() {
+		if err := notifyStopping(); err != nil {
+			log.Warn("telling systemd we are stopping", "err", err)
 		}
+		adm.SetNotReady("draining")
+		status("draining open connections")
+	})
+	drainCtx, cancel := context.WithTimeout(now, cfg.ShutdownGrace)
+	defer cancel()
+	// Both directions at once: each Shutdown first closes its listeners,
+	// and one after the other the second direction would go on accepting
+	// while the first drained.
+	var drains sync.WaitGroup
+	for dir, srv := range servers {
+		drains.Go(func() {
+			if err := srv.Shutdown(drainCtx); err != nil {
+				msg := "closing connections that did not drain in time"
+				if now.Err() != nil {
+					msg = "second signal: closing open connections now"
+				}
+				log.Warn(msg, "direction", string(dir), "open", srv.OpenConnections())
+			}
+		})
 	}
+	drains.Wait()
 	closeAll()
 	shutCtx, cancel2 := context.WithTimeout(context.Background(), time.Second)
 	defer cancel2()
