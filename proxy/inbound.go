@@ -106,6 +106,17 @@ func (s *Server) handleMeshInbound(k *conn) error {
 // mesh on: forwarded (permissive) or refused (strict).
 func (s *Server) handleInboundPlain(k *conn) error {
 	if s.mesh.policy != Strict {
+		if s.mesh.covers(k.orig.Port()) {
+			// A plaintext client has no identity, so no rule can
+			// allow it: a port the rules guard is closed to it, as to
+			// a mesh client no rule names.
+			k.begin(connLabels{tls: TLSNoIdentity})
+			s.log.Warn("refusing connection", "src", k.src, "dst", k.orig.String(), "reason", "unauthorized",
+				"error", fmt.Errorf("a plaintext client has no mesh identity, and inbound-authz rules cover port %d", k.orig.Port()))
+			s.m.authzDeny.WithLabelValues("", s.mesh.portLabel(k.orig.Port())).Inc()
+			k.abort()
+			return errors.New("unauthorized: plaintext")
+		}
 		return s.handlePlain(k, TLSNoIdentity)
 	}
 	// Strict: nothing but mesh mTLS. Read what the client starts with,

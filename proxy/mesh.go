@@ -145,7 +145,9 @@ type Mesh struct {
 	// allows any client with a valid mesh certificate. Otherwise a
 	// connection is allowed only when a rule for its port (or for any
 	// port) matches its client; a port no rule covers is closed (add
-	// "*=*" to leave the rest open).
+	// "*=*" to leave the rest open). A port a rule covers is closed to
+	// plaintext clients in permissive mode too: they have no identity
+	// a rule could match.
 	Authz []AuthzRule
 	// ProxyPorts are the proxy's own ports, which an inbound mesh
 	// connection may not target (it would loop). Nil means
@@ -388,6 +390,28 @@ func (r *meshRuntime) authorize(client string, port uint16) (bool, string) {
 		return false, strconv.Itoa(int(port))
 	}
 	return false, "*"
+}
+
+// covers reports whether some authorization rule guards port (names it,
+// or any port): a client without a mesh identity may not reach it.
+func (r *meshRuntime) covers(port uint16) bool {
+	for _, rule := range r.cfg.Authz {
+		if rule.Port == 0 || rule.Port == port {
+			return true
+		}
+	}
+	return false
+}
+
+// portLabel is the port label of a denial on port, as authorize gives
+// it: the port when some rule names it, else "*".
+func (r *meshRuntime) portLabel(port uint16) string {
+	for _, rule := range r.cfg.Authz {
+		if rule.Port == port {
+			return strconv.Itoa(int(port))
+		}
+	}
+	return "*"
 }
 
 // handshakeReason maps a mesh handshake error (either side) to a reason

@@ -630,3 +630,52 @@ func TestMeshRequestLineSplitAcrossReads(t *testing.T) {
 		t.Errorf("app saw XFCC %q; want %q (the split request went through as opaque)", r.Header.Get("X-Forwarded-Client-Cert"), want)
 	}
 }
+
+// TestInboundPermissiveAuthzPlaintext: in permissive mode a plaintext
+// client has no identity any authorization rule could match, so a port
+// the rules cover (by name or "*") is closed to it, counted as a denial
+// with an empty client_id; a port no rule covers stays open to it.
+func TestInboundPermissiveAuthzPlaintext(t *testing.T) {
+	guarded, guardedConns := countingApp(t, echo)
+	open, _ := countingApp(t, echo)
+	rules, err := ParseAuthz(fmt.Sprintf("%d=*", guarded.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newMeshEnv(t, meshOpts{inMesh: func(m *Mesh) { m.Authz = rules }})
+	outside := netip.MustParseAddr("198.18.0.9")
+	for _, first := range [][]byte{[]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), []byte("opaque bytes")} {
+		h := handleOne(t, e.in, netip.AddrPortFrom(outside, guarded.Port()))
+		h.client.Write(first)
+		expectClosed(t, h.client)
+		h.waitDone(t)
+	}
+	if n := guardedConns(); n != 0 {
+		t.Errorf("guarded app connections = %d; want 0 (plaintext refused)", n)
+	}
+	waitValue(t, "authz deny{client_id=\"\"}", e.inM.authzDeny.WithLabelValues("", fmt.Sprint(guarded.Port())), 2)
+	if !strings.Contains(e.inLog.String(), "reason=unauthorized") {
+		t.Errorf("no warn line with reason=unauthorized:\n%s", e.inLog)
+	}
+	// A port no rule covers: plaintext passes, as permissive says.
+	h := handleOne(t, e.in, netip.AddrPortFrom(outside, open.Port()))
+	if got := echoRoundTrip(t, h.client, []byte("ping")); string(got) != "ping" {
+		t.Errorf("plaintext echo on an uncovered port = %q; want ping", got)
+	}
+	h.waitDone(t)
+	// A mesh client the rule allows still reaches the guarded port.
+	h = handleOne(t, e.out, guarded)
+	if got := echoRoundTrip(t, h.client, []byte("ping")); string(got) != "ping" {
+		t.Errorf("mesh echo to the guarded port = %q; want ping", got)
+	}
+	h.waitDone(t)
+
+	// "*" covers every port.
+	rules, _ = ParseAuthz("*=spiffe://cluster.local/ns/ops/*")
+	e = newMeshEnv(t, meshOpts{inMesh: func(m *Mesh) { m.Authz = rules }})
+	h = handleOne(t, e.in, netip.AddrPortFrom(outside, open.Port()))
+	h.client.Write([]byte("x"))
+	expectClosed(t, h.client)
+	h.waitDone(t)
+	waitValue(t, "authz deny{port=*}", e.inM.authzDeny.WithLabelValues("", "*"), 1)
+}

@@ -104,7 +104,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"client_id", "port"}),
 		authzDeny: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "meshproxy", Name: "inbound_authz_deny_total",
-			Help: "Inbound mesh connections denied by the authorization rules (port is * unless a rule names it).",
+			Help: "Inbound connections denied by the authorization rules (port is * unless a rule names it; client_id is empty for a plaintext client on a port the rules cover).",
 		}, []string{"client_id", "port"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "meshproxy", Name: "inbound_refused_total",

@@ -192,7 +192,7 @@ func runFlags(cfg *runConfig, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.DurationVar(&m.IdentityTTL, "identity-ttl", 0, "lifetime to ask for the leaf certificate (0: the CA's default, 24h)")
 	fs.UintVar(&m.MeshPort, "mesh-port", m.MeshPort, "port peer proxies accept mTLS on (their inbound port)")
 	fs.StringVar(&m.InboundPolicy, "inbound-policy", m.InboundPolicy, "permissive (accept plaintext too) or strict (mesh mTLS only)")
-	fs.Var(listValue{&m.InboundAuthz}, "inbound-authz", "client identities allowed in, as PORT=ID or *=ID (ID exact, prefix/*, or *); empty: any mesh identity")
+	fs.Var(listValue{&m.InboundAuthz}, "inbound-authz", "client identities allowed in, as PORT=ID or *=ID (ID exact, prefix/*, or *); empty: any mesh identity; a port a rule covers is closed to plaintext clients (no identity), in permissive mode too")
 	fs.Var(listValue{&m.MeshedCIDRs}, "meshed-cidrs", "destinations always treated as meshed (mTLS, never plaintext)")
 	fs.Var(listValue{&m.UnmeshedCIDRs}, "unmeshed-cidrs", "destinations always sent plain TCP without probing for a proxy")
 	fs.BoolVar(&m.RequireTLS, "outbound-require-tls", false, "refuse outbound connections to destinations that are not meshed")
