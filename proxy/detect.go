@@ -104,12 +104,13 @@ func classify(b []byte) Protocol {
 		return ProtocolTLS
 	case isHTTP1(b):
 		return ProtocolHTTP1
-	case len(b) >= detectBufSize && undecided(b) && bytes.IndexByte(b, ' ') > 0:
-		// A whole detection buffer of "TOKEN SP ..." that has not
-		// ended is a request line with a long target (and a method not
-		// in http1Methods): as bytes, it would take the client's own
-		// x-forwarded-client-cert to the app. (A buffer of token bytes
-		// without a space stays opaque: bulk data such as hex looks so.)
+	case undecided(b) && requestLineStart(b):
+		// The reading stopped (the timeout, a full buffer, the end)
+		// inside what begins a request line: a client that sends "G",
+		// waits, then the rest, or a long target after a method not in
+		// http1Methods. As bytes it would take the client's own
+		// x-forwarded-client-cert to the app; the HTTP path reads the
+		// rest (or refuses it) instead.
 		return ProtocolHTTP1
 	default:
 		return ProtocolOpaque
@@ -166,6 +167,42 @@ func isHTTP1(b []byte) bool {
 	}
 	line := bytes.TrimRight(b[:eol], " \t\r")
 	return bytes.HasPrefix(line[bytes.LastIndexByte(line, ' ')+1:], []byte("HTTP/"))
+}
+
+// requestLineStart reports whether b, bytes undecided left (see
+// undecided), begins a request line (after any empty lines): a
+// beginning of a method in http1Methods, or "TOKEN SP target..." whose
+// target begins as a request's does ("/", "*", or "http://" or
+// "https://"). Other text stays opaque, such as a first message of
+// words without a line end, or token bytes (bulk data such as hex).
+func requestLineStart(b []byte) bool {
+	b = bytes.TrimLeft(b, "\r\n")
+	if len(b) == 0 {
+		return false
+	}
+	sp := bytes.IndexByte(b, ' ')
+	if sp < 0 {
+		for _, m := range http1Methods {
+			if len(b) <= len(m) && m[:len(b)] == string(b) {
+				return true
+			}
+		}
+		return false
+	}
+	if sp == 0 || !isToken(b[:sp]) || sp+1 == len(b) {
+		return false
+	}
+	target := b[sp+1:]
+	if target[0] == '/' || target[0] == '*' {
+		return true
+	}
+	for _, scheme := range []string{"http://", "https://"} {
+		n := min(len(target), len(scheme))
+		if string(target[:n]) == scheme[:n] {
+			return true
+		}
+	}
+	return false
 }
 
 // isToken reports whether b is an RFC 9110 token (a method name).

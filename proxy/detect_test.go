@@ -112,7 +112,20 @@ func TestClassify(t *testing.T) {
 		{"\x16\x03\x01", ProtocolTLS},
 		{"OPTIONS * HTTP/1.1\r\n", ProtocolHTTP1},
 		{"M-SEARCH * HTTP/1.1\r\n", ProtocolHTTP1},
-		{"FOO bar", ProtocolOpaque},
+		// Detection stopped inside a request line: HTTP/1 (as bytes it
+		// would carry the client's own x-forwarded-client-cert).
+		{"FOO /bar", ProtocolHTTP1},
+		{"FOO *", ProtocolHTTP1},
+		{"FOO http:/", ProtocolHTTP1},
+		{"FOO bar", ProtocolOpaque}, // words without a line end: not a target
+		{"FOO ", ProtocolOpaque},
+		{"G", ProtocolHTTP1},
+		{"\r\nPAT", ProtocolHTTP1},
+		{"GET", ProtocolHTTP1},
+		{"GETX", ProtocolOpaque},
+		{"get", ProtocolOpaque},
+		{"PR", ProtocolOpaque}, // a beginning of the h2 preface, no method
+		{"\r\n", ProtocolOpaque},
 		{"SSH-2.0-OpenSSH_9.6\r\n", ProtocolOpaque},
 		{" GET / HTTP/1.1\r\n", ProtocolOpaque},
 		// As lenient as the servers behind the proxy (see isHTTP1).
@@ -123,7 +136,7 @@ func TestClassify(t *testing.T) {
 		{"\r\nPING\r\n", ProtocolOpaque},
 		{"GET / SPDY/3 \r\n", ProtocolOpaque},
 		{"FOO /" + strings.Repeat("a", detectBufSize-5), ProtocolHTTP1},
-		{"FOO /" + strings.Repeat("a", detectBufSize-6), ProtocolOpaque}, // not full: the timeout cut it
+		{"FOO /" + strings.Repeat("a", detectBufSize-6), ProtocolHTTP1}, // not full: the timeout cut it
 		{strings.Repeat("B", detectBufSize), ProtocolOpaque},
 	} {
 		if got := classify([]byte(tc.in)); got != tc.want {
