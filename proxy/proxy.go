@@ -231,9 +231,24 @@ func (s *Server) isShutdown() bool {
 	return s.shutdown
 }
 
+// DrainError is Shutdown's error when its context ended before the open
+// connections finished: how many were still open then (Shutdown closed
+// them), and the context's error.
+type DrainError struct {
+	Open int
+	Err  error
+}
+
+func (e *DrainError) Error() string {
+	return fmt.Sprintf("%d connections still open: %v", e.Open, e.Err)
+}
+
+// Unwrap returns the context's error.
+func (e *DrainError) Unwrap() error { return e.Err }
+
 // Shutdown stops accepting (closes every listener given to Serve) and waits
 // for open connections to finish. When ctx ends first it closes the
-// remaining connections and returns ctx.Err().
+// remaining connections and returns a *DrainError wrapping ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shutdown = true
@@ -256,9 +271,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			open := int(s.active.Load()) // before closing them: the count to report
 			s.hardCancel()
 			s.closeIdleHTTP()
-			return ctx.Err()
+			return &DrainError{Open: open, Err: ctx.Err()}
 		case <-t.C:
 			poll = min(2*poll, 200*time.Millisecond)
 			t.Reset(poll)

@@ -375,8 +375,13 @@ func TestShutdownForcesAfterContext(t *testing.T) {
 	io.ReadFull(h.client, make([]byte, 1))
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+	err := srv.Shutdown(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Shutdown = %v; want context.DeadlineExceeded", err)
+	}
+	// The count when the context ended, before the closing.
+	if de, ok := errors.AsType[*DrainError](err); !ok || de.Open != 1 {
+		t.Errorf("Shutdown = %#v; want a *DrainError with Open 1", err)
 	}
 	expectClosed(t, h.client)
 	h.waitDone(t)

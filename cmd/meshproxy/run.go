@@ -729,7 +729,13 @@ func serve(ctx, now context.Context, hups <-chan os.Signal, cfg runConfig, logw 
 				if now.Err() != nil {
 					msg = "second signal: closing open connections now"
 				}
-				log.Warn(msg, "direction", string(dir), "open", srv.OpenConnections())
+				// The count when the grace ended, before Shutdown
+				// closed them (OpenConnections may be 0 by now).
+				open := srv.OpenConnections()
+				if de, ok := errors.AsType[*proxy.DrainError](err); ok {
+					open = de.Open
+				}
+				log.Warn(msg, "direction", string(dir), "open", open)
 			}
 		})
 	}
