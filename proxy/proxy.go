@@ -239,6 +239,7 @@ type DrainError struct {
 	Err  error
 }
 
+// Error says how many connections were open and why the wait ended.
 func (e *DrainError) Error() string {
 	return fmt.Sprintf("%d connections still open: %v", e.Open, e.Err)
 }
