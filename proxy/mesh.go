@@ -373,12 +373,10 @@ func (r *meshRuntime) authorize(client string, port uint16) (bool, string) {
 	if len(r.cfg.Authz) == 0 {
 		return true, "*"
 	}
-	named := false
 	for _, rule := range r.cfg.Authz {
 		if rule.Port != 0 && rule.Port != port {
 			continue
 		}
-		named = named || rule.Port != 0
 		if rule.matches(client) {
 			if rule.Port == 0 {
 				return true, "*"
@@ -386,10 +384,7 @@ func (r *meshRuntime) authorize(client string, port uint16) (bool, string) {
 			return true, strconv.Itoa(int(port))
 		}
 	}
-	if named {
-		return false, strconv.Itoa(int(port))
-	}
-	return false, "*"
+	return false, r.portLabel(port)
 }
 
 // covers reports whether some authorization rule guards port (names it,
@@ -403,8 +398,8 @@ func (r *meshRuntime) covers(port uint16) bool {
 	return false
 }
 
-// portLabel is the port label of a denial on port, as authorize gives
-// it: the port when some rule names it, else "*".
+// portLabel is the port label of a denial on port: the port when some
+// rule names it, else "*".
 func (r *meshRuntime) portLabel(port uint16) string {
 	for _, rule := range r.cfg.Authz {
 		if rule.Port == port {
