@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -157,13 +159,7 @@ func isHTTP1(b []byte) bool {
 	}
 	eol := bytes.IndexByte(b, '\n')
 	if eol < 0 {
-		method := string(b[:sp])
-		for _, m := range http1Methods {
-			if m == method {
-				return true
-			}
-		}
-		return false
+		return isKnownMethod(b[:sp])
 	}
 	line := bytes.TrimRight(b[:eol], " \t\r")
 	return bytes.HasPrefix(line[bytes.LastIndexByte(line, ' ')+1:], []byte("HTTP/"))
@@ -183,7 +179,7 @@ func requestLineStart(b []byte) bool {
 	sp := bytes.IndexByte(b, ' ')
 	if sp < 0 {
 		for _, m := range http1Methods {
-			if len(b) <= len(m) && m[:len(b)] == string(b) {
+			if strings.HasPrefix(m, string(b)) {
 				return true
 			}
 		}
@@ -203,6 +199,11 @@ func requestLineStart(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// isKnownMethod reports whether b is one of http1Methods.
+func isKnownMethod(b []byte) bool {
+	return slices.Contains(http1Methods, string(b))
 }
 
 // isToken reports whether b is an RFC 9110 token (a method name).
@@ -247,11 +248,5 @@ func undecided(b []byte) bool {
 	if !isToken(b[:sp]) {
 		return false
 	}
-	method := string(b[:sp])
-	for _, m := range http1Methods {
-		if m == method {
-			return false
-		}
-	}
-	return true
+	return !isKnownMethod(b[:sp])
 }
