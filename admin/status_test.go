@@ -68,6 +68,13 @@ func statusServer(t *testing.T) (*Server, string) {
 	m.conns.WithLabelValues("inbound").Add(20)
 	s.SetNotReady("waiting for a certificate")
 
+	return s, "http://" + serveLoopback(t, s) + "/"
+}
+
+// serveLoopback serves s on 127.0.0.1:0 until the test ends (then shuts
+// it down and waits for Serve) and returns the address.
+func serveLoopback(t *testing.T, s *Server) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +87,7 @@ func statusServer(t *testing.T) (*Server, string) {
 		s.Shutdown(ctx)
 		<-done
 	})
-	return s, "http://" + l.Addr().String() + "/"
+	return l.Addr().String()
 }
 
 // wantOnPage are fragments the rendered page must show for knownStatus.
