@@ -92,6 +92,35 @@ func waitNotReady(t *testing.T, p *labProxy) {
 
 func echoHandler(c net.Conn) { io.Copy(c, c) }
 
+// drainingLab starts a lab whose proxies have the shutdown grace given,
+// opens one echo connection through the client proxy (held), sends that
+// proxy SIGTERM and waits until it reports not ready (draining).
+func drainingLab(t *testing.T, grace string) (*labProxy, *echoConn) {
+	t.Helper()
+	l := newLab(t, labOptions{mode: "redirect", runArgs: []string{"--shutdown-grace", grace}})
+	serveTCP(t, l.server, "0.0.0.0:9000", echoHandler)
+	held := dialEcho(t, l.client, hostPort(serverV4, 9000))
+	p := l.clientProxy
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitNotReady(t, p)
+	return p, held
+}
+
+// waitExit0 waits (at most 20 s) for the proxy to exit, and fails the
+// test with failure and the proxy's logs when it does not, or when its
+// exit status is not 0.
+func (p *labProxy) waitExit0(t *testing.T, failure string) {
+	t.Helper()
+	select {
+	case <-p.done:
+		if p.waitErr != nil {
+			t.Errorf("proxy exit = %v; want 0", p.waitErr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s\n%s", failure, p.logs.String())
+	}
+}
+
 // TestShutdownStopsAcceptingBothWays: once SIGTERM has turned /ready to
 // 503, neither the outbound nor the inbound listener takes new connections,
 // even while connections of both directions are still draining. (The
@@ -115,38 +144,19 @@ func TestShutdownStopsAcceptingBothWays(t *testing.T) {
 		}
 		c.c.Close()
 	}
-	select {
-	case <-p.done:
-		if p.waitErr != nil {
-			t.Errorf("proxy exit = %v; want 0", p.waitErr)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("proxy did not exit once its connections closed\n%s", p.logs.String())
-	}
+	p.waitExit0(t, "proxy did not exit once its connections closed")
 }
 
 // TestSecondSignalEndsDrain: a second SIGTERM during the drain (an operator
 // pressing Ctrl-C again) closes the open connections at once and exits 0,
 // instead of being swallowed while the drain runs its full grace.
 func TestSecondSignalEndsDrain(t *testing.T) {
-	l := newLab(t, labOptions{mode: "redirect", runArgs: []string{"--shutdown-grace", "5m"}})
-	serveTCP(t, l.server, "0.0.0.0:9000", echoHandler)
-	held := dialEcho(t, l.client, hostPort(serverV4, 9000))
-	p := l.clientProxy
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	waitNotReady(t, p)
+	p, held := drainingLab(t, "5m")
 	if err := held.echo("draining"); err != nil {
 		t.Fatalf("open connection during the drain: %v", err)
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		if p.waitErr != nil {
-			t.Errorf("proxy exit = %v; want 0", p.waitErr)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("proxy still draining 20s after a second SIGTERM (grace 5m)\n%s", p.logs.String())
-	}
+	p.waitExit0(t, "proxy still draining 20s after a second SIGTERM (grace 5m)")
 	held.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := held.c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("held connection after the proxy exited: read %d, %v; want it closed", n, err)
@@ -157,12 +167,7 @@ func TestSecondSignalEndsDrain(t *testing.T) {
 // TestHangupWhileDraining: SIGHUP (a reload, a log rotation script) that
 // arrives while the proxy drains neither kills it nor its connections.
 func TestHangupWhileDraining(t *testing.T) {
-	l := newLab(t, labOptions{mode: "redirect", runArgs: []string{"--shutdown-grace", "5m"}})
-	serveTCP(t, l.server, "0.0.0.0:9000", echoHandler)
-	held := dialEcho(t, l.client, hostPort(serverV4, 9000))
-	p := l.clientProxy
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	waitNotReady(t, p)
+	p, held := drainingLab(t, "5m")
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	if err := held.echo("after SIGHUP"); err != nil {
 		t.Fatalf("open connection after SIGHUP during the drain: %v", err)
@@ -173,14 +178,7 @@ func TestHangupWhileDraining(t *testing.T) {
 	default:
 	}
 	held.c.Close()
-	select {
-	case <-p.done:
-		if p.waitErr != nil {
-			t.Errorf("proxy exit = %v; want 0", p.waitErr)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("proxy did not exit once its connection closed\n%s", p.logs.String())
-	}
+	p.waitExit0(t, "proxy did not exit once its connection closed")
 }
 
 // TestHangupBeforeReady: a SIGHUP while the proxy still waits for its first
@@ -247,12 +245,7 @@ func TestHangupBeforeReady(t *testing.T) {
 // TestDrainCutAfterGrace: a connection still open when the shutdown grace
 // ends is closed by the proxy, which then exits 0 and says so in its log.
 func TestDrainCutAfterGrace(t *testing.T) {
-	l := newLab(t, labOptions{mode: "redirect", runArgs: []string{"--shutdown-grace", "2s"}})
-	serveTCP(t, l.server, "0.0.0.0:9000", echoHandler)
-	held := dialEcho(t, l.client, hostPort(serverV4, 9000))
-	p := l.clientProxy
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	waitNotReady(t, p)
+	p, held := drainingLab(t, "2s")
 	if err := held.echo("draining"); err != nil {
 		t.Fatalf("open connection during the drain: %v", err)
 	}
@@ -261,14 +254,7 @@ func TestDrainCutAfterGrace(t *testing.T) {
 	if n, err := held.c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("held connection after the grace: read %d, %v; want it closed by the proxy", n, err)
 	}
-	select {
-	case <-p.done:
-		if p.waitErr != nil {
-			t.Errorf("proxy exit = %v; want 0", p.waitErr)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("proxy did not exit after its grace\n%s", p.logs.String())
-	}
+	p.waitExit0(t, "proxy did not exit after its grace")
 	p.waitLog(t, "did not drain in time", "direction=outbound", "open=1")
 }
 
