@@ -310,21 +310,29 @@ func TestMeshedEndpointMeshPortClosed(t *testing.T) {
 }
 
 // TestForcedMeshedNeverPlain: a destination in Mesh.Meshed with nothing on
-// its mesh port fails closed even though the cache knows nothing.
+// its mesh port fails closed even though the cache knows nothing, also
+// when the prefix is written in its IPv4-mapped IPv6 form
+// (::ffff:127.0.0.0/104, as a dual-stack tool may print it): such a
+// prefix once matched nothing, and the destination was probed, found
+// unmeshed and sent in plaintext.
 func TestForcedMeshedNeverPlain(t *testing.T) {
-	e := newMeshEnv(t, meshOpts{noInbound: true, outMesh: func(m *Mesh) {
-		m.Meshed = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-	}})
-	app, conns := countingApp(t, echo)
-	h := handleOne(t, e.out, app)
-	h.client.Write([]byte("x"))
-	expectClosed(t, h.client)
-	h.waitDone(t)
-	if n := conns(); n != 0 {
-		t.Errorf("app connections = %d; want 0", n)
-	}
-	if s := e.cache.Get(loopback); s != balancer.MeshUnknown {
-		t.Errorf("cache = %v; want untouched for forced destinations", s)
+	for _, prefix := range []string{"127.0.0.0/8", "::ffff:127.0.0.0/104"} {
+		t.Run(prefix, func(t *testing.T) {
+			e := newMeshEnv(t, meshOpts{noInbound: true, outMesh: func(m *Mesh) {
+				m.Meshed = []netip.Prefix{netip.MustParsePrefix(prefix)}
+			}})
+			app, conns := countingApp(t, echo)
+			h := handleOne(t, e.out, app)
+			h.client.Write([]byte("secret"))
+			expectClosed(t, h.client)
+			h.waitDone(t)
+			if n := conns(); n != 0 {
+				t.Errorf("app connections = %d; want 0 (a meshed destination never gets plaintext)", n)
+			}
+			if s := e.cache.Get(loopback); s != balancer.MeshUnknown {
+				t.Errorf("cache = %v; want untouched (the destination is forced, not probed)", s)
+			}
+		})
 	}
 }
 
