@@ -187,27 +187,7 @@ func TestInitCAConcurrent(t *testing.T) {
 // session whose server certificate expires within ResumeMargin must not
 // be resumed, so that race is never run.
 func TestNoResumptionNearServerCertExpiry(t *testing.T) {
-	ca := mustCA(t, "")
-	srvID := MustParseID("spiffe://cluster.local/ns/default/sa/server")
-	cliID := MustParseID("spiffe://cluster.local/ns/default/sa/client")
-	server := startManager(t, ca, srvID, ResumeMargin-2*time.Second, nil, nil)
-	client := startManager(t, ca, cliID, time.Hour, nil, nil)
-	addr, results := startTLSServer(t, server.ServerTLSConfig())
-	cfg := client.ClientTLSConfig(&srvID)
-	for i := 0; i < 2; i++ {
-		c, err := dialAndEcho(addr, cfg)
-		if err != nil {
-			t.Fatalf("connection %d: %v", i, err)
-		}
-		r := waitResult(t, results)
-		c.Close()
-		if r.err != nil {
-			t.Fatalf("connection %d: server handshake: %v", i, r.err)
-		}
-		if r.state.DidResume {
-			t.Errorf("connection %d resumed a session whose server certificate expires within ResumeMargin", i)
-		}
-	}
+	expectNoResumption(t, ResumeMargin-2*time.Second, time.Hour, "server")
 }
 
 // TestSignIgnoresCSRExtensions: nothing a CSR asks for besides its key

@@ -239,11 +239,20 @@ func TestResumption(t *testing.T) {
 // checks that certificate again by the real clock later in the
 // handshake, and lost by milliseconds under load.
 func TestNoResumptionNearClientCertExpiry(t *testing.T) {
+	expectNoResumption(t, time.Hour, ResumeMargin-2*time.Second, "client")
+}
+
+// expectNoResumption makes two connections between a server and a client
+// whose certificates live serverLife and clientLife: both handshakes
+// succeed, and neither resumes (whose certificate expires within
+// ResumeMargin: "server" or "client", for the message).
+func expectNoResumption(t *testing.T, serverLife, clientLife time.Duration, whose string) {
+	t.Helper()
 	ca := mustCA(t, "")
 	srvID := MustParseID("spiffe://cluster.local/ns/default/sa/server")
 	cliID := MustParseID("spiffe://cluster.local/ns/default/sa/client")
-	server := startManager(t, ca, srvID, time.Hour, nil, nil)
-	client := startManager(t, ca, cliID, ResumeMargin-2*time.Second, nil, nil)
+	server := startManager(t, ca, srvID, serverLife, nil, nil)
+	client := startManager(t, ca, cliID, clientLife, nil, nil)
 	addr, results := startTLSServer(t, server.ServerTLSConfig())
 	cfg := client.ClientTLSConfig(&srvID)
 	for i := 0; i < 2; i++ {
@@ -257,7 +266,7 @@ func TestNoResumptionNearClientCertExpiry(t *testing.T) {
 			t.Fatalf("connection %d: server handshake: %v", i, r.err)
 		}
 		if r.state.DidResume {
-			t.Errorf("connection %d resumed a session whose client certificate expires within ResumeMargin", i)
+			t.Errorf("connection %d resumed a session whose %s certificate expires within ResumeMargin", i, whose)
 		}
 	}
 }
