@@ -371,21 +371,19 @@ func asciiEqualFold[T []byte | string](b T, s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		x, y := b[i], s[i]
-		if x == y {
-			continue
-		}
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
+		if x, y := b[i], s[i]; x != y && lowerASCII(x) != lowerASCII(y) {
 			return false
 		}
 	}
 	return true
+}
+
+// lowerASCII is c in lower case when it is an ASCII capital.
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // parseRequestHead parses a request head the fast path serves: an

@@ -27,17 +27,11 @@ func isXFCCName[T []byte | string](name T) bool {
 		return false
 	}
 	for i := 0; i < len(name); i++ {
-		c, w := name[i], headerXFCC[i]
+		c := name[i]
 		if c == '_' {
 			c = '-'
 		}
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if 'A' <= w && w <= 'Z' {
-			w += 'a' - 'A'
-		}
-		if c != w {
+		if lowerASCII(c) != lowerASCII(headerXFCC[i]) {
 			return false
 		}
 	}
